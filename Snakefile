@@ -1,0 +1,38 @@
+# Reproduction of "Expanding the Role of Diffusion Models for Robust Classifier Training" (DRA).
+#
+#   snakemake --profile slurm all_tables                               the paper, on a SLURM cluster
+#   snakemake all --cores 2 --configfile config/mini.yaml               offline mini scale, CPU
+#   snakemake --profile slurm results/paper/<dataset>/<arch>/<method>/<budget>/autoattack.json
+#                                                                      one table cell
+from snakemake.utils import min_version
+
+min_version("9.19")
+
+
+configfile: "config.yaml"
+
+
+include: "rules/common.smk"
+
+
+# A mistyped cell path fails at once (MissingRuleException) instead of training something new.
+wildcard_constraints:
+    dataset=_one_of(config["datasets"]),
+    arch=_one_of(config["archs"]),
+    method=_one_of(config["methods"]),
+    budget=_one_of(cell.budget for cell in CELLS),
+    table=_one_of(config["tables"]),
+
+
+include: "rules/data.smk"
+include: "rules/diffusion.smk"
+include: "rules/train.smk"
+include: "rules/evaluate.smk"
+include: "rules/analysis.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        rules.all_tables.input,
+        rules.all_features.input,

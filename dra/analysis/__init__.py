@@ -1,0 +1,1 @@
+"""Tables and representation analyses built from evaluated cells."""

@@ -1,0 +1,296 @@
+"""The workflow's configuration: validation, cells, paths, and the resolved recipe of a cell.
+
+The Snakefile and the tests share these functions, so a path or a recipe is computed in one
+place only. A cell is one trained model of a table, named by its path
+``<dataset>/<arch>/<method>/<budget>`` with ``budget = syn<set>-bs<batch>-ep<epochs>`` or
+``nosyn-bs<batch>-ep<epochs>``.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+import jsonschema
+import yaml
+
+SCHEMA_PATH = Path(__file__).resolve().parent.parent / "config" / "schema.yaml"
+BUDGET_PATTERN = re.compile(r"^(?:syn(?P<synthetic>[0-9a-z]+)|nosyn)-bs(?P<batch>[0-9]+)-ep(?P<epochs>[0-9]+)$")
+HOW_TO_FIX = "Fix it in config.yaml or in the overlay given with --configfile (keys: config/schema.yaml)."
+
+
+class ConfigError(ValueError):
+    """A configuration mistake, with the key that is wrong and what to do."""
+
+
+@dataclass(frozen=True)
+class Cell:
+    dataset: str
+    arch: str
+    method: str
+    budget: str
+
+    @property
+    def id(self) -> str:
+        return f"{self.dataset}/{self.arch}/{self.method}/{self.budget}"
+
+    @property
+    def synthetic(self) -> str | None:
+        return BUDGET_PATTERN.match(self.budget)["synthetic"]
+
+    @property
+    def batch_size(self) -> int:
+        return int(BUDGET_PATTERN.match(self.budget)["batch"])
+
+    @property
+    def epochs(self) -> int:
+        return int(BUDGET_PATTERN.match(self.budget)["epochs"])
+
+
+def parse_cell(cell_id: str) -> Cell:
+    parts = cell_id.strip("/").split("/")
+    if len(parts) != 4 or not BUDGET_PATTERN.match(parts[3]):
+        raise ConfigError(
+            f"cell '{cell_id}' is not <dataset>/<arch>/<method>/<budget> with budget like "
+            f"syn1m-bs512-ep400 or nosyn-bs128-ep200. {HOW_TO_FIX}"
+        )
+    return Cell(*parts)
+
+
+# ----------------------------------------------------------------------------------------------
+# validation
+
+
+def _key_path(path: Iterable[Any]) -> str:
+    text = ""
+    for part in path:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text or "(top level)"
+
+
+def _schema_error_message(error: jsonschema.ValidationError) -> str:
+    # oneOf/anyOf errors hide the useful sub-error; pick the deepest one
+    while error.context:
+        error = max(error.context, key=lambda e: len(e.absolute_path))
+    key = _key_path(error.absolute_path)
+    if error.validator == "additionalProperties":
+        return f"config key {key}: {error.message} (a misspelt or unknown key). {HOW_TO_FIX}"
+    if error.validator == "required":
+        return f"config key {key}: {error.message}. {HOW_TO_FIX}"
+    return f"config key {key}: {error.message}. {HOW_TO_FIX}"
+
+
+def validate_config(config: dict) -> None:
+    """Stop with one message naming the key when the configuration is wrong."""
+    schema = yaml.safe_load(SCHEMA_PATH.read_text())
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(config), key=lambda e: (len(e.absolute_path), e.path))
+    if errors:
+        raise ConfigError(_schema_error_message(jsonschema.exceptions.best_match(errors)))
+    _check_references(config)
+
+
+def _require(condition: bool, key: str, message: str) -> None:
+    if not condition:
+        raise ConfigError(f"config key {key}: {message}. {HOW_TO_FIX}")
+
+
+def _check_references(config: dict) -> None:
+    datasets, archs, methods = config["datasets"], config["archs"], config["methods"]
+    models = config["diffusion_models"]
+    for name, dataset in datasets.items():
+        _require(
+            dataset["diffusion"] in models,
+            f"datasets.{name}.diffusion",
+            f"'{dataset['diffusion']}' is not in diffusion_models (known: {', '.join(models)})",
+        )
+        if dataset["source"]["kind"] in ("cifar10", "cifar100"):
+            _require("url" in dataset["source"], f"datasets.{name}.source.url", "a download URL is required")
+    for name, model in models.items():
+        source = model["source"]
+        if source["kind"] == "edm_pickle":
+            _require("url" in source, f"diffusion_models.{name}.source.url", "a download URL is required")
+        else:
+            for key in ("dataset", "network", "training"):
+                _require(key in source, f"diffusion_models.{name}.source.{key}", "required when kind is train")
+            _require(
+                source["dataset"] in datasets,
+                f"diffusion_models.{name}.source.dataset",
+                f"'{source['dataset']}' is not in datasets",
+            )
+    for name, arch in archs.items():
+        needed = ("depth", "width") if arch["family"] == "wrn" else ("name",)
+        for key in needed:
+            _require(key in arch, f"archs.{name}.{key}", f"required for family {arch['family']}")
+        if arch["family"] == "wrn":
+            _require((arch["depth"] - 4) % 6 == 0, f"archs.{name}.depth", "a WideResNet depth is 6n+4")
+    for table_name, table in config["tables"].items():
+        for index, row in enumerate(table["rows"]):
+            key = f"tables.{table_name}.rows[{index}]"
+            if "cell" not in row:
+                continue
+            cell = parse_cell(row["cell"])
+            _require(cell.dataset in datasets, f"{key}.cell", f"dataset '{cell.dataset}' is not in datasets")
+            _require(cell.arch in archs, f"{key}.cell", f"arch '{cell.arch}' is not in archs (known: {', '.join(archs)})")
+            _require(
+                cell.method in methods, f"{key}.cell", f"method '{cell.method}' is not in methods (known: {', '.join(methods)})"
+            )
+            _require(
+                cell.arch in config["recipes"].get(cell.dataset, {}),
+                f"recipes.{cell.dataset}.{cell.arch}",
+                f"no recipe for cell {cell.id}",
+            )
+            wants_synthetic = methods[cell.method]["synthetic"]
+            _require(
+                wants_synthetic == (cell.synthetic is not None),
+                f"{key}.cell",
+                f"method '{cell.method}' {'needs' if wants_synthetic else 'uses no'} synthetic data, "
+                f"but the budget is '{cell.budget}'",
+            )
+            if cell.synthetic is not None:
+                _require(
+                    cell.synthetic in datasets[cell.dataset]["synthetic"],
+                    f"{key}.cell",
+                    f"synthetic set '{cell.synthetic}' is not in datasets.{cell.dataset}.synthetic "
+                    f"(known: {', '.join(datasets[cell.dataset]['synthetic'])})",
+                )
+            is_table3 = table_name == "table3"
+            if row["paper"] is not None:
+                _require(
+                    ("cls95" in row["paper"]) == is_table3,
+                    f"{key}.paper",
+                    "Table 3 rows carry cls95/cls99/robust_dim, Tables 1-2 clean/autoattack",
+                )
+
+
+# ----------------------------------------------------------------------------------------------
+# cells and paths
+
+
+def results_dir(config: dict) -> str:
+    return f"results/{config['scale']}"
+
+
+def table_cells(config: dict, tables: Iterable[str] | None = None) -> list[Cell]:
+    """The trained cells of the given tables (all by default), each once, in table order."""
+    names = list(tables) if tables is not None else list(config["tables"])
+    cells: dict[str, Cell] = {}
+    for name in names:
+        for row in config["tables"][name]["rows"]:
+            if "cell" in row:
+                cell = parse_cell(row["cell"])
+                cells.setdefault(cell.id, cell)
+    return list(cells.values())
+
+
+def cell_dir(config: dict, cell: Cell) -> str:
+    return f"{results_dir(config)}/{cell.id}"
+
+
+def synthetic_is_generated(config: dict, dataset: str, name: str) -> bool:
+    return "generate" in config["datasets"][dataset]["synthetic"][name]
+
+
+def synthetic_store(config: dict, dataset: str, name: str) -> str:
+    folder = "generated" if synthetic_is_generated(config, dataset, name) else "synthetic"
+    return f"{config['data_dir']}/{dataset}/{folder}/{name}"
+
+
+def synthetic_size(config: dict, dataset: str, name: str) -> int:
+    spec = config["datasets"][dataset]["synthetic"][name]
+    if "generate" in spec:
+        return spec["generate"]["images_per_class"] * config["datasets"][dataset]["num_classes"]
+    return sum(part["images"] for part in spec["parts"])
+
+
+def split_store(config: dict, dataset: str, split: str) -> str:
+    return f"{config['data_dir']}/{dataset}/{split}"
+
+
+def diffusion_checkpoint(config: dict, model: str) -> str:
+    return f"{config['data_dir']}/diffusion/{model}/model.safetensors"
+
+
+def feature_views(config: dict, cell: Cell) -> int:
+    """Appendix D: a second representation per image for large synthetic sets."""
+    threshold = config["datasets"][cell.dataset]["extra_view_over_synthetic"]
+    if threshold is None or cell.synthetic is None:
+        return 1
+    return 2 if synthetic_size(config, cell.dataset, cell.synthetic) > threshold else 1
+
+
+def feature_store(config: dict, dataset: str, store: str, views: int) -> str:
+    """``store`` is 'train' or 'synthetic-<set>'."""
+    diffusion = config["datasets"][dataset]["diffusion"]
+    return f"{results_dir(config)}/{dataset}/features/{diffusion}/{store}-v{views}"
+
+
+# ----------------------------------------------------------------------------------------------
+# the resolved recipe
+
+
+def resolve_recipe(config: dict, cell: Cell) -> dict:
+    """Everything the training script needs for one cell (docs/architecture.md)."""
+    dataset = config["datasets"][cell.dataset]
+    method = config["methods"][cell.method]
+    recipe = copy.deepcopy(config["recipes"][cell.dataset][cell.arch])
+    attack = recipe.pop("attack")
+    objective = recipe.pop("objective")
+    unsup_fraction = recipe.pop("unsup_fraction")
+    synthetic = (
+        synthetic_store(config, cell.dataset, cell.synthetic) if method["synthetic"] else None
+    )
+    dra = None
+    if method["dra"]:
+        views = feature_views(config, cell)
+        diffusion_name = dataset["diffusion"]
+        diffusion = config["diffusion_models"][diffusion_name]
+        dra = {
+            "lambda": config["dra"]["lambda"],
+            "head_hidden": config["dra"]["head_hidden"],
+            "head_layers": config["dra"]["head_layers"],
+            "target": config["dra"]["target"],
+            "features": {
+                "real": feature_store(config, cell.dataset, "train", views),
+                "synthetic": (
+                    feature_store(config, cell.dataset, f"synthetic-{cell.synthetic}", views)
+                    if synthetic
+                    else None
+                ),
+            },
+            "diffusion": {
+                "checkpoint": diffusion_checkpoint(config, diffusion_name),
+                "layer": diffusion["feature"]["layer"],
+                "sigma": diffusion["feature"]["sigma"],
+                "extra_view": views == 2,
+            },
+        }
+    return {
+        "cell": {"dataset": cell.dataset, "arch": cell.arch, "method": cell.method, "budget": cell.budget},
+        "seed": config["seed"],
+        "data": {
+            "train": split_store(config, cell.dataset, "train"),
+            "synthetic": synthetic,
+            "val_size": dataset["val_size"],
+            "epoch_reference_size": dataset["epoch_reference_size"],
+            "unsup_fraction": unsup_fraction,
+            "num_classes": dataset["num_classes"],
+            "mean": dataset["mean"],
+            "std": dataset["std"],
+            "augment": dataset["augment"],
+        },
+        "arch": config["archs"][cell.arch],
+        "attack": {
+            "eps": attack["eps_255"] / 255,
+            "step": attack["step_255"] / 255,
+            "steps": attack["steps"],
+        },
+        "objective": {"name": method["objective"], **objective},
+        "dra": dra,
+        **recipe,
+        "batch_size": cell.batch_size,
+        "epochs": cell.epochs,
+    }

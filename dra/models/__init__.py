@@ -1,0 +1,36 @@
+"""Classifiers: `create_classifier(arch, num_classes, mean, std)` (docs/architecture.md, Classifiers)."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from torch import nn
+
+from dra.models.timm_models import TimmClassifier
+from dra.models.wideresnet import WideResNet
+
+
+def create_classifier(arch: dict[str, Any], num_classes: int, mean: Sequence[float],
+                      std: Sequence[float]) -> nn.Module:
+    """Build the classifier an `arch` config entry describes; inputs are images in [0, 1].
+
+    {family: wrn, depth, width, activation} -> DM-AT's WideResNet;
+    {family: timm, name, kwargs} -> a timm model (randomly initialized unless kwargs ask otherwise).
+    """
+    family = arch.get("family")
+    if family == "wrn":
+        for key in ("depth", "width"):
+            if key not in arch:
+                raise ValueError(f"arch.{key}: missing for family 'wrn' (e.g. depth: 28, width: 10)")
+        return WideResNet(int(arch["depth"]), int(arch["width"]), num_classes, mean, std,
+                          activation=arch.get("activation", "silu"))
+    if family == "timm":
+        if "name" not in arch:
+            raise ValueError("arch.name: missing for family 'timm' (e.g. name: vit_base_patch16_224)")
+        kwargs = dict(arch.get("kwargs") or {})
+        pretrained = bool(kwargs.pop("pretrained", False))
+        return TimmClassifier(arch["name"], num_classes, mean, std, kwargs=kwargs, pretrained=pretrained)
+    raise ValueError(f"arch.family: expected 'wrn' or 'timm', got {family!r}")
+
+
+__all__ = ["create_classifier", "WideResNet", "TimmClassifier"]

@@ -1,0 +1,108 @@
+"""L-inf PGD as DM-AT runs it (reference/recipe.md 1.3, 1.5).
+
+The attack starts uniformly in the eps-ball, takes sign-of-gradient steps, and projects onto
+the ball and onto [0, 1] after every step. The objective (what the attack maximizes) is a
+function of the logits: cross-entropy for PGD-AT, TRADES' KL for TRADES, the CW margin for the
+40-step validation attack.
+
+During training DM-AT keeps the model in train mode but switches BatchNorm's running-statistic
+tracking off, so the attack uses batch statistics without moving the running averages;
+`frozen_batchnorm_statistics` does that.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+Objective = Callable[[torch.Tensor], torch.Tensor]  # logits -> scalar to maximize
+
+CW_MARGIN = 50.0  # DM-AT's CWLoss default margin (imrahulr/DM-AT core/attacks/utils.py, margin=50)
+
+
+@contextlib.contextmanager
+def frozen_batchnorm_statistics(model: nn.Module) -> Iterator[None]:
+    """Batch statistics are used but running mean/var and num_batches_tracked stay unchanged."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    previous = [m.track_running_stats for m in norms]
+    for m in norms:
+        m.track_running_stats = False
+    try:
+        yield
+    finally:
+        for m, tracked in zip(norms, previous):
+            m.track_running_stats = tracked
+
+
+def uniform_ball_noise(shape: torch.Size | tuple[int, ...], eps: float, generator: torch.Generator,
+                       device: torch.device | str = "cpu") -> torch.Tensor:
+    """Uniform(-eps, eps) start noise, drawn from `generator` (on its device) and moved to `device`."""
+    noise = torch.rand(shape, generator=generator, device=generator.device)
+    return ((2.0 * noise - 1.0) * eps).to(device)
+
+
+def pgd_linf(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, objective: Objective,
+             eps: float, step_size: float, steps: int, start_noise: torch.Tensor) -> torch.Tensor:
+    """Return x_adv with ||x_adv - x||_inf <= eps and x_adv in [0, 1], detached.
+
+    `start_noise` is the uniform start (see `uniform_ball_noise`); the caller draws it so that a
+    run split over several processes uses the same noise as one process.
+    """
+    x = x.detach()
+    lower, upper = (x - eps).clamp(min=0.0), (x + eps).clamp(max=1.0)
+    x_adv = torch.clamp(x + start_noise, 0.0, 1.0)
+    for _ in range(steps):
+        x_adv.requires_grad_(True)
+        with torch.enable_grad():
+            loss = objective(model(x_adv))
+            (gradient,) = torch.autograd.grad(loss, x_adv)
+        # Projection onto the ball and [0, 1] at once: the intersection of two boxes.
+        x_adv = torch.min(torch.max(x_adv.detach() + step_size * gradient.sign(), lower), upper)
+    return x_adv.detach()
+
+
+def cross_entropy_objective(labels: torch.Tensor) -> Objective:
+    return lambda logits: F.cross_entropy(logits.float(), labels, reduction="sum")
+
+
+def trades_kl_objective(natural_probabilities: torch.Tensor) -> Objective:
+    """KL(p_nat || p_adv) with batchmean reduction; p_nat is fixed (detached) during the attack."""
+    target = natural_probabilities.detach()
+    return lambda logits: F.kl_div(F.log_softmax(logits.float(), dim=1), target, reduction="batchmean")
+
+
+def cw_margin_objective(labels: torch.Tensor, margin: float = CW_MARGIN) -> Objective:
+    """Sum over the batch of -max(z_y - max_{j != y} z_j + margin, 0)."""
+    def objective(logits: torch.Tensor) -> torch.Tensor:
+        logits = logits.float()
+        true_logit = logits.gather(1, labels[:, None]).squeeze(1)
+        others = logits.masked_fill(F.one_hot(labels, logits.shape[1]).bool(), float("-inf"))
+        return -torch.clamp(true_logit - others.max(dim=1).values + margin, min=0.0).sum()
+    return objective
+
+
+@torch.no_grad()
+def robust_accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, eps: float,
+                    step_size: float, steps: int, batch_size: int,
+                    generator: torch.Generator) -> tuple[float, float]:
+    """(clean accuracy, PGD-`steps` CW-margin robust accuracy) of `model` in eval mode.
+
+    DM-AT's per-epoch validation: 40 steps, CW margin loss, uniform start (recipe.md 1.5).
+    """
+    was_training = model.training
+    model.eval()
+    clean_correct = robust_correct = 0
+    try:
+        for start in range(0, len(images), batch_size):
+            x, y = images[start:start + batch_size], labels[start:start + batch_size]
+            clean_correct += (model(x).argmax(1) == y).sum().item()
+            noise = uniform_ball_noise(x.shape, eps, generator, x.device)
+            x_adv = pgd_linf(model, x, cw_margin_objective(y), eps, step_size, steps, noise)
+            robust_correct += (model(x_adv).argmax(1) == y).sum().item()
+    finally:
+        model.train(was_training)
+    return clean_correct / len(images), robust_correct / len(images)

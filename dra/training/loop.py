@@ -1,0 +1,373 @@
+"""`train_cell`: one training run of a table cell, resumable at any step.
+
+The recipe reads top to bottom in `train_cell`; the attack, the loss terms, EMA and the
+checkpoint are small functions it calls. Everything random is drawn from two explicit
+generators whose states are checkpointed, so a run killed at any point and restarted ends with
+the same weights (bit-identical on CPU) as a run that was never interrupted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from dra.io import atomic_file
+from dra.models import create_classifier
+from dra.training.attacks import robust_accuracy, uniform_ball_noise
+from dra.training.augment import random_crop_flip_rotate
+from dra.training.distributed import DistributedContext, init_distributed, wrap_for_training
+from dra.training.dra_head import OnlineTargets, ProjectionHead, StoredTargets, dra_loss
+from dra.training.ema import WeightAverage
+from dra.training.losses import adversarial_examples, smooth_cross_entropy, trades_outer_loss
+from dra.training.recipe import validate_recipe
+from dra.training.schedules import (FIRST_STEP_BATCHNORM_MOMENTUM, TRAINING_BATCHNORM_MOMENTUM, build_optimizer,
+                                    build_schedule, set_batchnorm_momentum)
+
+LOG_COLUMNS = ["epoch", "step", "lr", "loss", "loss_trades_or_ce", "loss_dra", "clean_batch_acc", "adv_batch_acc",
+               "images_per_second", "val_clean_acc", "val_robust_acc"]
+STATE_FILE = "state.pt"
+BEST_FILE = "best_model.pt"
+
+
+class TrainingDivergedError(RuntimeError):
+    pass
+
+
+class TrainingDataError(ValueError):
+    pass
+
+
+class TrainingModule(nn.Module):
+    """Classifier and DRA head in one module, so that one step is one forward for DDP.
+
+    forward(x_clean, x_adv) -> (clean logits or None, adversarial logits, projected adversarial
+    features or None). The two classifier passes are separate, clean first, as in DM-AT (each
+    moves the BatchNorm running statistics with its own batch). Standard training passes the
+    unperturbed batch as x_adv.
+    """
+
+    def __init__(self, classifier: nn.Module, head: nn.Module | None):
+        super().__init__()
+        self.classifier = classifier
+        self.head = head
+
+    def forward(self, x_clean: torch.Tensor | None, x_adv: torch.Tensor):
+        logits_clean = self.classifier(x_clean) if x_clean is not None else None
+        logits_adv, features_adv = self.classifier.forward_features(x_adv)
+        projected = self.head(features_adv) if self.head is not None else None
+        return logits_clean, logits_adv, projected
+
+
+@dataclass
+class TrainingData:
+    train_images: np.ndarray     # memmap (N, H, W, 3) uint8; the first val_size are validation
+    train_labels: np.ndarray
+    synthetic_images: np.ndarray | None
+    synthetic_labels: np.ndarray | None
+    val_size: int
+
+    @property
+    def n_real(self) -> int:
+        return len(self.train_labels) - self.val_size
+
+    @property
+    def n_synthetic(self) -> int:
+        return 0 if self.synthetic_labels is None else len(self.synthetic_labels)
+
+
+@dataclass
+class Progress:
+    """Where the run is, plus what the current epoch's log row has accumulated so far."""
+
+    epoch: int = 0                 # 0-based index of the epoch in progress
+    step_in_epoch: int = 0         # batches of that epoch already taken
+    global_step: int = 0           # optimizer steps taken
+    sums: dict[str, float] = field(default_factory=dict)
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    best_val_robust: float = -1.0
+
+
+class TrainingRandomness:
+    """`host` draws batch order, augmentation and target views; `device` draws attack starts."""
+
+    def __init__(self, seed: int, device: torch.device):
+        self.host = torch.Generator().manual_seed(seed)
+        self.device = torch.Generator(device=device).manual_seed(seed + 1)
+
+    def state(self) -> dict[str, Any]:
+        state = {"host": self.host.get_state(), "device": self.device.get_state(), "torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def load(self, state: dict[str, Any]) -> None:
+        self.host.set_state(state["host"])
+        self.device.set_state(state["device"])
+        torch.set_rng_state(state["torch"])
+        if "cuda" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def open_training_data(recipe: dict) -> TrainingData:
+    from dra.data.store import open_image_store
+
+    data = recipe["data"]
+    train = open_image_store(data["train"])
+    if data["val_size"] >= len(train.labels):
+        raise TrainingDataError(f"recipe key data.val_size = {data['val_size']} leaves no training image in "
+                                f"{data['train']} ({len(train.labels)} images); lower data.val_size")
+    synthetic = open_image_store(data["synthetic"]) if data["synthetic"] else None
+    for store, name in ((train, data["train"]), (synthetic, data["synthetic"])):
+        if store is not None and int(store.labels.max(initial=0)) >= data["num_classes"]:
+            raise TrainingDataError(f"{name}: labels reach {int(store.labels.max())} but recipe key data.num_classes "
+                                    f"is {data['num_classes']}")
+    return TrainingData(train.images, train.labels, synthetic.images if synthetic else None,
+                        synthetic.labels if synthetic else None, data["val_size"])
+
+
+def build_targets(dra: dict, data: TrainingData, device: torch.device):
+    """The DRA target provider and the target dimension."""
+    if dra["target"] == "stored":
+        from dra.data.store import open_feature_store
+
+        real = open_feature_store(dra["features"]["real"])
+        synthetic = open_feature_store(dra["features"]["synthetic"]) if data.synthetic_images is not None else None
+        for store, images, key in ((real, data.train_images, "real"), (synthetic, data.synthetic_images, "synthetic")):
+            if store is not None and len(store.features) != len(images):
+                raise TrainingDataError(f"{dra['features'][key]}: {len(store.features)} feature rows but its image store "
+                                        f"has {len(images)} images (recipe key dra.features.{key}); re-extract the features")
+        provider = StoredTargets(real.features, synthetic.features if synthetic else None)
+        return provider, provider.dim
+    from dra.diffusion.checkpoint import load_edm
+    from dra.diffusion.features import DiffusionFeatureExtractor
+
+    diffusion = dra["diffusion"]
+    net = load_edm(diffusion["checkpoint"]).to(device).eval().requires_grad_(False)
+    extractor = DiffusionFeatureExtractor(net, diffusion["layer"], diffusion["sigma"], extra_view=diffusion["extra_view"])
+    return OnlineTargets(extractor, views=extractor.views), extractor.dims[diffusion["layer"]]
+
+
+def images_to_tensor(images_uint8_nhwc: np.ndarray, device: torch.device) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(images_uint8_nhwc)).to(device).permute(0, 3, 1, 2).float().div_(255.0)
+
+
+def gather_batch(data: TrainingData, real_idx: np.ndarray, synthetic_idx: np.ndarray, generator: torch.Generator):
+    """(store_index, is_synthetic, images uint8, labels) of one global batch in shuffled order.
+
+    Real indices are positions in the training split, i.e. past the validation images. DM-AT
+    shuffles the joined real + synthetic list (recipe.md 1.4); here that also mixes each rank's slice.
+    """
+    store_index = np.concatenate([np.asarray(real_idx, dtype=np.int64) + data.val_size,
+                                  np.asarray(synthetic_idx, dtype=np.int64)])
+    is_synthetic = np.concatenate([np.zeros(len(real_idx), bool), np.ones(len(synthetic_idx), bool)])
+    order = torch.randperm(len(store_index), generator=generator).numpy()
+    store_index, is_synthetic = store_index[order], is_synthetic[order]
+    images = np.empty((len(store_index),) + data.train_images.shape[1:], dtype=np.uint8)
+    labels = np.empty(len(store_index), dtype=np.int64)
+    real = ~is_synthetic
+    images[real], labels[real] = data.train_images[store_index[real]], data.train_labels[store_index[real]]
+    if is_synthetic.any():
+        images[is_synthetic] = data.synthetic_images[store_index[is_synthetic]]
+        labels[is_synthetic] = data.synthetic_labels[store_index[is_synthetic]]
+    return store_index, is_synthetic, images, labels
+
+
+def save_state(path: Path, trainable: TrainingModule, ema: WeightAverage, optimizer, scheduler,
+               progress: Progress, randomness: TrainingRandomness) -> None:
+    state = {"trainable": trainable.state_dict(), "ema": ema.model.state_dict(), "optimizer": optimizer.state_dict(),
+             "scheduler": scheduler.state_dict(), "progress": asdict(progress), "randomness": randomness.state()}
+    with atomic_file(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_state(path: Path, trainable: TrainingModule, ema: WeightAverage, optimizer, scheduler,
+               randomness: TrainingRandomness) -> Progress:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # a truncated or foreign file: say which and what to do
+        raise TrainingDataError(f"{path}: cannot read the training state ({error}); delete it to restart the cell "
+                                "from scratch") from error
+    trainable.load_state_dict(state["trainable"])
+    ema.model.load_state_dict(state["ema"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    randomness.load(state["randomness"])
+    return Progress(**state["progress"])
+
+
+def write_log(path: Path, rows: list[dict[str, Any]]) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=LOG_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    with atomic_file(path) as tmp:
+        tmp.write_text(buffer.getvalue())
+
+
+def epoch_row(epoch: int, progress: Progress, lr: float, validation: tuple[float, float] | None) -> dict[str, Any]:
+    s = progress.sums
+    n = max(s.get("images", 0.0), 1.0)
+    clean = s["clean_correct"] / s["clean_counted"] if s.get("clean_counted") else ""
+    return {"epoch": epoch + 1, "step": progress.global_step, "lr": lr,
+            "loss": s["loss"] / n, "loss_trades_or_ce": s["loss_main"] / n, "loss_dra": s["loss_dra"] / n,
+            "clean_batch_acc": clean, "adv_batch_acc": s["adv_correct"] / n,
+            "images_per_second": s["images"] / max(s["seconds"], 1e-9),
+            "val_clean_acc": validation[0] if validation else "", "val_robust_acc": validation[1] if validation else ""}
+
+
+def train_cell(recipe: dict, out_dir: str | Path, state_dir: str | Path, threads: int,
+               after_step: Callable[[int], None] | None = None) -> None:
+    """Train the cell `recipe` describes; write out_dir/model.pt (EMA weights) and out_dir/log.csv.
+
+    Resumes from state_dir/state.pt when present. `after_step(global_step)` is called after
+    each optimizer step and checkpoint (tests use it to interrupt a run).
+    """
+    recipe = validate_recipe(recipe)
+    torch.set_num_threads(threads)
+    context = init_distributed()
+    device = context.device
+    out_dir, state_dir = Path(out_dir), Path(state_dir)
+    data_cfg, attack, objective, precision = recipe["data"], recipe["attack"], recipe["objective"], recipe["precision"]
+    dra = recipe["dra"]
+
+    from dra.data.sampler import DMATBatchSampler
+
+    data = open_training_data(recipe)
+    sampler = DMATBatchSampler(data.n_real, data.n_synthetic, recipe["batch_size"], data_cfg["unsup_fraction"],
+                               data_cfg["epoch_reference_size"], recipe["seed"])
+    epochs, steps_per_epoch = recipe["epochs"], sampler.num_batches
+
+    torch.manual_seed(recipe["seed"])
+    classifier = create_classifier(recipe["arch"], data_cfg["num_classes"], data_cfg["mean"], data_cfg["std"]).to(device)
+    targets, head = None, None
+    if dra is not None:
+        targets, target_dim = build_targets(dra, data, device)
+        head = ProjectionHead(classifier.feature_dim, dra["head_hidden"], target_dim, dra["head_layers"]).to(device)
+    memory_format = torch.channels_last if precision["channels_last"] else torch.contiguous_format
+    classifier = classifier.to(memory_format=memory_format)
+    trainable = TrainingModule(classifier, head)
+    optimizer = build_optimizer(recipe["optimizer"], trainable)
+    schedule = build_schedule(recipe["schedule"], optimizer, recipe["optimizer"]["lr"], epochs, steps_per_epoch)
+    ema = WeightAverage(classifier, recipe["ema"]["tau"], recipe["ema"]["warmup_fraction"] * epochs * steps_per_epoch)
+    randomness = TrainingRandomness(recipe["seed"], device)
+    progress = Progress()
+    if (state_dir / STATE_FILE).exists():
+        progress = load_state(state_dir / STATE_FILE, trainable, ema, optimizer, schedule.scheduler, randomness)
+
+    train_forward = wrap_for_training(trainable, context)
+    attack_forward: nn.Module = classifier
+    if precision["compile"]:
+        train_forward, attack_forward = torch.compile(train_forward), torch.compile(classifier)
+    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if precision["bf16"] else contextlib.nullcontext
+    val_images = images_to_tensor(data.train_images[:data.val_size], device).contiguous(memory_format=memory_format)
+    val_labels = torch.as_tensor(np.asarray(data.train_labels[:data.val_size]), device=device)
+    augment = data_cfg["augment"]
+
+    bar = tqdm(total=epochs * steps_per_epoch, initial=progress.global_step, disable=not context.is_main,
+               desc="train", unit="step", dynamic_ncols=True)
+    while progress.epoch < epochs:
+        epoch = progress.epoch
+        batches = sampler.epoch(epoch)
+        for real_idx, synthetic_idx in batches[progress.step_in_epoch:]:
+            started = time.perf_counter()
+            store_index, is_synthetic, images, labels = gather_batch(data, real_idx, synthetic_idx, randomness.host)
+            x = random_crop_flip_rotate(images_to_tensor(images, device), randomness.host, augment["crop_padding"],
+                                        augment["hflip"], augment["rotate_degrees"])
+            y = torch.from_numpy(labels).to(device)
+            start_noise = uniform_ball_noise(x.shape, attack["eps"], randomness.device, device)
+            view = torch.randint(targets.views, (len(y),), generator=randomness.host).numpy() if targets else None
+            mine = context.shard(len(y))
+            x, y, start_noise = x[mine].contiguous(memory_format=memory_format), y[mine], start_noise[mine]
+
+            set_batchnorm_momentum(classifier, FIRST_STEP_BATCHNORM_MOMENTUM if progress.global_step == 0
+                                   else TRAINING_BATCHNORM_MOMENTUM)
+            with autocast():
+                x_adv = adversarial_examples(objective["name"], attack_forward, x, y, attack["eps"], attack["step"],
+                                             attack["steps"], start_noise)
+                logits_clean, logits_adv, projected = train_forward(x if objective["name"] == "trades" else None, x_adv)
+            if objective["name"] == "trades":
+                loss_main, _ = trades_outer_loss(logits_clean, logits_adv, y, objective["beta"], objective["label_smoothing"])
+            else:
+                loss_main = smooth_cross_entropy(logits_adv, y, objective["label_smoothing"])
+            loss_dra = torch.zeros((), device=device)
+            if head is not None:
+                target = targets(store_index[mine], is_synthetic[mine], view[mine], x, y)
+                loss_dra = dra_loss(projected, target)
+            loss = loss_main + (dra["lambda"] if dra else 0.0) * loss_dra
+
+            n_local = len(y)
+            clean_correct = (logits_clean.argmax(1) == y).sum() if logits_clean is not None else torch.zeros((), device=device)
+            totals = context.all_reduce_sum(torch.stack([
+                loss.detach().float() * n_local, loss_main.detach().float() * n_local, loss_dra.detach().float() * n_local,
+                clean_correct.float(), (logits_adv.argmax(1) == y).sum().float(), torch.tensor(float(n_local), device=device),
+            ])).tolist()
+            if not all(math.isfinite(v) for v in totals[:3]):
+                raise TrainingDivergedError(
+                    f"non-finite loss {totals[0] / totals[5]} at epoch {epoch + 1}, step {progress.step_in_epoch + 1} "
+                    f"(global step {progress.global_step + 1}); the last good state is {state_dir / STATE_FILE}. "
+                    "Lower optimizer.lr or check the data for NaN.")
+            optimizer.zero_grad(set_to_none=True)
+            # DDP averages gradients over ranks; weighting by the local share keeps that equal to the
+            # global-batch mean when the global batch does not split evenly.
+            (loss * (n_local * context.world_size / totals[5])).backward()
+            optimizer.step()
+            if schedule.per == "step":
+                schedule.scheduler.step()
+            ema.update(classifier, progress.global_step)
+
+            progress.global_step += 1
+            progress.step_in_epoch += 1
+            seconds = time.perf_counter() - started
+            for key, value in zip(("loss", "loss_main", "loss_dra", "clean_correct", "adv_correct", "images"), totals):
+                progress.sums[key] = progress.sums.get(key, 0.0) + value
+            progress.sums["seconds"] = progress.sums.get("seconds", 0.0) + seconds
+            if logits_clean is not None:
+                progress.sums["clean_counted"] = progress.sums.get("clean_counted", 0.0) + totals[5]
+            if context.is_main and progress.global_step % recipe["checkpoint"]["every_steps"] == 0:
+                save_state(state_dir / STATE_FILE, trainable, ema, optimizer, schedule.scheduler, progress, randomness)
+            context.barrier()
+            bar.update(1)
+            bar.set_postfix(epoch=epoch + 1, loss=f"{totals[0] / totals[5]:.4f}", img_s=f"{totals[5] / seconds:.0f}")
+            if after_step is not None:
+                after_step(progress.global_step)
+
+        # End of epoch: BN statistics into the average, validation, log row, per-epoch lr step.
+        ema.copy_buffers(classifier)
+        validation = None
+        validate_now = (epoch + 1) % recipe["validation"]["every_epochs"] == 0 or epoch + 1 == epochs
+        if data.val_size and validate_now and context.is_main:
+            with autocast():
+                validation = robust_accuracy(ema.model, val_images, val_labels, attack["eps"], attack["step"],
+                                             recipe["validation"]["attack_steps"], recipe["batch_size"],
+                                             torch.Generator(device=device).manual_seed(recipe["seed"]))
+            if recipe["checkpoint"]["select"] == "best_val" and validation[1] > progress.best_val_robust:
+                progress.best_val_robust = validation[1]
+                with atomic_file(state_dir / BEST_FILE) as tmp:
+                    torch.save(ema.model.state_dict(), tmp)
+        progress.rows.append(epoch_row(epoch, progress, optimizer.param_groups[0]["lr"], validation))
+        if schedule.per == "epoch":
+            schedule.scheduler.step()
+        progress.epoch, progress.step_in_epoch, progress.sums = epoch + 1, 0, {}
+        if context.is_main:
+            save_state(state_dir / STATE_FILE, trainable, ema, optimizer, schedule.scheduler, progress, randomness)
+        context.barrier()
+    bar.close()
+
+    if context.is_main:
+        write_log(out_dir / "log.csv", progress.rows)
+        weights = (torch.load(state_dir / BEST_FILE, map_location="cpu", weights_only=True)
+                   if recipe["checkpoint"]["select"] == "best_val" else ema.model.state_dict())
+        with atomic_file(out_dir / "model.pt") as tmp:
+            torch.save(weights, tmp)
+    context.barrier()

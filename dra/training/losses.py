@@ -1,0 +1,58 @@
+"""Training objectives: TRADES as DM-AT runs it, PGD-AT, and standard training.
+
+TRADES (reference/recipe.md 1.3):
+- attack: uniform start, 10 sign steps maximizing KL_batchmean(p_nat || p_adv) with p_nat
+  computed once and detached; model in train mode with BatchNorm tracking off;
+- outer loss, from two separate train-mode forwards (each moves the BatchNorm running stats):
+  CE_ls(logits_nat, y) + beta * KL_batchmean(softmax(logits_nat) || softmax(logits_adv)),
+  softmax(logits_nat) NOT detached;
+- label smoothing 0.1 on the clean CE only: 0.9 NLL(y) + 0.1 mean_c(-log p_c).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dra.training.attacks import (cross_entropy_objective, frozen_batchnorm_statistics, pgd_linf,
+                                  trades_kl_objective)
+
+OBJECTIVES = ("trades", "pgd_at", "standard")
+
+
+def smooth_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, smoothing: float) -> torch.Tensor:
+    """(1 - s) NLL(y) + s * mean over all classes of -log p (DM-AT's SmoothCrossEntropyLoss)."""
+    log_probabilities = F.log_softmax(logits.float(), dim=1)
+    nll = -log_probabilities.gather(1, labels[:, None]).squeeze(1)
+    uniform = -log_probabilities.mean(dim=1)
+    return ((1.0 - smoothing) * nll + smoothing * uniform).mean()
+
+
+def trades_outer_loss(logits_natural: torch.Tensor, logits_adversarial: torch.Tensor,
+                      labels: torch.Tensor, beta: float, label_smoothing: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(total, robust KL term) of TRADES; gradients flow through both branches."""
+    robust = F.kl_div(F.log_softmax(logits_adversarial.float(), dim=1),
+                      F.softmax(logits_natural.float(), dim=1), reduction="batchmean")
+    return smooth_cross_entropy(logits_natural, labels, label_smoothing) + beta * robust, robust
+
+
+def adversarial_examples(objective: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                         eps: float, step_size: float, steps: int, start_noise: torch.Tensor) -> torch.Tensor:
+    """The training-time inputs of the adversarial branch for `objective`.
+
+    'trades' attacks KL to the clean prediction, 'pgd_at' attacks cross-entropy; both in train
+    mode with BatchNorm statistics frozen. 'standard' returns x itself (no attack).
+    """
+    if objective == "standard":
+        return x
+    with frozen_batchnorm_statistics(model):
+        if objective == "trades":
+            with torch.no_grad():
+                natural_probabilities = F.softmax(model(x).float(), dim=1)
+            attack_objective = trades_kl_objective(natural_probabilities)
+        elif objective == "pgd_at":
+            attack_objective = cross_entropy_objective(y)
+        else:
+            raise ValueError(f"objective.name: expected one of {OBJECTIVES}, got {objective!r}")
+        return pgd_linf(model, x, attack_objective, eps, step_size, steps, start_noise)

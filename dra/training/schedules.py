@@ -1,0 +1,84 @@
+"""Optimizers and learning-rate schedules of the two recipes.
+
+WRN (DM-AT, reference/recipe.md 1.7): SGD Nesterov, weight decay 5e-4 except on parameters
+whose name contains 'batchnorm'; 'cosinew' = OneCycleLR(max_lr=lr, pct_start=0.025,
+total_steps=epochs) stepped once per EPOCH, which also cycles SGD's momentum 0.95 -> 0.85 -> 0.95.
+ViT (paper Appendix B, Wu et al. 2025): Lion (timm.optim) with a per-step cosine schedule after
+a linear warm-up.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.optim.lr_scheduler import LambdaLR, LRScheduler, OneCycleLR
+
+from dra.models.wideresnet import BATCHNORM_MOMENTUM
+
+
+def build_optimizer(config: dict[str, Any], model: nn.Module) -> torch.optim.Optimizer:
+    name = config["name"]
+    if name == "sgd":
+        no_decay = [p for n, p in model.named_parameters() if "batchnorm" in n]
+        decay = [p for n, p in model.named_parameters() if "batchnorm" not in n]
+        return torch.optim.SGD(
+            [{"params": decay, "weight_decay": config["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=config["lr"], momentum=config.get("momentum", 0.9), nesterov=config.get("nesterov", True))
+    if name == "lion":
+        from timm.optim import create_optimizer_v2
+
+        # timm exempts biases and normalization weights (1-D parameters) from weight decay.
+        return create_optimizer_v2(model, opt="lion", lr=config["lr"], weight_decay=config["weight_decay"],
+                                   betas=tuple(config.get("betas", (0.9, 0.99))))
+    raise ValueError(f"optimizer.name: expected 'sgd' or 'lion', got {name!r}")
+
+
+class WarmupCosine:
+    """Multiplier of the base lr at a step: linear warm-up from 0, then cosine decay to 0."""
+
+    def __init__(self, total_steps: int, warmup_steps: int):
+        self.total_steps = total_steps
+        self.warmup_steps = warmup_steps
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup_steps:
+            return (step + 1) / self.warmup_steps
+        progress = (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+@dataclass
+class Schedule:
+    """An lr scheduler and when the loop steps it: after every 'step' or after every 'epoch'."""
+
+    scheduler: LRScheduler
+    per: str
+
+
+def build_schedule(config: dict[str, Any], optimizer: torch.optim.Optimizer, max_lr: float,
+                   epochs: int, steps_per_epoch: int) -> Schedule:
+    name = config["name"]
+    if name == "dmat_onecycle":
+        return Schedule(OneCycleLR(optimizer, max_lr=max_lr, pct_start=config.get("warmup_fraction", 0.025),
+                                   total_steps=epochs), per="epoch")
+    if name == "cosine":
+        total = epochs * steps_per_epoch
+        warmup = max(1, round(config.get("warmup_fraction", 0.025) * total))
+        return Schedule(LambdaLR(optimizer, WarmupCosine(total, warmup)), per="step")
+    raise ValueError(f"schedule.name: expected 'dmat_onecycle' or 'cosine', got {name!r}")
+
+
+def set_batchnorm_momentum(model: nn.Module, momentum: float) -> None:
+    """DM-AT sets 1.0 for the very first step (the first batch replaces the initial statistics)
+    and 0.01 afterwards (recipe.md 1.8)."""
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.momentum = momentum
+
+
+FIRST_STEP_BATCHNORM_MOMENTUM = 1.0
+TRAINING_BATCHNORM_MOMENTUM = BATCHNORM_MOMENTUM

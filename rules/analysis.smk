@@ -1,0 +1,45 @@
+# Tables 1-3: the paper's numbers, ours, and the difference, as CSV, Markdown and LaTeX.
+
+
+rule table_spec:
+    output:
+        f"{RESULTS}/tables/{{table}}.spec.yaml",
+    log:
+        f"{RESULTS}/tables/{{table}}.spec.log",
+    localrule: True
+    conda:
+        "../envs/analysis.yaml"
+    params:
+        spec=lambda wc: config["tables"][wc.table],
+    run:
+        from dra.io import write_yaml
+
+        write_yaml(output[0], params.spec)
+
+
+rule build_table:
+    input:
+        spec=f"{RESULTS}/tables/{{table}}.spec.yaml",
+        results=table_inputs,
+    output:
+        csv=report(f"{RESULTS}/tables/{{table}}.csv", category="Tables"),
+        md=f"{RESULTS}/tables/{{table}}.md",
+        tex=f"{RESULTS}/tables/{{table}}.tex",
+    log:
+        f"{RESULTS}/tables/{{table}}.log",
+    localrule: True
+    conda:
+        "../envs/analysis.yaml"
+    params:
+        kind=lambda wc: "dimension" if wc.table == "table3" else "accuracy",
+        # results/<scale>, the folder above tables/
+        results_root=lambda wc, output: Path(output.csv).parent.parent,
+    shell:
+        "python -m scripts.build_table --spec {input.spec} --kind {params.kind}"
+        " --results-root {params.results_root} --out-csv {output.csv} --out-md {output.md}"
+        " --out-tex {output.tex} 2> {log}"
+
+
+rule all_tables:
+    input:
+        [path for table in config["tables"] for path in table_outputs(table)],

@@ -1,0 +1,193 @@
+# Helpers shared by the workflow files: configuration checks, cells, paths, input functions.
+# Paths and recipes come from dra.config, which the tests use too.
+import json
+import re
+from pathlib import Path
+
+from snakemake.exceptions import WorkflowError
+
+from dra import config as cfg
+
+try:
+    cfg.validate_config(config)
+except cfg.ConfigError as error:
+    raise WorkflowError(str(error)) from None
+
+RESULTS = cfg.results_dir(config)
+DATA = config["data_dir"]
+CELLS = cfg.table_cells(config)
+CELLS_BY_ID = {cell.id: cell for cell in CELLS}
+
+
+def _one_of(names):
+    # an alternation that matches exactly the given names; no name matches nothing
+    names = sorted(set(names))
+    return "|".join(re.escape(name) for name in names) if names else "(?!)"
+
+
+def datasets_of_kind(*kinds):
+    return [name for name, d in config["datasets"].items() if d["source"]["kind"] in kinds]
+
+
+def diffusion_models_of_kind(kind):
+    return [name for name, m in config["diffusion_models"].items() if m["source"]["kind"] == kind]
+
+
+def cell_of(wildcards):
+    cell_id = f"{wildcards.dataset}/{wildcards.arch}/{wildcards.method}/{wildcards.budget}"
+    if cell_id not in CELLS_BY_ID:
+        raise WorkflowError(
+            f"cell {cell_id} is not a row of any table in the configuration; "
+            f"add it to tables.<table>.rows or ask for one of: {', '.join(CELLS_BY_ID)}"
+        )
+    return CELLS_BY_ID[cell_id]
+
+
+def cell_path(cell, name):
+    return f"{RESULTS}/{cell.id}/{name}"
+
+
+# ---------------------------------------------------------------------------- data
+
+
+def archive_path(wildcards):
+    url = config["datasets"][wildcards.dataset]["source"]["url"]
+    return f"{DATA}/{wildcards.dataset}/archive/{url.rsplit('/', 1)[-1]}"
+
+
+def archive_source(wildcards):
+    source = config["datasets"][wildcards.dataset]["source"]
+    if source["url"].rsplit("/", 1)[-1] != wildcards.filename:
+        raise WorkflowError(
+            f"{wildcards.filename} is not the archive of datasets.{wildcards.dataset}"
+        )
+    return source
+
+
+def checksum_flag(sha256):
+    # no published checksum: the download records the hash it saw instead of checking one
+    return f"--sha256 {sha256}" if sha256 else ""
+
+
+def synthetic_parts(wildcards):
+    spec = config["datasets"][wildcards.dataset]["synthetic"][wildcards.set]
+    return [
+        f"{DATA}/{wildcards.dataset}/synthetic-parts/{wildcards.set}/part{index}.npz"
+        for index in range(len(spec["parts"]))
+    ]
+
+
+def synthetic_part(wildcards):
+    parts = config["datasets"][wildcards.dataset]["synthetic"][wildcards.set]["parts"]
+    return parts[int(wildcards.index)]
+
+
+def synthetic_store_of(cell):
+    return cfg.synthetic_store(config, cell.dataset, cell.synthetic)
+
+
+def all_data_targets():
+    targets = []
+    for cell in CELLS:
+        targets += [cfg.split_store(config, cell.dataset, split) for split in ("train", "test")]
+        if cell.synthetic is not None:
+            targets.append(synthetic_store_of(cell))
+    return sorted(set(targets))
+
+
+# ---------------------------------------------------------------------------- diffusion
+
+
+def diffusion_of(dataset):
+    return config["datasets"][dataset]["diffusion"]
+
+
+def diffusion_files(model):
+    folder = f"{DATA}/diffusion/{model}"
+    return {"weights": f"{folder}/model.safetensors", "network": f"{folder}/model.json"}
+
+
+def feature_source_store(wildcards):
+    """The image store whose features a feature store holds: 'train' or 'synthetic-<set>'."""
+    if wildcards.store == "train":
+        return cfg.split_store(config, wildcards.dataset, "train")
+    name = wildcards.store.removeprefix("synthetic-")
+    return cfg.synthetic_store(config, wildcards.dataset, name)
+
+
+def feature_store_inputs(wildcards):
+    return {
+        "images": feature_source_store(wildcards),
+        **diffusion_files(diffusion_of(wildcards.dataset)),
+    }
+
+
+def feature_targets():
+    """Feature stores of every DRA cell with a stored target, and the feature validation."""
+    targets = set()
+    for cell in CELLS:
+        recipe = cfg.resolve_recipe(config, cell)
+        if recipe["dra"] is not None:
+            targets.add(recipe["dra"]["features"]["real"])
+            if recipe["dra"]["features"]["synthetic"]:
+                targets.add(recipe["dra"]["features"]["synthetic"])
+        targets.add(
+            f"{RESULTS}/{cell.dataset}/feature-validation/{diffusion_of(cell.dataset)}/probe.csv"
+        )
+    return sorted(targets)
+
+
+def generated_sets():
+    return [
+        (dataset, name)
+        for dataset, spec in config["datasets"].items()
+        for name, synthetic in spec["synthetic"].items()
+        if "generate" in synthetic
+    ]
+
+
+# ---------------------------------------------------------------------------- training
+
+
+def train_inputs(wildcards):
+    cell = cell_of(wildcards)
+    recipe = cfg.resolve_recipe(config, cell)
+    inputs = {"recipe": cell_path(cell, "recipe.yaml"), "train": recipe["data"]["train"]}
+    if recipe["data"]["synthetic"]:
+        inputs["synthetic"] = recipe["data"]["synthetic"]
+    if recipe["dra"] is not None:
+        if recipe["dra"]["target"] == "stored":
+            inputs["features_real"] = recipe["dra"]["features"]["real"]
+            if recipe["dra"]["features"]["synthetic"]:
+                inputs["features_synthetic"] = recipe["dra"]["features"]["synthetic"]
+        else:
+            inputs["diffusion"] = recipe["dra"]["diffusion"]["checkpoint"]
+    return inputs
+
+
+def train_launcher(wildcards, resources):
+    # one process per allocated GPU; torchrun splits the recipe's global batch across them
+    if resources.gpu > 1:
+        return f"torchrun --standalone --nproc-per-node {resources.gpu} -m"
+    return "python -m"
+
+
+def resource(kind, key):
+    return config["resources"][kind][key]
+
+
+# ---------------------------------------------------------------------------- evaluation and tables
+
+
+def eval_targets(tables=None):
+    return [cell_path(cell, "autoattack.json") for cell in cfg.table_cells(config, tables)]
+
+
+def table_inputs(wildcards):
+    cells = cfg.table_cells(config, [wildcards.table])
+    name = "classification_dimension.json" if wildcards.table == "table3" else "autoattack.json"
+    return [cell_path(cell, name) for cell in cells]
+
+
+def table_outputs(table):
+    return [f"{RESULTS}/tables/{table}.{suffix}" for suffix in ("csv", "md", "tex")]

@@ -1,0 +1,86 @@
+# Datasets: official archives, DM-AT's synthetic sets, the offline mini dataset.
+# Downloads run on the submit host (localrule): compute nodes often have no internet.
+
+
+rule download_archive:
+    output:
+        f"{DATA}/{{dataset}}/archive/{{filename}}",
+    log:
+        f"{DATA}/{{dataset}}/archive/{{filename}}.log",
+    localrule: True
+    conda:
+        "../envs/data.yaml"
+    params:
+        url=lambda wc: archive_source(wc)["url"],
+        checksum=lambda wc: checksum_flag(archive_source(wc)["sha256"]),
+    shell:
+        "python -m scripts.download --url {params.url} {params.checksum} --out {output} 2> {log}"
+
+
+rule prepare_cifar:
+    input:
+        archive_path,
+    output:
+        train=directory(f"{DATA}/{{dataset}}/train"),
+        test=directory(f"{DATA}/{{dataset}}/test"),
+    log:
+        f"{DATA}/{{dataset}}/prepare.log",
+    wildcard_constraints:
+        dataset=_one_of(datasets_of_kind("cifar10", "cifar100")),
+    conda:
+        "../envs/data.yaml"
+    params:
+        kind=lambda wc: config["datasets"][wc.dataset]["source"]["kind"],
+    shell:
+        "python -m scripts.prepare_cifar --archive {input} --kind {params.kind}"
+        " --train-out {output.train} --test-out {output.test} 2> {log}"
+
+
+rule prepare_digits:
+    output:
+        train=directory(f"{DATA}/{{dataset}}/train"),
+        test=directory(f"{DATA}/{{dataset}}/test"),
+    log:
+        f"{DATA}/{{dataset}}/prepare.log",
+    wildcard_constraints:
+        dataset=_one_of(datasets_of_kind("sklearn_digits")),
+    conda:
+        "../envs/data.yaml"
+    shell:
+        "python -m scripts.prepare_digits --train-out {output.train} --test-out {output.test} 2> {log}"
+
+
+rule fetch_synthetic_part:
+    output:
+        temp(f"{DATA}/{{dataset}}/synthetic-parts/{{set}}/part{{index}}.npz"),
+    log:
+        f"{DATA}/{{dataset}}/synthetic-parts/{{set}}/part{{index}}.log",
+    localrule: True
+    conda:
+        "../envs/data.yaml"
+    params:
+        url=lambda wc: synthetic_part(wc)["url"],
+        checksum=lambda wc: checksum_flag(synthetic_part(wc)["sha256"]),
+    shell:
+        "python -m scripts.download --url {params.url} {params.checksum} --out {output} 2> {log}"
+
+
+rule prepare_synthetic:
+    input:
+        synthetic_parts,
+    output:
+        directory(f"{DATA}/{{dataset}}/synthetic/{{set}}"),
+    log:
+        f"{DATA}/{{dataset}}/synthetic/{{set}}.log",
+    conda:
+        "../envs/data.yaml"
+    params:
+        num_classes=lambda wc: config["datasets"][wc.dataset]["num_classes"],
+    shell:
+        "python -m scripts.prepare_synthetic --parts {input} --num-classes {params.num_classes}"
+        " --out {output} 2> {log}"
+
+
+rule all_data:
+    input:
+        all_data_targets(),

@@ -1,0 +1,197 @@
+# Diffusion models: fetch (official EDM pickles) or train (mini), generate synthetic data,
+# extract the representations DRA aligns to, and validate them with linear probes.
+
+
+rule fetch_diffusion_model:
+    output:
+        temp(f"{DATA}/diffusion/{{model}}/network.pkl"),
+    log:
+        f"{DATA}/diffusion/{{model}}/fetch.log",
+    wildcard_constraints:
+        model=_one_of(diffusion_models_of_kind("edm_pickle")),
+    localrule: True
+    conda:
+        "../envs/data.yaml"
+    params:
+        url=lambda wc: config["diffusion_models"][wc.model]["source"]["url"],
+        checksum=lambda wc: checksum_flag(config["diffusion_models"][wc.model]["source"]["sha256"]),
+    shell:
+        "python -m scripts.download --url {params.url} {params.checksum} --out {output} 2> {log}"
+
+
+rule convert_diffusion_model:
+    input:
+        f"{DATA}/diffusion/{{model}}/network.pkl",
+    output:
+        weights=f"{DATA}/diffusion/{{model}}/model.safetensors",
+        network=f"{DATA}/diffusion/{{model}}/model.json",
+    log:
+        f"{DATA}/diffusion/{{model}}/convert.log",
+    wildcard_constraints:
+        model=_one_of(diffusion_models_of_kind("edm_pickle")),
+    conda:
+        "../envs/torch.yaml"
+    shell:
+        "python -m scripts.convert_edm_checkpoint --pickle {input} --out-weights {output.weights}"
+        " --out-network {output.network} 2> {log}"
+
+
+rule train_diffusion:
+    input:
+        lambda wc: cfg.split_store(
+            config, config["diffusion_models"][wc.model]["source"]["dataset"], "train"
+        ),
+    output:
+        weights=f"{DATA}/diffusion/{{model}}/model.safetensors",
+        network=f"{DATA}/diffusion/{{model}}/model.json",
+        loss=f"{DATA}/diffusion/{{model}}/loss.csv",
+    log:
+        f"{DATA}/diffusion/{{model}}/train.log",
+    benchmark:
+        f"{DATA}/diffusion/{{model}}/train.benchmark.tsv"
+    wildcard_constraints:
+        model=_one_of(diffusion_models_of_kind("train")),
+    conda:
+        "../envs/torch.yaml"
+    threads: 2
+    resources:
+        gpu=resource("diffusion", "gpu"),
+        runtime=resource("diffusion", "runtime"),
+        mem_mb=resource("diffusion", "mem_mb"),
+    params:
+        network=lambda wc: json.dumps(config["diffusion_models"][wc.model]["source"]["network"]),
+        training=lambda wc: config["diffusion_models"][wc.model]["source"]["training"],
+        seed=config["seed"],
+    shell:
+        "python -m scripts.train_diffusion --train-store {input} --network '{params.network}'"
+        " --steps {params.training[steps]} --batch-size {params.training[batch_size]}"
+        " --lr {params.training[lr]} --ema-half-life-images {params.training[ema_half_life_images]}"
+        " --seed {params.seed} --threads {threads} --out-weights {output.weights}"
+        " --out-network {output.network} --out-loss {output.loss} 2> {log}"
+
+
+rule generate_synthetic:
+    input:
+        unpack(lambda wc: diffusion_files(diffusion_of(wc.dataset))),
+    output:
+        directory(f"{DATA}/{{dataset}}/generated/{{set}}"),
+    log:
+        f"{DATA}/{{dataset}}/generated/{{set}}.log",
+    conda:
+        "../envs/torch.yaml"
+    threads: 2
+    resources:
+        gpu=resource("diffusion", "gpu"),
+        runtime=resource("diffusion", "runtime"),
+        mem_mb=resource("diffusion", "mem_mb"),
+    params:
+        spec=lambda wc: config["datasets"][wc.dataset]["synthetic"][wc.set]["generate"],
+        num_classes=lambda wc: config["datasets"][wc.dataset]["num_classes"],
+        state=f"{RESULTS}/state/{{dataset}}/generated-{{set}}",
+        seed=config["seed"],
+    shell:
+        "python -m scripts.generate_synthetic --weights {input.weights} --network {input.network}"
+        " --images-per-class {params.spec[images_per_class]} --num-classes {params.num_classes}"
+        " --num-steps {params.spec[num_steps]} --seed {params.seed} --state-dir {params.state}"
+        " --threads {threads} --out {output} 2> {log}"
+
+
+rule synthetic_quality:
+    input:
+        generated=f"{DATA}/{{dataset}}/generated/{{set}}",
+        train=f"{DATA}/{{dataset}}/train",
+        test=f"{DATA}/{{dataset}}/test",
+    output:
+        report(f"{RESULTS}/{{dataset}}/synthetic-quality/{{set}}.json", category="Synthetic data"),
+    log:
+        f"{RESULTS}/{{dataset}}/synthetic-quality/{{set}}.log",
+    conda:
+        "../envs/torch.yaml"
+    shell:
+        "python -m scripts.synthetic_quality --generated {input.generated} --train {input.train}"
+        " --test {input.test} --out {output} 2> {log}"
+
+
+rule extract_features:
+    input:
+        unpack(feature_store_inputs),
+    output:
+        directory(f"{RESULTS}/{{dataset}}/features/{{diffusion}}/{{store}}-v{{views}}"),
+    log:
+        f"{RESULTS}/{{dataset}}/features/{{diffusion}}/{{store}}-v{{views}}.log",
+    benchmark:
+        f"{RESULTS}/{{dataset}}/features/{{diffusion}}/{{store}}-v{{views}}.benchmark.tsv"
+    wildcard_constraints:
+        store=r"train|synthetic-[0-9a-z]+",
+        views="1|2",
+    conda:
+        "../envs/torch.yaml"
+    threads: 2
+    resources:
+        gpu=resource("diffusion", "gpu"),
+        runtime=resource("diffusion", "runtime"),
+        mem_mb=resource("diffusion", "mem_mb"),
+    params:
+        layer=lambda wc: config["diffusion_models"][wc.diffusion]["feature"]["layer"],
+        sigma=lambda wc: config["diffusion_models"][wc.diffusion]["feature"]["sigma"],
+        seed=config["seed"],
+    shell:
+        "python -m scripts.extract_features --weights {input.weights} --network {input.network}"
+        " --images {input.images} --layer {params.layer} --sigma {params.sigma}"
+        " --views {wildcards.views} --seed {params.seed} --threads {threads} --out {output} 2> {log}"
+
+
+rule validate_features:
+    input:
+        unpack(lambda wc: diffusion_files(wc.diffusion)),
+        train=f"{DATA}/{{dataset}}/train",
+        test=f"{DATA}/{{dataset}}/test",
+    output:
+        probe=report(
+            f"{RESULTS}/{{dataset}}/feature-validation/{{diffusion}}/probe.csv",
+            category="Feature validation",
+        ),
+        probe_png=report(
+            f"{RESULTS}/{{dataset}}/feature-validation/{{diffusion}}/probe.png",
+            category="Feature validation",
+        ),
+        robustness=report(
+            f"{RESULTS}/{{dataset}}/feature-validation/{{diffusion}}/robustness.csv",
+            category="Feature validation",
+        ),
+        robustness_png=report(
+            f"{RESULTS}/{{dataset}}/feature-validation/{{diffusion}}/robustness.png",
+            category="Feature validation",
+        ),
+    log:
+        f"{RESULTS}/{{dataset}}/feature-validation/{{diffusion}}/validate.log",
+    conda:
+        "../envs/torch.yaml"
+    threads: 2
+    resources:
+        gpu=resource("diffusion", "gpu"),
+        runtime=resource("diffusion", "runtime"),
+        mem_mb=resource("diffusion", "mem_mb"),
+    params:
+        spec=lambda wc: config["diffusion_models"][wc.diffusion]["validation"],
+        eps=lambda wc: " ".join(
+            str(e) for e in config["diffusion_models"][wc.diffusion]["validation"]["eps_255"]
+        ),
+        layers=lambda wc: " ".join(config["diffusion_models"][wc.diffusion]["validation"]["layers"]),
+        sigmas=lambda wc: " ".join(
+            str(s) for s in config["diffusion_models"][wc.diffusion]["validation"]["sigmas"]
+        ),
+        seed=config["seed"],
+    shell:
+        "python -m scripts.validate_features --weights {input.weights} --network {input.network}"
+        " --train-store {input.train} --test-store {input.test} --layers {params.layers}"
+        " --sigmas {params.sigmas} --eps-255 {params.eps} --train-n {params.spec[train_n]}"
+        " --test-n {params.spec[test_n]} --seed {params.seed} --threads {threads}"
+        " --out-probe {output.probe} --out-probe-png {output.probe_png}"
+        " --out-robustness {output.robustness} --out-robustness-png {output.robustness_png} 2> {log}"
+
+
+rule all_features:
+    input:
+        feature_targets(),
+        [f"{RESULTS}/{dataset}/synthetic-quality/{name}.json" for dataset, name in generated_sets()],

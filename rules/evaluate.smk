@@ -1,0 +1,74 @@
+# AutoAttack (standard, l_inf) on every cell, and the classification dimension of Table 3.
+
+
+rule autoattack:
+    input:
+        model=f"{RESULTS}/{{dataset}}/{{arch}}/{{method}}/{{budget}}/train/model.pt",
+        recipe=f"{RESULTS}/{{dataset}}/{{arch}}/{{method}}/{{budget}}/recipe.yaml",
+        test=f"{DATA}/{{dataset}}/test",
+    output:
+        json=f"{RESULTS}/{{dataset}}/{{arch}}/{{method}}/{{budget}}/autoattack.json",
+        flags=f"{RESULTS}/{{dataset}}/{{arch}}/{{method}}/{{budget}}/autoattack.npz",
+    log:
+        f"{RESULTS}/{{dataset}}/{{arch}}/{{method}}/{{budget}}/autoattack.log",
+    benchmark:
+        f"{RESULTS}/{{dataset}}/{{arch}}/{{method}}/{{budget}}/autoattack.benchmark.tsv"
+    conda:
+        "../envs/torch.yaml"
+    threads: resource("evaluate", "cpus")
+    resources:
+        gpu=resource("evaluate", "gpu"),
+        tasks_per_gpu=0,
+        runtime=resource("evaluate", "runtime"),
+        mem_mb=resource("evaluate", "mem_mb"),
+    params:
+        eps_255=lambda wc: config["datasets"][wc.dataset]["eps_255"],
+        n=lambda wc: config["datasets"][wc.dataset]["eval_n"],
+        seed=config["seed"],
+        # resumable state of an interrupted evaluation, not a declared output
+        state=f"{RESULTS}/state/{{dataset}}/{{arch}}/{{method}}/{{budget}}/autoattack",
+    shell:
+        "python -m scripts.evaluate_autoattack --model {input.model} --recipe {input.recipe}"
+        " --test-store {input.test} --eps-255 {params.eps_255} --n {params.n} --seed {params.seed}"
+        " --state {params.state} --threads {threads} --out-json {output.json}"
+        " --out-npz {output.flags} 2>> {log}"
+
+
+rule classification_dimension:
+    input:
+        model=f"{RESULTS}/{{dataset}}/{{arch}}/{{method}}/{{budget}}/train/model.pt",
+        recipe=f"{RESULTS}/{{dataset}}/{{arch}}/{{method}}/{{budget}}/recipe.yaml",
+        test=f"{DATA}/{{dataset}}/test",
+    output:
+        json=f"{RESULTS}/{{dataset}}/{{arch}}/{{method}}/{{budget}}/classification_dimension.json",
+        curve=f"{RESULTS}/{{dataset}}/{{arch}}/{{method}}/{{budget}}/classification_dimension.csv",
+        figure=report(
+            f"{RESULTS}/{{dataset}}/{{arch}}/{{method}}/{{budget}}/figure7.png",
+            category="Figure 7",
+            labels={"cell": "{dataset}/{arch}/{method}/{budget}"},
+        ),
+    log:
+        f"{RESULTS}/{{dataset}}/{{arch}}/{{method}}/{{budget}}/classification_dimension.log",
+    conda:
+        "../envs/torch.yaml"
+    threads: resource("evaluate", "cpus")
+    resources:
+        gpu=resource("evaluate", "gpu"),
+        tasks_per_gpu=0,
+        runtime=resource("evaluate", "runtime"),
+        mem_mb=resource("evaluate", "mem_mb"),
+    params:
+        eps_255=lambda wc: config["datasets"][wc.dataset]["eps_255"],
+        n=config["classification_dimension"]["eval_n"],
+        steps=config["classification_dimension"]["attack"]["steps"],
+        seed=config["seed"],
+    shell:
+        "python -m scripts.classification_dimension --model {input.model} --recipe {input.recipe}"
+        " --test-store {input.test} --n {params.n} --eps-255 {params.eps_255} --steps {params.steps}"
+        " --seed {params.seed} --threads {threads} --out-json {output.json}"
+        " --out-csv {output.curve} --out-png {output.figure} 2> {log}"
+
+
+rule all_evals:
+    input:
+        eval_targets(),
