@@ -176,6 +176,13 @@ def resource(kind, key):
     return config["resources"][kind][key]
 
 
+def runtime_per_attempt(kind):
+    """The configured time limit times the attempt: a job killed at its limit is retried longer."""
+    limit = config["resources"][kind]["runtime"]
+    amount, unit = int(limit[:-1]), limit[-1]
+    return lambda wildcards, attempt: f"{amount * attempt}{unit}"
+
+
 # ---------------------------------------------------------------------------- evaluation and tables
 
 

@@ -56,7 +56,7 @@ rule train_diffusion:
     threads: 2
     resources:
         gpu=resource("diffusion", "gpu"),
-        runtime=resource("diffusion", "runtime"),
+        runtime=runtime_per_attempt("diffusion"),
         mem_mb=resource("diffusion", "mem_mb"),
     params:
         network=lambda wc: json.dumps(config["diffusion_models"][wc.model]["source"]["network"]),
@@ -82,7 +82,7 @@ rule generate_synthetic:
     threads: 2
     resources:
         gpu=resource("diffusion", "gpu"),
-        runtime=resource("diffusion", "runtime"),
+        runtime=runtime_per_attempt("diffusion"),
         mem_mb=resource("diffusion", "mem_mb"),
     params:
         spec=lambda wc: config["datasets"][wc.dataset]["synthetic"][wc.set]["generate"],
@@ -129,7 +129,7 @@ rule extract_features:
     threads: 2
     resources:
         gpu=resource("diffusion", "gpu"),
-        runtime=resource("diffusion", "runtime"),
+        runtime=runtime_per_attempt("diffusion"),
         mem_mb=resource("diffusion", "mem_mb"),
     params:
         layer=lambda wc: config["diffusion_models"][wc.diffusion]["feature"]["layer"],
@@ -170,7 +170,7 @@ rule validate_features:
     threads: 2
     resources:
         gpu=resource("diffusion", "gpu"),
-        runtime=resource("diffusion", "runtime"),
+        runtime=runtime_per_attempt("diffusion"),
         mem_mb=resource("diffusion", "mem_mb"),
     params:
         spec=lambda wc: config["diffusion_models"][wc.diffusion]["validation"],

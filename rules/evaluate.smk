@@ -19,7 +19,7 @@ rule autoattack:
     resources:
         gpu=resource("evaluate", "gpu"),
         tasks_per_gpu=0,
-        runtime=resource("evaluate", "runtime"),
+        runtime=runtime_per_attempt("evaluate"),
         mem_mb=resource("evaluate", "mem_mb"),
     params:
         eps_255=lambda wc: config["datasets"][wc.dataset]["eps_255"],
@@ -55,7 +55,7 @@ rule classification_dimension:
     resources:
         gpu=resource("evaluate", "gpu"),
         tasks_per_gpu=0,
-        runtime=resource("evaluate", "runtime"),
+        runtime=runtime_per_attempt("evaluate"),
         mem_mb=resource("evaluate", "mem_mb"),
     params:
         eps_255=lambda wc: config["datasets"][wc.dataset]["eps_255"],

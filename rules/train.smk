@@ -34,7 +34,7 @@ rule train_cell:
     resources:
         gpu=resource("train", "gpu"),
         tasks_per_gpu=0,
-        runtime=resource("train", "runtime"),
+        runtime=runtime_per_attempt("train"),
         mem_mb=resource("train", "mem_mb"),
     params:
         # resumable state: deliberately not a declared output, so a failed or killed attempt keeps it

@@ -72,6 +72,8 @@ class _ArrayOnlyUnpickler(pickle.Unpickler):
         ("numpy._core.multiarray", "scalar"),
         ("numpy", "ndarray"),
         ("numpy", "dtype"),
+        # Python 3 writes bytes as _codecs.encode(str, 'latin1') under protocol 2 (re-pickled copies).
+        ("_codecs", "encode"),
     }
 
     def find_class(self, module: str, name: str):

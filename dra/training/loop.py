@@ -159,7 +159,7 @@ def build_targets(dra: dict, data: TrainingData, device: torch.device):
 
 
 def images_to_tensor(images_uint8_nhwc: np.ndarray, device: torch.device) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(images_uint8_nhwc)).to(device).permute(0, 3, 1, 2).float().div_(255.0)
+    return torch.from_numpy(np.array(images_uint8_nhwc)).to(device).permute(0, 3, 1, 2).float().div_(255.0)
 
 
 def gather_batch(data: TrainingData, real_idx: np.ndarray, synthetic_idx: np.ndarray, generator: torch.Generator):
@@ -271,7 +271,7 @@ def train_cell(recipe: dict, out_dir: str | Path, state_dir: str | Path, threads
         train_forward, attack_forward = torch.compile(train_forward), torch.compile(classifier)
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if precision["bf16"] else contextlib.nullcontext
     val_images = images_to_tensor(data.train_images[:data.val_size], device).contiguous(memory_format=memory_format)
-    val_labels = torch.as_tensor(np.asarray(data.train_labels[:data.val_size]), device=device)
+    val_labels = torch.as_tensor(np.array(data.train_labels[:data.val_size]), device=device)
     augment = data_cfg["augment"]
 
     bar = tqdm(total=epochs * steps_per_epoch, initial=progress.global_step, disable=not context.is_main,

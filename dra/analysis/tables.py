@@ -1,0 +1,192 @@
+"""Tables 1-3: the paper's numbers, ours, and their difference, as CSV, Markdown and LaTeX.
+
+A table is specified by a list of rows (from config):
+
+- a cell row ``{dataset, arch, method, budget, label: {column: text, ...}, paper: {...} | null}``
+  whose result is ``<results_root>/<dataset>/<arch>/<method>/<budget>/<result file>``; ``label``
+  gives the display columns (default: Dataset, Model, Method, Budget);
+- a reported row ``{reported: '<source paper>', method, arch, synthetic, batch, epochs,
+  paper: {...}}``, a baseline the paper quotes from other work and we do not rerun; it is shown
+  with its source and "not run" in our columns.
+
+``paper`` holds {clean, autoattack} for the accuracy tables (1, 2) and {cls95, cls99,
+robust_dim} for the classification-dimension table (3). A cell whose result file does not
+exist yet is shown as "pending", never as a number.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+import pandas as pd
+
+from dra.io import atomic_file, read_yaml
+
+PENDING = "pending"  # the cell has not been evaluated yet
+NOT_RUN = "not run"  # a reported baseline: we quote it, we do not reproduce it
+NO_PAPER_VALUE = "n/a"  # the paper gives no number for this row
+
+CELL_KEYS = ("dataset", "arch", "method", "budget")
+REPORTED_LABELS = {"method": "Method", "arch": "Architecture", "synthetic": "Synthetic",
+                   "batch": "Batch", "epochs": "Epochs"}
+
+
+class TableSpecError(ValueError):
+    """A table row or a result file does not have the fields a table needs."""
+
+
+# What each kind of table compares: (paper key, result-file key, column name, is a percentage).
+KINDS: dict[str, dict[str, Any]] = {
+    "accuracy": {
+        "result_file": "autoattack.json",
+        "metrics": [("clean", "clean_accuracy", "clean", True), ("autoattack", "robust_accuracy", "AA", True)],
+    },
+    "classification_dimension": {
+        "result_file": "classification_dimension.json",
+        "metrics": [("cls95", "cls95", "CLS-95", False), ("cls99", "cls99", "CLS-99", False),
+                    ("robust_dim", "robust_dim", "robust dim", False)],
+    },
+}
+
+
+def _kind(kind: str) -> dict[str, Any]:
+    if kind not in KINDS:
+        raise TableSpecError(f"table kind {kind!r} is not one of {sorted(KINDS)}")
+    return KINDS[kind]
+
+
+def cell_result_path(row: dict, results_root: str | Path, kind: str) -> Path:
+    """Where a cell row's result lives (the workflow declares these as the table's inputs)."""
+    return Path(results_root).joinpath(*(str(row[key]) for key in CELL_KEYS)) / _kind(kind)["result_file"]
+
+
+def _check_row(position: int, row: Any, metrics: list) -> None:
+    if not isinstance(row, dict):
+        raise TableSpecError(f"table row {position} is not a mapping: {row!r}")
+    if "reported" in row:
+        missing = [key for key in (*REPORTED_LABELS, "paper") if key not in row]
+    else:
+        missing = [key for key in (*CELL_KEYS, "paper") if key not in row]
+    if missing:
+        raise TableSpecError(f"table row {position} ({row}) lacks {missing}")
+    paper = row["paper"]
+    if "reported" in row and paper is None:
+        raise TableSpecError(f"table row {position}: a reported row needs its paper values")
+    if paper is not None:
+        absent = [paper_key for paper_key, *_ in metrics if paper_key not in paper]
+        if absent:
+            raise TableSpecError(f"table row {position}: paper values lack {absent}")
+
+
+def _read_result(path: Path, metrics: list) -> dict | None:
+    if not path.exists():
+        return None
+    try:
+        result = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise TableSpecError(f"{path} is not valid JSON ({error}); rerun the step that writes it") from error
+    missing = [key for _, key, *_ in metrics if key not in result] + ([] if "n" in result else ["n"])
+    if missing:
+        raise TableSpecError(f"{path} lacks {missing}; rerun the step that writes it")
+    return result
+
+
+def _labels(row: dict) -> dict[str, Any]:
+    if "reported" in row:
+        return {column: row[key] for key, column in REPORTED_LABELS.items()}
+    if "label" in row:
+        return dict(row["label"])
+    return {"Dataset": row["dataset"], "Model": row["arch"], "Method": row["method"], "Budget": row["budget"]}
+
+
+def _difference(ours: float, paper: float, percentage: bool) -> float | int:
+    return round(ours - paper, 2) if percentage else int(ours) - int(paper)
+
+
+def build_table(rows: Sequence[dict], results_root: str | Path, kind: str) -> pd.DataFrame:
+    """One row per spec row: display labels, Source, Paper <m>, Ours <m>, Diff <m> (ours - paper), n.
+
+    Numbers stay numbers (float percentages, int dimensions); cells without a number hold the
+    strings "pending", "not run" or "n/a".
+    """
+    metrics = _kind(kind)["metrics"]
+    records = []
+    for position, row in enumerate(rows):
+        _check_row(position, row, metrics)
+        record = _labels(row)
+        paper = row["paper"]
+        if "reported" in row:
+            record["Source"] = f"reported: {row['reported']}"
+            result = None
+            missing_ours = NOT_RUN
+        else:
+            record["Source"] = "reproduced"
+            result = _read_result(cell_result_path(row, results_root, kind), metrics)
+            missing_ours = PENDING
+        for paper_key, _, column, _ in metrics:
+            record[f"Paper {column}"] = paper[paper_key] if paper is not None else NO_PAPER_VALUE
+        for _, result_key, column, _ in metrics:
+            record[f"Ours {column}"] = result[result_key] if result is not None else missing_ours
+        for paper_key, result_key, column, percentage in metrics:
+            if result is None:
+                record[f"Diff {column}"] = missing_ours
+            elif paper is None:
+                record[f"Diff {column}"] = NO_PAPER_VALUE
+            else:
+                record[f"Diff {column}"] = _difference(result[result_key], paper[paper_key], percentage)
+        record["n"] = int(result["n"]) if result is not None else missing_ours
+        records.append(record)
+    frame = pd.DataFrame.from_records(records)
+    label_columns = [c for c in frame.columns if c not in _number_columns(metrics)]
+    return frame[label_columns + _number_columns(metrics)].fillna("")
+
+
+def _number_columns(metrics: list) -> list[str]:
+    return ([f"Paper {c}" for *_, c, _ in metrics] + [f"Ours {c}" for *_, c, _ in metrics]
+            + [f"Diff {c}" for *_, c, _ in metrics] + ["n"])
+
+
+def _format(value: Any, column: str) -> str:
+    if isinstance(value, str):
+        return value
+    if column == "n" or isinstance(value, int):
+        return f"{value:+d}" if column.startswith("Diff") else f"{value:d}"
+    return f"{value:+.2f}" if column.startswith("Diff") else f"{value:.2f}"
+
+
+def format_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """Every entry as display text: percentages with 2 decimals, differences signed."""
+    return pd.DataFrame({column: [_format(v, column) for v in frame[column]] for column in frame.columns})
+
+
+def write_table(frame: pd.DataFrame, out_csv: str | Path, out_md: str | Path, out_tex: str | Path) -> None:
+    """CSV keeps the numbers as numbers; Markdown and LaTeX show the formatted text."""
+    shown = format_table(frame)
+    with atomic_file(out_csv) as tmp:
+        frame.to_csv(tmp, index=False)
+    with atomic_file(out_md) as tmp:
+        tmp.write_text(shown.to_markdown(index=False) + "\n")
+    with atomic_file(out_tex) as tmp:
+        tmp.write_text(shown.to_latex(index=False, escape=True))
+
+
+def load_table_rows(spec_path: str | Path, key: str | None = None) -> list[dict]:
+    """The rows of a table from a YAML/JSON file: the whole file, or the list at a dotted key
+    inside it (e.g. ``tables.table1`` in config.yaml)."""
+    spec = read_yaml(spec_path)
+    for part in key.split(".") if key else []:
+        if not isinstance(spec, dict) or part not in spec:
+            raise TableSpecError(f"{spec_path} has no key {key!r} (missing {part!r})")
+        spec = spec[part]
+    if not isinstance(spec, list) or not spec:
+        raise TableSpecError(f"{spec_path}{' at ' + key if key else ''} is not a non-empty list of table rows")
+    return spec
+
+
+def build_and_write_table(spec_path: str | Path, key: str | None, results_root: str | Path, kind: str,
+                          out_csv: str | Path, out_md: str | Path, out_tex: str | Path) -> pd.DataFrame:
+    frame = build_table(load_table_rows(spec_path, key), results_root, kind)
+    write_table(frame, out_csv, out_md, out_tex)
+    return frame

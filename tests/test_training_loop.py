@@ -1,0 +1,230 @@
+"""train_cell end to end on tiny fixture stores: outputs, exact resume, NaN stop, DDP vs one process."""
+
+import copy
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from dra.data.store import FeatureStoreWriter, ImageStoreWriter
+from dra.io import write_yaml
+from dra.models import create_classifier
+from dra.training import RecipeError, TrainingDivergedError, train_cell
+
+REPO = Path(__file__).resolve().parents[1]
+NUM_CLASSES = 4
+SIZE = 8
+FEATURE_DIM = 6
+
+
+def _class_images(rng, labels):
+    """Images whose mean colour depends on the class, so a tiny model can learn them."""
+    palette = np.array([[0.2, 0.2, 0.8], [0.8, 0.2, 0.2], [0.2, 0.8, 0.2], [0.7, 0.7, 0.2]])
+    pixels = palette[labels][:, None, None, :] + 0.15 * rng.standard_normal((len(labels), SIZE, SIZE, 3))
+    return np.clip(pixels * 255, 0, 255).astype(np.uint8)
+
+
+def _write_image_store(path, n, rng):
+    labels = rng.integers(0, NUM_CLASSES, n)
+    with ImageStoreWriter(path, n, SIZE, SIZE, NUM_CLASSES, meta={"source": "test fixture"}) as writer:
+        writer.write(0, _class_images(rng, labels), labels)
+    return labels
+
+
+def _write_feature_store(path, labels, views, rng, image_store):
+    # Targets that carry the class (plus noise), like diffusion features do.
+    centres = rng.standard_normal((NUM_CLASSES, FEATURE_DIM))
+    features = centres[labels][:, None, :] + 0.3 * rng.standard_normal((len(labels), views, FEATURE_DIM))
+    meta = {"layer": "model.dec.8x8_in1", "sigma": 0.1, "extra_view": views > 1, "diffusion_model": "fixture",
+            "image_store": str(image_store)}
+    with FeatureStoreWriter(path, len(labels), views, FEATURE_DIM, meta=meta) as writer:
+        writer.write(0, features.astype(np.float16))
+
+
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory):
+    root = tmp_path_factory.mktemp("stores")
+    rng = np.random.default_rng(0)
+    train_labels = _write_image_store(root / "train", 80, rng)
+    synthetic_labels = _write_image_store(root / "synthetic", 64, rng)
+    _write_feature_store(root / "features_train", train_labels, 2, rng, root / "train")
+    _write_feature_store(root / "features_synthetic", synthetic_labels, 2, rng, root / "synthetic")
+    return root
+
+
+def tiny_recipe(stores, objective="trades", dra=True, synthetic=True, arch=None, epochs=2, batch_size=16):
+    return {
+        "cell": {"dataset": "fixture", "arch": "wrn-10-2", "method": "test", "budget": "tiny"},
+        "seed": 1,
+        "data": {"train": str(stores / "train"), "synthetic": str(stores / "synthetic") if synthetic else None,
+                 "val_size": 16, "epoch_reference_size": 48, "unsup_fraction": 0.5, "num_classes": NUM_CLASSES,
+                 "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25],
+                 "augment": {"crop_padding": 1, "hflip": True, "rotate_degrees": 0}},
+        "arch": arch or {"family": "wrn", "depth": 10, "width": 2, "activation": "silu"},
+        "attack": {"eps": 8 / 255, "step": 2 / 255, "steps": 2},
+        "objective": {"name": objective, "beta": 5.0, "label_smoothing": 0.1},
+        "dra": ({"lambda": 1.2, "head_hidden": 16, "head_layers": 3, "target": "stored",
+                 "features": {"real": str(stores / "features_train"),
+                              "synthetic": str(stores / "features_synthetic") if synthetic else None},
+                 "diffusion": None} if dra else None),
+        "optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4},
+        "schedule": {"name": "dmat_onecycle", "warmup_fraction": 0.025},
+        "ema": {"tau": 0.995, "warmup_fraction": 0.025},
+        "batch_size": batch_size,
+        "epochs": epochs,
+        "precision": {"bf16": False, "channels_last": False, "compile": False},
+        "checkpoint": {"every_steps": 1, "select": "last"},
+        "validation": {"every_epochs": 1, "attack_steps": 3},
+    }
+
+
+def _read_log(path):
+    with open(path) as handle:
+        return list(csv.DictReader(handle))
+
+
+@pytest.mark.parametrize("objective,dra", [("pgd_at", False), ("trades", True)])
+def test_train_cell_writes_loadable_ema_model_and_log(stores, tmp_path, objective, dra):
+    recipe = tiny_recipe(stores, objective=objective, dra=dra, synthetic=dra)
+    train_cell(recipe, tmp_path / "out", tmp_path / "state", threads=1)
+    weights = torch.load(tmp_path / "out" / "model.pt", weights_only=True)
+    model = create_classifier(recipe["arch"], NUM_CLASSES, [0.5] * 3, [0.25] * 3)
+    model.load_state_dict(weights)  # strict: EMA classifier only, no DRA head keys
+    assert not any(key.startswith("head") for key in weights)
+    rows = _read_log(tmp_path / "out" / "log.csv")
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    assert [int(r["step"]) for r in rows] == [3, 6]  # ceil(48 / 16) = 3 batches per epoch
+    for row in rows:
+        assert np.isfinite(float(row["loss"])) and 0 <= float(row["val_robust_acc"]) <= float(row["val_clean_acc"]) <= 1
+        if dra:
+            # loss = L_TRADES + 1.2 L_DRA (paper eq. 4), and -1 <= L_DRA <= 1 (a negative cosine)
+            assert float(row["loss"]) == pytest.approx(float(row["loss_trades_or_ce"]) + 1.2 * float(row["loss_dra"]), rel=1e-5)
+            assert -1.0 <= float(row["loss_dra"]) <= 1.0
+        else:
+            assert float(row["loss_dra"]) == 0.0 and row["clean_batch_acc"] == ""  # PGD-AT has no clean forward
+    # OneCycleLR stepped per epoch over 2 epochs: epoch 2 runs at the final lr = lr / 25 / 1e4 (recipe.md 1.7)
+    assert float(rows[1]["lr"]) == pytest.approx(0.05 / 25 / 1e4)
+    # EMA BatchNorm buffers are the raw model's at the end of the last epoch (recipe.md 1.6)
+    state = torch.load(tmp_path / "state" / "state.pt", weights_only=True)
+    raw = {k[len("classifier."):]: v for k, v in state["trainable"].items() if k.startswith("classifier.")}
+    for key, value in weights.items():
+        if "running" in key:
+            torch.testing.assert_close(value, raw[key], rtol=0, atol=0)
+
+
+def _final_weights(tmp_path, name, recipe, interrupt_after=None):
+    out, state = tmp_path / name / "out", tmp_path / name / "state"
+
+    class Interrupted(Exception):
+        pass
+
+    def stop(step):
+        if step == interrupt_after:
+            raise Interrupted
+
+    if interrupt_after is not None:
+        with pytest.raises(Interrupted):
+            train_cell(copy.deepcopy(recipe), out, state, threads=1, after_step=stop)
+        assert not (out / "model.pt").exists()
+    train_cell(copy.deepcopy(recipe), out, state, threads=1)
+    return torch.load(out / "model.pt", weights_only=True), _read_log(out / "log.csv"), state
+
+
+def test_interrupted_run_resumes_bit_identical(stores, tmp_path):
+    recipe = tiny_recipe(stores, epochs=3)
+    reference, reference_log, _ = _final_weights(tmp_path, "uninterrupted", recipe)
+    # Interrupt mid-epoch (after step 4 of 9) and exactly at an epoch end (step 6).
+    for k in (4, 6):
+        resumed, resumed_log, state = _final_weights(tmp_path, f"killed_after_{k}", recipe, interrupt_after=k)
+        assert reference.keys() == resumed.keys()
+        for key in reference:
+            assert torch.equal(reference[key], resumed[key]), key
+        for ours, theirs in zip(reference_log, resumed_log):
+            for column in ("loss", "loss_dra", "adv_batch_acc", "val_robust_acc"):
+                assert ours[column] == theirs[column]
+    # the DRA head lives only in the state (it is trained, but not part of model.pt)
+    head = {k: v for k, v in torch.load(state / "state.pt", weights_only=True)["trainable"].items() if k.startswith("head.")}
+    assert len(head) == 6
+
+
+def test_kill_with_sigkill_then_rerun_script_matches(stores, tmp_path):
+    """A process killed from outside (SIGKILL, no cleanup) resumes to the same weights."""
+    recipe = tiny_recipe(stores, epochs=2)
+    write_yaml(tmp_path / "recipe.yaml", recipe)
+    reference, _, _ = _final_weights(tmp_path, "reference", recipe)
+    command = [sys.executable, str(REPO / "scripts" / "train.py"), "--recipe", str(tmp_path / "recipe.yaml"),
+               "--out-dir", str(tmp_path / "out"), "--state-dir", str(tmp_path / "state"), "--threads", "1"]
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
+    # Kill as soon as the first checkpoint exists (the run is then mid-way).
+    import time
+    deadline = time.time() + 60
+    while not (tmp_path / "state" / "state.pt").exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    process.kill()
+    process.wait()
+    assert not (tmp_path / "out" / "model.pt").exists()
+    subprocess.run(command, env=env, check=True, capture_output=True)
+    resumed = torch.load(tmp_path / "out" / "model.pt", weights_only=True)
+    for key in reference:
+        assert torch.equal(reference[key], resumed[key]), key
+
+
+def test_nan_loss_stops_with_step_and_keeps_last_good_state(stores, tmp_path):
+    recipe = tiny_recipe(stores, dra=False)
+    recipe["optimizer"]["lr"] = 1e30  # the first update sends the weights to inf
+    with pytest.raises(TrainingDivergedError, match=r"non-finite loss nan at epoch 1, step 2 \(global step 2\)"):
+        train_cell(recipe, tmp_path / "out", tmp_path / "state", threads=1)
+    state = torch.load(tmp_path / "state" / "state.pt", weights_only=True)
+    assert state["progress"]["global_step"] == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_recipe_errors_name_the_key(stores, tmp_path):
+    recipe = tiny_recipe(stores)
+    del recipe["attack"]["eps"]
+    with pytest.raises(RecipeError, match=r"key 'attack.eps' is missing"):
+        train_cell(recipe, tmp_path / "out", tmp_path / "state", threads=1)
+    recipe = tiny_recipe(stores)
+    recipe["dra"]["features"]["synthetic"] = None
+    with pytest.raises(RecipeError, match=r"key 'dra.features.synthetic'"):
+        train_cell(recipe, tmp_path / "out", tmp_path / "state", threads=1)
+
+
+# A LayerNorm-only model (tiny ViT): per-sample normalization, so splitting the global batch over
+# ranks changes nothing mathematically (no batch statistics, unlike BatchNorm). Every random draw
+# is made for the global batch on every rank, the losses are per-sample means and DDP averages
+# the gradients, so 2 processes must match 1 process up to float32 summation order.
+TINY_VIT = {"family": "timm", "name": "vit_tiny_patch16_224",
+            "kwargs": {"img_size": SIZE, "patch_size": 4, "depth": 1, "embed_dim": 16, "num_heads": 2}}
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_match_one_process(stores, tmp_path):
+    recipe = tiny_recipe(stores, arch=TINY_VIT, epochs=2)
+    single, single_log, _ = _final_weights(tmp_path, "one_process", recipe)
+    write_yaml(tmp_path / "recipe.yaml", recipe)
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env["PYTHONPATH"] = str(REPO)
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1", "--nproc_per_node", "2",
+         str(REPO / "scripts" / "train.py"), "--recipe", str(tmp_path / "recipe.yaml"),
+         "--out-dir", str(tmp_path / "ddp" / "out"), "--state-dir", str(tmp_path / "ddp" / "state"), "--threads", "1"],
+        env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    ddp = torch.load(tmp_path / "ddp" / "out" / "model.pt", weights_only=True)
+    torch.manual_seed(recipe["seed"])
+    initial = create_classifier(TINY_VIT, NUM_CLASSES, [0.5] * 3, [0.25] * 3).state_dict()
+    moved = max((single[key] - initial[key]).abs().max().item() for key in single)
+    assert moved > 1e-3  # training changed the weights far more than the tolerance below
+    for key in single:
+        torch.testing.assert_close(ddp[key], single[key], rtol=1e-4, atol=1e-5)
+    ddp_log = _read_log(tmp_path / "ddp" / "out" / "log.csv")
+    for ours, theirs in zip(single_log, ddp_log):
+        assert float(theirs["loss"]) == pytest.approx(float(ours["loss"]), rel=1e-4)
+        assert float(theirs["loss_dra"]) == pytest.approx(float(ours["loss_dra"]), rel=1e-4, abs=1e-6)

@@ -1,0 +1,163 @@
+"""The DAG as Snakemake plans it: dry runs of the paper, lint, format, env pins."""
+
+import os
+import re
+import subprocess
+import sys
+import tomllib
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def snakemake(*args, check=True):
+    # the venv's bin first, so that Snakemake and the rules' `python` are this interpreter's
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+    result = subprocess.run(
+        [sys.executable, "-m", "snakemake", *args], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def planned_jobs(*args):
+    """Rule name -> number of jobs of a dry run."""
+    result = snakemake(*args, "--dry-run", "--quiet", "rules")
+    stats = result.stdout.split("Job stats:")[-1]
+    counts = Counter()
+    for line in stats.splitlines():
+        match = re.fullmatch(r"(\w+)\s+(\d+)", line.strip())
+        if match and match[1] != "total":
+            counts[match[1]] = int(match[2])
+    return counts
+
+
+def test_all_data_of_the_paper_plans_every_download_once():
+    jobs = planned_jobs("all_data")
+    # CIFAR-10 and CIFAR-100 archives; synthetic parts 1M + 20M (2) + 50M (4) for CIFAR-10, 1M for CIFAR-100
+    assert jobs["download_archive"] == 2
+    assert jobs["prepare_cifar"] == 2
+    assert jobs["fetch_synthetic_part"] == 1 + 2 + 4 + 1
+    assert jobs["prepare_synthetic"] == 4
+
+
+def test_all_tables_of_the_paper_plans_every_cell_once():
+    jobs = planned_jobs("all_tables")
+    assert jobs["train_cell"] == 18
+    assert jobs["resolve_recipe"] == 18
+    # Tables 1-2 cells are attacked; the two AT WRN-28-10 cells appear only in Table 3
+    assert jobs["autoattack"] == 16
+    assert jobs["classification_dimension"] == 4
+    assert jobs["build_table"] == 3
+
+
+def test_paper_training_job_asks_the_cluster_for_a_gpu():
+    result = snakemake(
+        "results/paper/cifar10/wrn-28-10/dm-at/syn1m-bs512-ep400/train/model.pt",
+        "--dry-run",
+        "--printshellcmds",
+    )
+    job = result.stdout.split("rule train_cell:")[1].split("Job stats")[0]
+    # 72 h from config.yaml, in minutes as Snakemake resolves it; retries get attempt x 72 h
+    assert "gpu=1" in job and "tasks_per_gpu=0" in job and "runtime=4320" in job
+    assert "python -m scripts.train --recipe" in job
+
+
+def test_one_cell_by_its_path():
+    jobs = planned_jobs("results/paper/cifar10/wrn-28-10/dm-at/syn1m-bs512-ep400/autoattack.json")
+    assert jobs["train_cell"] == 1 and jobs["autoattack"] == 1
+    assert jobs["extract_features"] == 0  # DM-AT without DRA needs no diffusion features
+
+
+def test_mistyped_cell_path_fails_at_once():
+    result = snakemake(
+        "results/paper/cifar10/wrn-28-11/dm-at/syn1m-bs512-ep400/autoattack.json", "--dry-run", check=False
+    )
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert "MissingRuleException" in output or "No rule to produce" in output
+
+
+def test_cell_not_in_any_table_is_refused():
+    # every wildcard is valid, but the combination is no row of a table
+    result = snakemake(
+        "results/paper/cifar10/wrn-70-16/at/nosyn-bs128-ep200/autoattack.json", "--dry-run", check=False
+    )
+    assert result.returncode != 0
+    assert "is not a row of any table" in result.stdout + result.stderr
+
+
+def test_wrong_config_key_stops_before_any_job():
+    result = snakemake("all_tables", "--dry-run", "--config", "sead=3", check=False)
+    assert result.returncode != 0
+    assert "'sead' was unexpected" in result.stdout + result.stderr
+    assert "Job stats" not in result.stdout
+
+
+def test_mini_plans_every_rule_family():
+    jobs = planned_jobs("all", "--configfile", "config/mini.yaml")
+    for rule in (
+        "prepare_digits",
+        "train_diffusion",
+        "generate_synthetic",
+        "synthetic_quality",
+        "extract_features",
+        "validate_features",
+        "train_cell",
+        "autoattack",
+        "classification_dimension",
+        "build_table",
+    ):
+        assert jobs[rule] >= 1, rule
+    assert jobs["train_cell"] == 5
+
+
+def test_lint_is_clean():
+    result = snakemake("--lint", check=False)
+    assert result.returncode == 0, result.stderr
+    assert "Congratulations" in result.stderr + result.stdout
+
+
+def test_snakefmt_is_clean():
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "snakefmt"), "--check", "."], cwd=ROOT, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def _requirement_names(requirements):
+    return {re.split(r"[ =<>!\[]", req.strip())[0].lower().replace("_", "-"): req for req in requirements}
+
+
+def test_env_files_parse_and_agree_with_pyproject():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    pinned = _requirement_names(project["dependencies"])
+    exact = {name: req.split("==")[1] for name, req in pinned.items() if "==" in req}
+    for env_file in sorted((ROOT / "envs").glob("*.yaml")):
+        env = yaml.safe_load(env_file.read_text())
+        assert env["channels"][0] == "conda-forge", env_file
+        packages = []
+        for dependency in env["dependencies"]:
+            packages += dependency["pip"] if isinstance(dependency, dict) else [dependency]
+        for package in packages:
+            name = re.split(r"[ =<>!]", package.strip())[0].lower().replace("_", "-")
+            if name in ("python", "pip"):
+                continue
+            assert name in pinned, f"{env_file.name}: {name} is not a dependency in pyproject.toml"
+            if name in exact:
+                assert f"=={exact[name]}" in package.replace(" ", ""), f"{env_file.name}: {package} vs {pinned[name]}"
+
+
+def test_every_rule_has_conda_and_log():
+    text = "\n".join(p.read_text() for p in (ROOT / "rules").glob("*.smk"))
+    rules = re.split(r"\nrule ", text)[1:]
+    for rule in rules:
+        name = rule.split(":")[0]
+        if name.startswith("all_"):
+            continue
+        assert "conda:" in rule and "log:" in rule, name
