@@ -103,15 +103,18 @@ def _attempt(url: str, dest: Path, part: Path, timeout: float, expected_size: in
                 "a different file than the server provides. Check the URL and expected size."
             )
         received = offset
-        with open(part, "ab" if resumed else "wb") as handle, tqdm(
-            total=total,
-            initial=offset,
-            unit="B",
-            unit_scale=True,
-            desc=dest.name,
-            file=sys.stderr,
-            mininterval=5.0,
-        ) as progress:
+        with (
+            open(part, "ab" if resumed else "wb") as handle,
+            tqdm(
+                total=total,
+                initial=offset,
+                unit="B",
+                unit_scale=True,
+                desc=dest.name,
+                file=sys.stderr,
+                mininterval=5.0,
+            ) as progress,
+        ):
             while True:
                 try:
                     block = response.read(_CHUNK_BYTES)

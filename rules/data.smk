@@ -14,7 +14,7 @@ rule download_archive:
         url=lambda wc: archive_source(wc)["url"],
         checksum=lambda wc: checksum_flag(archive_source(wc)["sha256"]),
     shell:
-        "python -m scripts.download --url {params.url} {params.checksum} --out {output} 2> {log}"
+        "python -m scripts.download --url {params.url} {params.checksum} --dest {output} 2> {log}"
 
 
 rule prepare_cifar:
@@ -32,7 +32,7 @@ rule prepare_cifar:
     params:
         kind=lambda wc: config["datasets"][wc.dataset]["source"]["kind"],
     shell:
-        "python -m scripts.prepare_cifar --archive {input} --kind {params.kind}"
+        "python -m scripts.prepare_cifar --archive {input} --dataset {params.kind}"
         " --train-out {output.train} --test-out {output.test} 2> {log}"
 
 
@@ -62,7 +62,7 @@ rule fetch_synthetic_part:
         url=lambda wc: synthetic_part(wc)["url"],
         checksum=lambda wc: checksum_flag(synthetic_part(wc)["sha256"]),
     shell:
-        "python -m scripts.download --url {params.url} {params.checksum} --out {output} 2> {log}"
+        "python -m scripts.download --url {params.url} {params.checksum} --dest {output} 2> {log}"
 
 
 rule prepare_synthetic:

@@ -16,7 +16,7 @@ rule fetch_diffusion_model:
         url=lambda wc: config["diffusion_models"][wc.model]["source"]["url"],
         checksum=lambda wc: checksum_flag(config["diffusion_models"][wc.model]["source"]["sha256"]),
     shell:
-        "python -m scripts.download --url {params.url} {params.checksum} --out {output} 2> {log}"
+        "python -m scripts.download --url {params.url} {params.checksum} --dest {output} 2> {log}"
 
 
 rule convert_diffusion_model:
@@ -48,7 +48,7 @@ rule train_diffusion:
     log:
         f"{DATA}/diffusion/{{model}}/train.log",
     benchmark:
-        f"{DATA}/diffusion/{{model}}/train.benchmark.tsv"
+        f"{DATA}/diffusion/{{model}}/train_diffusion.benchmark.tsv"
     wildcard_constraints:
         model=_one_of(diffusion_models_of_kind("train")),
     conda:
@@ -77,6 +77,8 @@ rule generate_synthetic:
         directory(f"{DATA}/{{dataset}}/generated/{{set}}"),
     log:
         f"{DATA}/{{dataset}}/generated/{{set}}.log",
+    benchmark:
+        f"{DATA}/{{dataset}}/generated/{{set}}.generate_synthetic.benchmark.tsv"
     conda:
         "../envs/torch.yaml"
     threads: 2
@@ -120,7 +122,7 @@ rule extract_features:
     log:
         f"{RESULTS}/{{dataset}}/features/{{diffusion}}/{{store}}-v{{views}}.log",
     benchmark:
-        f"{RESULTS}/{{dataset}}/features/{{diffusion}}/{{store}}-v{{views}}.benchmark.tsv"
+        f"{RESULTS}/{{dataset}}/features/{{diffusion}}/{{store}}-v{{views}}.extract_features.benchmark.tsv"
     wildcard_constraints:
         store=r"train|synthetic-[0-9a-z]+",
         views="1|2",
@@ -165,6 +167,8 @@ rule validate_features:
         ),
     log:
         f"{RESULTS}/{{dataset}}/feature-validation/{{diffusion}}/validate.log",
+    benchmark:
+        f"{RESULTS}/{{dataset}}/feature-validation/{{diffusion}}/validate_features.benchmark.tsv"
     conda:
         "../envs/torch.yaml"
     threads: 2

@@ -49,6 +49,8 @@ rule classification_dimension:
         ),
     log:
         f"{RESULTS}/{{dataset}}/{{arch}}/{{method}}/{{budget}}/classification_dimension.log",
+    benchmark:
+        f"{RESULTS}/{{dataset}}/{{arch}}/{{method}}/{{budget}}/classification_dimension.benchmark.tsv"
     conda:
         "../envs/torch.yaml"
     threads: resource("evaluate", "cpus")

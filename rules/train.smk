@@ -27,7 +27,7 @@ rule train_cell:
     log:
         f"{RESULTS}/{{dataset}}/{{arch}}/{{method}}/{{budget}}/train/train.log",
     benchmark:
-        f"{RESULTS}/{{dataset}}/{{arch}}/{{method}}/{{budget}}/train/benchmark.tsv"
+        f"{RESULTS}/{{dataset}}/{{arch}}/{{method}}/{{budget}}/train/train_cell.benchmark.tsv"
     conda:
         "../envs/torch.yaml"
     threads: resource("train", "cpus")

@@ -25,8 +25,9 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=None, help="evaluate the first N test points (default: all)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=500)
-    parser.add_argument("--chunk-size", type=int, default=1000,
-                        help="points per resumable chunk; a killed job loses at most one chunk")
+    parser.add_argument("--chunk-size", type=int, default=2000,
+                        help="points per resumable chunk; a killed job loses at most one chunk. Each chunk pays "
+                             "pyautoattack's fixed per-call cost, so keep it several batches large")
     parser.add_argument("--state", default=None, help="resume file (npz); omit to run without resuming")
     parser.add_argument("--out-json", required=True)
     parser.add_argument("--out-npz", required=True)

@@ -7,10 +7,16 @@ from dra.data.synthetic import convert_synthetic
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--parts", required=True, nargs="+", help="npz files with image.npy and label.npy")
+    parser.add_argument(
+        "--parts", required=True, nargs="+", help="npz files with image.npy and label.npy"
+    )
     parser.add_argument("--out", required=True, help="image store folder")
-    parser.add_argument("--num-classes", required=True, type=int, help="10 for CIFAR-10, 100 for CIFAR-100")
-    parser.add_argument("--chunk-images", type=int, default=16384, help="images copied per chunk (memory)")
+    parser.add_argument(
+        "--num-classes", required=True, type=int, help="10 for CIFAR-10, 100 for CIFAR-100"
+    )
+    parser.add_argument(
+        "--chunk-images", type=int, default=16384, help="images copied per chunk (memory)"
+    )
     args = parser.parse_args()
     convert_synthetic(args.parts, args.out, args.num_classes, chunk_images=args.chunk_images)
 

@@ -22,18 +22,38 @@ def _add(tar, name, obj, protocol=2):
 def _balanced_batch(rng, n, num_classes, label_key):
     data = rng.integers(0, 256, size=(n, 3072), dtype=np.uint8)
     labels = [int(i % num_classes) for i in rng.permutation(n)]
-    return {b"batch_label": b"fixture", label_key: labels, b"data": data, b"filenames": [b"x.png"] * n}
+    return {
+        b"batch_label": b"fixture",
+        label_key: labels,
+        b"data": data,
+        b"filenames": [b"x.png"] * n,
+    }
 
 
 def _cifar10_archive(path, rng, per_batch=20, test=10, corrupt=None, protocol=2):
-    batches = {f"data_batch_{i}": _balanced_batch(rng, per_batch, 10, b"labels") for i in range(1, 6)}
+    batches = {
+        f"data_batch_{i}": _balanced_batch(rng, per_batch, 10, b"labels") for i in range(1, 6)
+    }
     batches["test_batch"] = _balanced_batch(rng, test, 10, b"labels")
     with tarfile.open(path, "w:gz") as tar:
-        _add(tar, "cifar-10-batches-py/batches.meta",
-             {b"label_names": [f"class{i}".encode() for i in range(10)], b"num_cases_per_batch": per_batch},
-             protocol)
+        _add(
+            tar,
+            "cifar-10-batches-py/batches.meta",
+            {
+                b"label_names": [f"class{i}".encode() for i in range(10)],
+                b"num_cases_per_batch": per_batch,
+            },
+            protocol,
+        )
         # test_batch first: the official archive does not list members in numeric order either
-        for name in ["test_batch", "data_batch_3", "data_batch_1", "data_batch_2", "data_batch_5", "data_batch_4"]:
+        for name in [
+            "test_batch",
+            "data_batch_3",
+            "data_batch_1",
+            "data_batch_2",
+            "data_batch_5",
+            "data_batch_4",
+        ]:
             if name != corrupt:
                 _add(tar, f"cifar-10-batches-py/{name}", batches[name], protocol)
     return batches
@@ -55,7 +75,14 @@ def test_cifar10_round_trip_is_pixel_exact(tmp_path, protocol):
     rng = np.random.default_rng(0)
     archive = tmp_path / "cifar-10-python.tar.gz"
     batches = _cifar10_archive(archive, rng, protocol=protocol)
-    convert_cifar(archive, "cifar10", tmp_path / "train", tmp_path / "test", expected_train=100, expected_test=10)
+    convert_cifar(
+        archive,
+        "cifar10",
+        tmp_path / "train",
+        tmp_path / "test",
+        expected_train=100,
+        expected_test=10,
+    )
 
     train, test = open_image_store(tmp_path / "train"), open_image_store(tmp_path / "test")
     train_data = np.concatenate([batches[f"data_batch_{i}"][b"data"] for i in range(1, 6)])
@@ -78,10 +105,21 @@ def test_known_pixel_from_colour_planes(tmp_path):
     row[1 * 1024 + 2 * 32 + 5] = 22  # green at y=2, x=5
     row[2 * 1024 + 2 * 32 + 5] = 33  # blue  at y=2, x=5
     with tarfile.open(archive, "w:gz") as tar:
-        _add(tar, "cifar-10-batches-py/batches.meta", {b"label_names": [f"c{i}".encode() for i in range(10)]})
+        _add(
+            tar,
+            "cifar-10-batches-py/batches.meta",
+            {b"label_names": [f"c{i}".encode() for i in range(10)]},
+        )
         for name, batch in batches.items():
             _add(tar, f"cifar-10-batches-py/{name}", batch)
-    convert_cifar(archive, "cifar10", tmp_path / "train", tmp_path / "test", expected_train=100, expected_test=10)
+    convert_cifar(
+        archive,
+        "cifar10",
+        tmp_path / "train",
+        tmp_path / "test",
+        expected_train=100,
+        expected_test=10,
+    )
     image = open_image_store(tmp_path / "train").images[0]
     assert image[2, 5].tolist() == [11, 22, 33]
     assert int(image.sum()) == 66
@@ -94,11 +132,24 @@ def test_cifar100_uses_fine_labels(tmp_path):
     train[b"coarse_labels"] = [0] * 200
     test = _balanced_batch(rng, 100, 100, b"fine_labels")
     with tarfile.open(archive, "w:gz") as tar:
-        _add(tar, "cifar-100-python/meta", {b"fine_label_names": [f"f{i}".encode() for i in range(100)],
-                                            b"coarse_label_names": [b"c"] * 20})
+        _add(
+            tar,
+            "cifar-100-python/meta",
+            {
+                b"fine_label_names": [f"f{i}".encode() for i in range(100)],
+                b"coarse_label_names": [b"c"] * 20,
+            },
+        )
         _add(tar, "cifar-100-python/train", train)
         _add(tar, "cifar-100-python/test", test)
-    convert_cifar(archive, "cifar100", tmp_path / "train", tmp_path / "test", expected_train=200, expected_test=100)
+    convert_cifar(
+        archive,
+        "cifar100",
+        tmp_path / "train",
+        tmp_path / "test",
+        expected_train=200,
+        expected_test=100,
+    )
     store = open_image_store(tmp_path / "train")
     np.testing.assert_array_equal(store.labels, train[b"fine_labels"])
     np.testing.assert_array_equal(store.images, _expected_hwc(train[b"data"]))
@@ -120,7 +171,14 @@ def test_missing_member_is_named(tmp_path):
     archive = tmp_path / "cifar-10-python.tar.gz"
     _cifar10_archive(archive, rng, corrupt="data_batch_4")
     with pytest.raises(CifarArchiveError, match="data_batch_4"):
-        convert_cifar(archive, "cifar10", tmp_path / "train", tmp_path / "test", expected_train=80, expected_test=10)
+        convert_cifar(
+            archive,
+            "cifar10",
+            tmp_path / "train",
+            tmp_path / "test",
+            expected_train=80,
+            expected_test=10,
+        )
 
 
 def test_pickle_that_would_run_code_is_refused(tmp_path):

@@ -25,4 +25,6 @@ def test_digits_stores(tmp_path):
     assert set(np.unique(images).tolist()) <= {int(np.floor(v * 255 / 16 + 0.5)) for v in range(17)}
     assert int(np.floor(8 * 255 / 16 + 0.5)) == 128  # the one half-way value rounds up
     # every class occurs in both splits
-    assert (np.bincount(train.labels, minlength=10) > 0).all() and (np.bincount(test.labels, minlength=10) > 0).all()
+    assert (np.bincount(train.labels, minlength=10) > 0).all() and (
+        np.bincount(test.labels, minlength=10) > 0
+    ).all()

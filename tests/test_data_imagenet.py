@@ -26,7 +26,9 @@ def _fake_imagenet(root, train_per_class=3, val_per_class=2):
             (root / "val" / wnid / f"ILSVRC2012_val_{label * 10 + i:08d}.JPEG").write_bytes(b"jpeg")
         (root / "train" / wnid / "notes.txt").write_text("not an image")
     ids = root / "ids.txt"
-    ids.write_text("n02102040/ILSVRC2012_val_00000020.JPEG\nn01440764/ILSVRC2012_val_00000001.JPEG\n")
+    ids.write_text(
+        "n02102040/ILSVRC2012_val_00000020.JPEG\nn01440764/ILSVRC2012_val_00000001.JPEG\n"
+    )
     return ids
 
 
@@ -59,7 +61,9 @@ def test_index_lists_paths_and_labels_sorted_by_wnid(tmp_path):
 
 
 def test_missing_root_says_where_to_get_imagenet(tmp_path):
-    with pytest.raises(ImageNetFolderError, match=r"does not exist\. ImageNet \(ILSVRC-2012\).*image-net\.org"):
+    with pytest.raises(
+        ImageNetFolderError, match=r"does not exist\. ImageNet \(ILSVRC-2012\).*image-net\.org"
+    ):
         _index(tmp_path / "nowhere", tmp_path / "ids.txt", tmp_path / "index")
 
 
@@ -90,7 +94,9 @@ def test_partial_train_split_reports_counts(tmp_path):
     root = tmp_path / "imagenet"
     ids = _fake_imagenet(root)
     (root / "train" / WNIDS[1] / f"{WNIDS[1]}_2.JPEG").unlink()
-    with pytest.raises(ImageNetFolderError, match="holds 8 images, expected 9: the train split is partial"):
+    with pytest.raises(
+        ImageNetFolderError, match="holds 8 images, expected 9: the train split is partial"
+    ):
         _index(root, ids, tmp_path / "index")
 
 
@@ -105,7 +111,9 @@ def test_eval_image_absent_from_val(tmp_path):
     root = tmp_path / "imagenet"
     ids = _fake_imagenet(root)
     ids.write_text("n01443537/ILSVRC2012_val_00000001.JPEG\n")  # exists only under n01440764
-    with pytest.raises(ImageNetFolderError, match=r"1 images of the evaluation list ids\.txt are not in"):
+    with pytest.raises(
+        ImageNetFolderError, match=r"1 images of the evaluation list ids\.txt are not in"
+    ):
         _index(root, ids, tmp_path / "index")
 
 

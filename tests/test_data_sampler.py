@@ -22,7 +22,9 @@ def test_dmat_batch_composition():
         assert 0 <= synthetic.min() and synthetic.max() < 1_000_000
     real = np.concatenate([r for r, _ in batches])
     assert len(real) == len(np.unique(real)) == 98 * 154  # 15,092 distinct real images per epoch
-    assert DMATBatchSampler(N_REAL, 1_000_000, 1024, 0.7, 50_000, seed=1).real_per_batch == 1024 - 716
+    assert (
+        DMATBatchSampler(N_REAL, 1_000_000, 1024, 0.7, 50_000, seed=1).real_per_batch == 1024 - 716
+    )
 
 
 def test_real_only_epoch_covers_every_index_once_then_restarts():

@@ -13,17 +13,25 @@ from dra.data.store import (
     open_image_store,
 )
 
-FEATURE_META = {"layer": "dec.8x8_in1", "sigma": 0.1, "extra_view": False, "diffusion_model": "edm",
-                "image_store": "data/cifar10/train"}
+FEATURE_META = {
+    "layer": "dec.8x8_in1",
+    "sigma": 0.1,
+    "extra_view": False,
+    "diffusion_model": "edm",
+    "image_store": "data/cifar10/train",
+}
 
 
 def _random_images(n, rng, height=4, width=5):
-    return rng.integers(0, 256, size=(n, height, width, 3), dtype=np.uint8), rng.integers(0, 7, size=n)
+    return rng.integers(0, 256, size=(n, height, width, 3), dtype=np.uint8), rng.integers(
+        0, 7, size=n
+    )
 
 
 def _write_store(path, images, labels, num_classes=7):
-    with ImageStoreWriter(path, len(labels), images.shape[1], images.shape[2], num_classes,
-                          meta={"source": "test"}) as writer:
+    with ImageStoreWriter(
+        path, len(labels), images.shape[1], images.shape[2], num_classes, meta={"source": "test"}
+    ) as writer:
         writer.write(0, images, labels)
 
 
@@ -39,7 +47,14 @@ def test_image_store_round_trip_out_of_order_chunks(tmp_path):
     np.testing.assert_array_equal(store.labels, labels)
     assert store.images.dtype == np.uint8 and store.labels.dtype == np.int64
     assert isinstance(store.images, np.memmap) and isinstance(store.labels, np.memmap)
-    assert store.meta == {"n": 10, "height": 4, "width": 5, "channels": 3, "num_classes": 7, "source": "test"}
+    assert store.meta == {
+        "n": 10,
+        "height": 4,
+        "width": 5,
+        "channels": 3,
+        "num_classes": 7,
+        "source": "test",
+    }
     assert len(store) == 10 and store.num_classes == 7
     with pytest.raises(ValueError):
         store.images[0, 0, 0, 0] = 1  # read-only map
@@ -99,7 +114,10 @@ def test_refuses_count_disagreeing_with_meta(good_store):
     meta = json.loads((good_store / "meta.json").read_text())
     meta["n"] = 7
     (good_store / "meta.json").write_text(json.dumps(meta))
-    with pytest.raises(StoreError, match=r"images\.npy has shape \(6, 4, 5, 3\), but meta\.json says \(7, 4, 5, 3\)"):
+    with pytest.raises(
+        StoreError,
+        match=r"images\.npy has shape \(6, 4, 5, 3\), but meta\.json says \(7, 4, 5, 3\)",
+    ):
         open_image_store(good_store)
 
 
@@ -137,8 +155,12 @@ def test_feature_store_round_trip(tmp_path):
     store = open_feature_store(dest)
     assert store.features.dtype == np.float16 and store.features.shape == (5, 2, 8)
     # float16 keeps 11 significant bits: relative error <= 2**-11 for normal numbers.
-    np.testing.assert_allclose(store.features.astype(np.float64), features, rtol=2**-11, atol=2**-24)
-    assert store.meta["layer"] == "dec.8x8_in1" and store.meta["views"] == 2 and store.meta["dim"] == 8
+    np.testing.assert_allclose(
+        store.features.astype(np.float64), features, rtol=2**-11, atol=2**-24
+    )
+    assert (
+        store.meta["layer"] == "dec.8x8_in1" and store.meta["views"] == 2 and store.meta["dim"] == 8
+    )
 
 
 def test_feature_writer_rejects_nan_and_float16_overflow(tmp_path):

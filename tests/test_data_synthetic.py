@@ -21,8 +21,12 @@ def test_parts_concatenate_in_order_pixel_exact(tmp_path):
     rng = np.random.default_rng(0)
     first = _part(tmp_path / "50m_part1.npz", 10, rng)
     second = _part(tmp_path / "50m_part2.npz", 7, rng)
-    n = convert_synthetic([tmp_path / "50m_part1.npz", tmp_path / "50m_part2.npz"], tmp_path / "store",
-                          num_classes=10, chunk_images=3)  # chunks straddle no part boundary by construction
+    n = convert_synthetic(
+        [tmp_path / "50m_part1.npz", tmp_path / "50m_part2.npz"],
+        tmp_path / "store",
+        num_classes=10,
+        chunk_images=3,
+    )  # chunks straddle no part boundary by construction
     store = open_image_store(tmp_path / "store")
     assert n == 17 == len(store)
     np.testing.assert_array_equal(store.images, np.concatenate([first[0], second[0]]))
@@ -46,8 +50,11 @@ def test_memory_stays_at_one_chunk(tmp_path):
 
 def test_compressed_member_is_refused(tmp_path):
     rng = np.random.default_rng(2)
-    np.savez_compressed(tmp_path / "c.npz", image=rng.integers(0, 256, (4, 32, 32, 3), dtype=np.uint8),
-                        label=np.zeros(4, np.int64))
+    np.savez_compressed(
+        tmp_path / "c.npz",
+        image=rng.integers(0, 256, (4, 32, 32, 3), dtype=np.uint8),
+        label=np.zeros(4, np.int64),
+    )
     with pytest.raises(SyntheticFormatError, match=r"c\.npz: member image\.npy is compressed"):
         convert_synthetic([tmp_path / "c.npz"], tmp_path / "store", num_classes=10)
     assert not (tmp_path / "store").exists()
@@ -57,7 +64,11 @@ def test_compressed_member_is_refused(tmp_path):
     "image, label, message",
     [
         (np.zeros((4, 32, 32, 3), np.float32), np.zeros(4, np.int64), r"image\.npy is float32"),
-        (np.zeros((4, 3, 32, 32), np.uint8), np.zeros(4, np.int64), r"expected uint8 \(N, H, W, 3\)"),
+        (
+            np.zeros((4, 3, 32, 32), np.uint8),
+            np.zeros(4, np.int64),
+            r"expected uint8 \(N, H, W, 3\)",
+        ),
         (np.zeros((4, 32, 32, 3), np.uint8), np.zeros(4, np.int32), r"label\.npy is int32"),
         (np.zeros((4, 32, 32, 3), np.uint8), np.zeros(5, np.int64), r"expected int64 \(4,\)"),
     ],
@@ -69,10 +80,16 @@ def test_wrong_arrays_are_refused(tmp_path, image, label, message):
 
 
 def test_missing_key_and_label_range(tmp_path):
-    np.savez(tmp_path / "keys.npz", images=np.zeros((2, 32, 32, 3), np.uint8), label=np.zeros(2, np.int64))
+    np.savez(
+        tmp_path / "keys.npz",
+        images=np.zeros((2, 32, 32, 3), np.uint8),
+        label=np.zeros(2, np.int64),
+    )
     with pytest.raises(SyntheticFormatError, match=r"no member image\.npy"):
         convert_synthetic([tmp_path / "keys.npz"], tmp_path / "store", num_classes=10)
-    np.savez(tmp_path / "c100.npz", image=np.zeros((2, 32, 32, 3), np.uint8), label=np.array([3, 57]))
+    np.savez(
+        tmp_path / "c100.npz", image=np.zeros((2, 32, 32, 3), np.uint8), label=np.array([3, 57])
+    )
     with pytest.raises(SyntheticFormatError, match=r"labels in \[3, 57\].*expected \[0, 10\)"):
         convert_synthetic([tmp_path / "c100.npz"], tmp_path / "store", num_classes=10)
     assert not (tmp_path / "store").exists()
@@ -83,7 +100,9 @@ def test_parts_with_different_resolutions_are_refused(tmp_path):
     _part(tmp_path / "a.npz", 2, rng)
     _part(tmp_path / "b.npz", 2, rng, size=16)
     with pytest.raises(SyntheticFormatError, match="share a resolution"):
-        convert_synthetic([tmp_path / "a.npz", tmp_path / "b.npz"], tmp_path / "store", num_classes=10)
+        convert_synthetic(
+            [tmp_path / "a.npz", tmp_path / "b.npz"], tmp_path / "store", num_classes=10
+        )
 
 
 def test_corrupt_pixels_fail_the_zip_crc(tmp_path):

@@ -185,6 +185,14 @@ def test_nan_loss_stops_with_step_and_keeps_last_good_state(stores, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_resuming_with_a_changed_recipe_is_refused(stores, tmp_path):
+    recipe = tiny_recipe(stores, dra=False, synthetic=False, epochs=1)
+    train_cell(recipe, tmp_path / "out", tmp_path / "state", threads=1)
+    recipe["objective"]["beta"] = 6.0
+    with pytest.raises(ValueError, match=r"different recipe \(keys \['objective'\] differ\)"):
+        train_cell(recipe, tmp_path / "out", tmp_path / "state", threads=1)
+
+
 def test_recipe_errors_name_the_key(stores, tmp_path):
     recipe = tiny_recipe(stores)
     del recipe["attack"]["eps"]

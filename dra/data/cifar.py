@@ -94,28 +94,38 @@ def _read_members(archive: Path, names: list[str]) -> dict[str, dict]:
                 try:
                     content = _ArrayOnlyUnpickler(io.BytesIO(raw), encoding="bytes").load()
                 except (pickle.UnpicklingError, EOFError, ValueError) as error:
-                    raise CifarArchiveError(f"{archive}: member {member.name} is not a CIFAR pickle ({error}).")
+                    raise CifarArchiveError(
+                        f"{archive}: member {member.name} is not a CIFAR pickle ({error})."
+                    )
                 if not isinstance(content, dict):
                     raise CifarArchiveError(
                         f"{archive}: member {member.name} holds {type(content).__name__}, expected a dict."
                     )
                 found[member.name] = content
     except (tarfile.TarError, EOFError, OSError) as error:
-        raise CifarArchiveError(f"{archive} is not a readable tar.gz ({error}); delete it and download again.")
+        raise CifarArchiveError(
+            f"{archive} is not a readable tar.gz ({error}); delete it and download again."
+        )
     missing = [name for name in names if name not in found]
     if missing:
-        raise CifarArchiveError(f"{archive} lacks members {missing}; is this the official python-version archive?")
+        raise CifarArchiveError(
+            f"{archive} lacks members {missing}; is this the official python-version archive?"
+        )
     return found
 
 
-def _images_and_labels(batch: dict, where: str, layout: CifarLayout) -> tuple[np.ndarray, np.ndarray]:
+def _images_and_labels(
+    batch: dict, where: str, layout: CifarLayout
+) -> tuple[np.ndarray, np.ndarray]:
     for key in (b"data", layout.label_key):
         if key not in batch:
             raise CifarArchiveError(f"{where} lacks key {key!r}; found {sorted(batch)}.")
     data = np.asarray(batch[b"data"])
     labels = np.asarray(batch[layout.label_key], dtype=np.int64)
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
-        raise CifarArchiveError(f"{where}: b'data' must be uint8 (N, 3072), got {data.dtype} {data.shape}.")
+        raise CifarArchiveError(
+            f"{where}: b'data' must be uint8 (N, 3072), got {data.dtype} {data.shape}."
+        )
     if labels.shape != (data.shape[0],):
         raise CifarArchiveError(f"{where}: {labels.shape[0]} labels for {data.shape[0]} images.")
     # Rows are three 32x32 planes (R, G, B); stores are HWC.
@@ -127,7 +137,9 @@ def _check_split(labels: np.ndarray, expected: int, num_classes: int, where: str
     if labels.shape[0] != expected:
         raise CifarArchiveError(f"{where}: {labels.shape[0]} images, expected {expected}.")
     if labels.min() < 0 or labels.max() >= num_classes:
-        raise CifarArchiveError(f"{where}: labels in [{labels.min()}, {labels.max()}], expected [0, {num_classes}).")
+        raise CifarArchiveError(
+            f"{where}: labels in [{labels.min()}, {labels.max()}], expected [0, {num_classes})."
+        )
     counts = np.bincount(labels, minlength=num_classes)
     if expected % num_classes == 0 and not (counts == expected // num_classes).all():
         raise CifarArchiveError(
@@ -154,7 +166,9 @@ def convert_cifar(
     layout = LAYOUTS[dataset]
     archive = Path(archive)
     if not archive.is_file():
-        raise CifarArchiveError(f"{archive} does not exist; run the download step for {dataset} first.")
+        raise CifarArchiveError(
+            f"{archive} does not exist; run the download step for {dataset} first."
+        )
     meta_name = f"{layout.folder}/{layout.meta_member}"
     split_members = {
         "train": [f"{layout.folder}/{name}" for name in layout.train_members],
@@ -167,7 +181,9 @@ def convert_cifar(
         raise CifarArchiveError(f"{archive}: {meta_name} lacks key {layout.names_key!r}.")
     class_names = [name.decode() for name in meta[layout.names_key]]
     if len(class_names) != layout.num_classes:
-        raise CifarArchiveError(f"{archive}: {meta_name} names {len(class_names)} classes, expected {layout.num_classes}.")
+        raise CifarArchiveError(
+            f"{archive}: {meta_name} names {len(class_names)} classes, expected {layout.num_classes}."
+        )
     splits = {}
     for split, names in split_members.items():
         parts = [_images_and_labels(members[name], f"{archive}:{name}", layout) for name in names]
@@ -179,6 +195,13 @@ def convert_cifar(
 
     for split, dest in (("train", train_dest), ("test", test_dest)):
         images, labels = splits[split]
-        meta_out = {"source": archive.name, "dataset": dataset, "split": split, "classes": class_names}
-        with ImageStoreWriter(dest, len(labels), 32, 32, layout.num_classes, meta=meta_out) as writer:
+        meta_out = {
+            "source": archive.name,
+            "dataset": dataset,
+            "split": split,
+            "classes": class_names,
+        }
+        with ImageStoreWriter(
+            dest, len(labels), 32, 32, layout.num_classes, meta=meta_out
+        ) as writer:
             writer.write(0, images, labels)

@@ -37,7 +37,9 @@ def prepare_digits(train_dest: str | os.PathLike, test_dest: str | os.PathLike) 
     """Write the fixed train (first 1297) and test (last 500) digit stores."""
     images, labels = digits_uint8()
     if images.shape != (NUM_IMAGES, 8, 8, 3):
-        raise ValueError(f"scikit-learn's load_digits returned {images.shape}, expected ({NUM_IMAGES}, 8, 8)")
+        raise ValueError(
+            f"scikit-learn's load_digits returned {images.shape}, expected ({NUM_IMAGES}, 8, 8)"
+        )
     for split, dest, rows in (
         ("train", train_dest, slice(0, TRAIN_SIZE)),
         ("test", test_dest, slice(TRAIN_SIZE, NUM_IMAGES)),

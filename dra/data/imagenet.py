@@ -27,7 +27,12 @@ NUM_CLASSES = 1000
 # RobustBench/robustbench robustbench/helper_files/imagenet_test_image_ids.txt, last changed in
 # commit 5be8f6a0e71f2eba92ee61d7126c081ff10ea45c (read at master 78fcc9e48a07, 2025-03-31):
 # 5000 "<wnid>/ILSVRC2012_val_XXXXXXXX.JPEG" lines from 997 classes, in RobustBench's order.
-ROBUSTBENCH_EVAL_IDS = Path(__file__).resolve().parents[2] / "config" / "data" / "robustbench_imagenet_test_image_ids.txt"
+ROBUSTBENCH_EVAL_IDS = (
+    Path(__file__).resolve().parents[2]
+    / "config"
+    / "data"
+    / "robustbench_imagenet_test_image_ids.txt"
+)
 ROBUSTBENCH_EVAL_IDS_SHA256 = "d4121626d07722a0126c35b1563042e46a546f1a05ce705f2cdc635896d58574"
 ROBUSTBENCH_EVAL_SIZE = 5000
 
@@ -46,7 +51,9 @@ class ImageNetFolderError(ValueError):
     """The ImageNet folder is missing or incomplete; the message says what and how to fix it."""
 
 
-def _list_split(root: Path, split: str, num_classes: int, expected_images: int) -> dict[str, list[str]]:
+def _list_split(
+    root: Path, split: str, num_classes: int, expected_images: int
+) -> dict[str, list[str]]:
     """Return {wnid: sorted image file names} for one split after checking it is complete."""
     folder = root / split
     if not folder.is_dir():
@@ -58,7 +65,9 @@ def _list_split(root: Path, split: str, num_classes: int, expected_images: int) 
             if entry.is_dir():
                 with os.scandir(entry.path) as files:
                     classes[entry.name] = sorted(
-                        f.name for f in files if f.is_file() and Path(f.name).suffix.lower() in IMAGE_SUFFIXES
+                        f.name
+                        for f in files
+                        if f.is_file() and Path(f.name).suffix.lower() in IMAGE_SUFFIXES
                     )
             elif Path(entry.name).suffix.lower() in IMAGE_SUFFIXES:
                 loose_images += 1
@@ -88,7 +97,9 @@ def _list_split(root: Path, split: str, num_classes: int, expected_images: int) 
 
 def _read_eval_ids(path: Path) -> list[str]:
     if not path.is_file():
-        raise ImageNetFolderError(f"evaluation id list {path} is missing; restore it from the repository.")
+        raise ImageNetFolderError(
+            f"evaluation id list {path} is missing; restore it from the repository."
+        )
     ids = [line.strip() for line in path.read_text().splitlines() if line.strip()]
     if len(set(ids)) != len(ids):
         raise ImageNetFolderError(f"{path} lists some images twice.")
@@ -106,7 +117,9 @@ def check_robustbench_eval_ids(path: str | os.PathLike = ROBUSTBENCH_EVAL_IDS) -
         )
     ids = _read_eval_ids(path)
     if len(ids) != ROBUSTBENCH_EVAL_SIZE:
-        raise ImageNetFolderError(f"{path} lists {len(ids)} images, expected {ROBUSTBENCH_EVAL_SIZE}.")
+        raise ImageNetFolderError(
+            f"{path} lists {len(ids)} images, expected {ROBUSTBENCH_EVAL_SIZE}."
+        )
     return ids
 
 
@@ -170,8 +183,15 @@ def index_imagenet(
     with atomic_dir(dest) as folder:
         (folder / "classes.txt").write_text("".join(f"{wnid}\n" for wnid in classes))
         for split, listing in (("train", train), ("val", val)):
-            rows = [(f"{split}/{wnid}/{name}", label_of[wnid]) for wnid in classes for name in listing[wnid]]
+            rows = [
+                (f"{split}/{wnid}/{name}", label_of[wnid])
+                for wnid in classes
+                for name in listing[wnid]
+            ]
             _write_csv(folder / f"{split}.csv", rows)
-        _write_csv(folder / "eval.csv", [(f"val/{image_id}", label_of[image_id.split("/")[0]]) for image_id in ids])
+        _write_csv(
+            folder / "eval.csv",
+            [(f"val/{image_id}", label_of[image_id.split("/")[0]]) for image_id in ids],
+        )
         write_json(folder / "meta.json", summary)
     return summary

@@ -66,7 +66,9 @@ class DMATBatchSampler:
             real = permutation[position : position + self.real_per_batch]
             position += len(real)
             n_synthetic = self.batch_size - len(real) if self.n_synthetic else 0
-            synthetic = synthetic_rng.integers(0, self.n_synthetic, size=n_synthetic, dtype=np.int64)
+            synthetic = synthetic_rng.integers(
+                0, self.n_synthetic, size=n_synthetic, dtype=np.int64
+            )
             batches.append((real.astype(np.int64), synthetic))
         return batches
 

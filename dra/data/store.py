@@ -91,7 +91,9 @@ def _read_meta(folder: Path) -> dict[str, Any]:
 def _meta_int(meta: dict[str, Any], key: str, meta_path: Path) -> int:
     value = meta.get(key)
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise StoreError(f"{meta_path}: key '{key}' must be a non-negative integer, found {value!r}.")
+        raise StoreError(
+            f"{meta_path}: key '{key}' must be a non-negative integer, found {value!r}."
+        )
     return value
 
 
@@ -102,7 +104,9 @@ def _open_npy(path: Path, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray
     message naming it, instead of numpy's generic mmap error.
     """
     if not path.is_file():
-        raise StoreError(f"{path} is missing; delete the store folder and rerun the step that writes it.")
+        raise StoreError(
+            f"{path} is missing; delete the store folder and rerun the step that writes it."
+        )
     with open(path, "rb") as handle:
         try:
             version = np.lib.format.read_magic(handle)
@@ -121,7 +125,9 @@ def _open_npy(path: Path, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray
     if fortran_order:
         raise StoreError(f"{path} is stored in Fortran order; stores are C-ordered.")
     if tuple(found_shape) != tuple(shape):
-        raise StoreError(f"{path} has shape {tuple(found_shape)}, but meta.json says {tuple(shape)}.")
+        raise StoreError(
+            f"{path} has shape {tuple(found_shape)}, but meta.json says {tuple(shape)}."
+        )
     expected_bytes = data_offset + int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
     actual_bytes = path.stat().st_size
     if actual_bytes != expected_bytes:
@@ -136,7 +142,9 @@ def open_image_store(path: str | os.PathLike) -> ImageStore:
     """Open an image store folder; its arrays are read-only memory maps."""
     folder = Path(path)
     if not folder.is_dir():
-        raise StoreError(f"image store {folder} does not exist; run the step that prepares it first.")
+        raise StoreError(
+            f"image store {folder} does not exist; run the step that prepares it first."
+        )
     meta = _read_meta(folder)
     meta_path = folder / META_FILE
     n = _meta_int(meta, "n", meta_path)
@@ -161,7 +169,9 @@ def open_feature_store(path: str | os.PathLike) -> FeatureStore:
     """Open a feature store folder; ``features`` is a read-only float16 memory map."""
     folder = Path(path)
     if not folder.is_dir():
-        raise StoreError(f"feature store {folder} does not exist; run the feature extraction step first.")
+        raise StoreError(
+            f"feature store {folder} does not exist; run the feature extraction step first."
+        )
     meta = _read_meta(folder)
     meta_path = folder / META_FILE
     n = _meta_int(meta, "n", meta_path)
@@ -204,13 +214,23 @@ class _RowCoverage:
 class _StoreWriter:
     """Shared protocol: memmaps in a temporary folder, meta.json and rename on a clean exit."""
 
-    def __init__(self, path: str | os.PathLike, n: int, meta: dict[str, Any] | None, structural: dict[str, Any]):
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        n: int,
+        meta: dict[str, Any] | None,
+        structural: dict[str, Any],
+    ):
         if n < 0:
             raise ValueError(f"store {path}: n must be >= 0, got {n}")
         user_meta = dict(meta or {})
-        clashes = {key for key in structural if key in user_meta and user_meta[key] != structural[key]}
+        clashes = {
+            key for key in structural if key in user_meta and user_meta[key] != structural[key]
+        }
         if clashes:
-            raise ValueError(f"store {path}: meta keys {sorted(clashes)} are set by the writer and disagree")
+            raise ValueError(
+                f"store {path}: meta keys {sorted(clashes)} are set by the writer and disagree"
+            )
         self.path = Path(path)
         self.n = n
         self.meta = {**user_meta, **structural}
@@ -232,7 +252,9 @@ class _StoreWriter:
         if self._folder is None:
             raise RuntimeError(f"store writer for {self.path} used outside its 'with' block")
         if start < 0 or start + count > self.n:
-            raise ValueError(f"store {self.path}: rows [{start}, {start + count}) fall outside [0, {self.n})")
+            raise ValueError(
+                f"store {self.path}: rows [{start}, {start + count}) fall outside [0, {self.n})"
+            )
         self._coverage.add(start, start + count)
 
     def _finish(self) -> None:
@@ -269,15 +291,25 @@ class ImageStoreWriter(_StoreWriter):
         num_classes: int,
         meta: dict[str, Any] | None = None,
     ):
-        structural = {"n": n, "height": height, "width": width, "channels": 3, "num_classes": num_classes}
+        structural = {
+            "n": n,
+            "height": height,
+            "width": width,
+            "channels": 3,
+            "num_classes": num_classes,
+        }
         super().__init__(path, n, meta, structural)
         self.height, self.width, self.num_classes = height, width, num_classes
 
     def _create_arrays(self, folder: Path) -> dict[str, np.ndarray]:
         shape = (self.n, self.height, self.width, 3)
         return {
-            "images": np.lib.format.open_memmap(folder / IMAGES_FILE, mode="w+", dtype=np.uint8, shape=shape),
-            "labels": np.lib.format.open_memmap(folder / LABELS_FILE, mode="w+", dtype=np.int64, shape=(self.n,)),
+            "images": np.lib.format.open_memmap(
+                folder / IMAGES_FILE, mode="w+", dtype=np.uint8, shape=shape
+            ),
+            "labels": np.lib.format.open_memmap(
+                folder / LABELS_FILE, mode="w+", dtype=np.int64, shape=(self.n,)
+            ),
         }
 
     def write(self, start: int, images: np.ndarray, labels: np.ndarray) -> None:
@@ -312,7 +344,14 @@ class FeatureStoreWriter(_StoreWriter):
     diffusion_model, image_store) so a feature store always says where it came from.
     """
 
-    def __init__(self, path: str | os.PathLike, n: int, views: int, dim: int, meta: dict[str, Any] | None = None):
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        n: int,
+        views: int,
+        dim: int,
+        meta: dict[str, Any] | None = None,
+    ):
         missing = [key for key in FEATURE_META_KEYS if key not in (meta or {})]
         if missing:
             raise ValueError(f"feature store {path}: meta lacks keys {missing}")
@@ -321,7 +360,11 @@ class FeatureStoreWriter(_StoreWriter):
 
     def _create_arrays(self, folder: Path) -> dict[str, np.ndarray]:
         shape = (self.n, self.views, self.dim)
-        return {"features": np.lib.format.open_memmap(folder / FEATURES_FILE, mode="w+", dtype=np.float16, shape=shape)}
+        return {
+            "features": np.lib.format.open_memmap(
+                folder / FEATURES_FILE, mode="w+", dtype=np.float16, shape=shape
+            )
+        }
 
     def write(self, start: int, features: np.ndarray) -> None:
         features = np.asarray(features)

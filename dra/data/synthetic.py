@@ -45,11 +45,15 @@ def _read_npy_header(handle: BinaryIO, where: str) -> _Member:
         elif version == (2, 0):
             shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(handle)
         else:
-            raise ValueError(f"npy format version {version} is not written by np.savez for these arrays")
+            raise ValueError(
+                f"npy format version {version} is not written by np.savez for these arrays"
+            )
     except ValueError as error:
         raise SyntheticFormatError(f"{where} is not a readable .npy member ({error}).") from None
     if fortran_order:
-        raise SyntheticFormatError(f"{where} is stored in Fortran order; expected C order as np.savez writes.")
+        raise SyntheticFormatError(
+            f"{where} is stored in Fortran order; expected C order as np.savez writes."
+        )
     return _Member(tuple(shape), dtype)
 
 
@@ -76,7 +80,9 @@ def _inspect_part(path: Path) -> tuple[int, int, int]:
     try:
         archive = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError) as error:
-        raise SyntheticFormatError(f"{path} is not a readable npz/zip file ({error}); download it again.") from None
+        raise SyntheticFormatError(
+            f"{path} is not a readable npz/zip file ({error}); download it again."
+        ) from None
     with archive:
         with _open_member(archive, path, IMAGE_MEMBER) as handle:
             image = _read_npy_header(handle, f"{path}:{IMAGE_MEMBER}")
@@ -97,7 +103,9 @@ def _inspect_part(path: Path) -> tuple[int, int, int]:
 def _read_exact(handle: BinaryIO, nbytes: int, where: str) -> bytes:
     data = handle.read(nbytes)
     if len(data) != nbytes:
-        raise SyntheticFormatError(f"{where} ends early: wanted {nbytes} more bytes, got {len(data)}.")
+        raise SyntheticFormatError(
+            f"{where} ends early: wanted {nbytes} more bytes, got {len(data)}."
+        )
     return data
 
 
@@ -128,21 +136,33 @@ def convert_synthetic(
         "part_sizes": [n for n, _, _ in shapes],
     }
     row_bytes = height * width * 3
-    with ImageStoreWriter(dest, total, height, width, num_classes, meta=meta) as writer, tqdm(
-        total=total, unit="img", unit_scale=True, desc=Path(dest).name, file=sys.stderr, mininterval=5.0
-    ) as progress:
+    with (
+        ImageStoreWriter(dest, total, height, width, num_classes, meta=meta) as writer,
+        tqdm(
+            total=total,
+            unit="img",
+            unit_scale=True,
+            desc=Path(dest).name,
+            file=sys.stderr,
+            mininterval=5.0,
+        ) as progress,
+    ):
         start = 0
         for path, (n, _, _) in zip(paths, shapes):
             try:
-                with zipfile.ZipFile(path) as archive, archive.open(IMAGE_MEMBER) as images, archive.open(
-                    LABEL_MEMBER
-                ) as labels:
+                with (
+                    zipfile.ZipFile(path) as archive,
+                    archive.open(IMAGE_MEMBER) as images,
+                    archive.open(LABEL_MEMBER) as labels,
+                ):
                     _read_npy_header(images, f"{path}:{IMAGE_MEMBER}")
                     _read_npy_header(labels, f"{path}:{LABEL_MEMBER}")
                     for offset in range(0, n, chunk_images):
                         count = min(chunk_images, n - offset)
                         pixels = _read_exact(images, count * row_bytes, f"{path}:{IMAGE_MEMBER}")
-                        label_bytes = _read_exact(labels, count * LABEL_DTYPE.itemsize, f"{path}:{LABEL_MEMBER}")
+                        label_bytes = _read_exact(
+                            labels, count * LABEL_DTYPE.itemsize, f"{path}:{LABEL_MEMBER}"
+                        )
                         chunk_labels = np.frombuffer(label_bytes, dtype=LABEL_DTYPE)
                         if chunk_labels.min() < 0 or chunk_labels.max() >= num_classes:
                             raise SyntheticFormatError(
@@ -157,6 +177,8 @@ def convert_synthetic(
                         progress.update(count)
             except zipfile.BadZipFile as error:
                 # zipfile checks each member's CRC-32 when its last byte is read.
-                raise SyntheticFormatError(f"{path} is corrupt ({error}); delete it and download it again.") from None
+                raise SyntheticFormatError(
+                    f"{path} is corrupt ({error}); delete it and download it again."
+                ) from None
             start += n
     return total

@@ -147,6 +147,13 @@ def _numpy_dtype(spec: str, align: bool = False, copy: bool = False) -> np.dtype
     return np.dtype(spec)
 
 
+def _latin1_bytes(text: str, encoding: str = "latin1") -> bytes:
+    # Protocol 2 pickles write bytes objects as _codecs.encode(text, 'latin1').
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise UnsafePickleError(f"_codecs.encode called with {type(text).__name__}, {encoding!r}; only latin1 text is allowed")
+    return text.encode("latin1")
+
+
 _ALLOWED_GLOBALS = {
     ("torch_utils.persistence", "_reconstruct_persistent_obj"): _reconstruct_record,
     ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
@@ -156,6 +163,9 @@ _ALLOWED_GLOBALS = {
     ("collections", "OrderedDict"): dict,
     ("builtins", "set"): set,
     ("builtins", "frozenset"): frozenset,
+    ("__builtin__", "set"): set,  # protocol < 3 spells builtins this way
+    ("__builtin__", "frozenset"): frozenset,
+    ("_codecs", "encode"): _latin1_bytes,
     ("numpy.core.multiarray", "scalar"): _numpy_scalar,
     ("numpy._core.multiarray", "scalar"): _numpy_scalar,
     ("numpy", "dtype"): _numpy_dtype,

@@ -79,7 +79,7 @@ def train_edm(images_uint8: np.ndarray, labels: np.ndarray, net_kwargs: dict, st
         with torch.no_grad():
             for p_ema, p in zip(ema.parameters(), net.parameters()):
                 p_ema.lerp_(p, 1 - decay)
-        log.append(dict(step=step, loss=float(loss), seconds=time.perf_counter() - start))
+        log.append(dict(step=step, loss=loss.item(), seconds=time.perf_counter() - start))
     return ema, log
 
 

@@ -218,7 +218,7 @@ def evaluate_autoattack(
     batch_size: int,
     state_path: str | Path | None,
     device: str | torch.device,
-    chunk_size: int = 1000,
+    chunk_size: int = 2000,
 ) -> AutoAttackResult:
     """AutoAttack standard Linf on (images01, labels), resumable through ``state_path``.
 

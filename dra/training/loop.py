@@ -26,7 +26,7 @@ from dra.io import atomic_file
 from dra.models import create_classifier
 from dra.training.attacks import robust_accuracy, uniform_ball_noise
 from dra.training.augment import random_crop_flip_rotate
-from dra.training.distributed import DistributedContext, init_distributed, wrap_for_training
+from dra.training.distributed import init_distributed, shutdown_distributed, wrap_for_training
 from dra.training.dra_head import OnlineTargets, ProjectionHead, StoredTargets, dra_loss
 from dra.training.ema import WeightAverage
 from dra.training.losses import adversarial_examples, smooth_cross_entropy, trades_outer_loss
@@ -183,21 +183,32 @@ def gather_batch(data: TrainingData, real_idx: np.ndarray, synthetic_idx: np.nda
     return store_index, is_synthetic, images, labels
 
 
-def save_state(path: Path, trainable: TrainingModule, ema: WeightAverage, optimizer, scheduler,
+def _resumable_part(recipe: dict) -> dict:
+    """What must not change between a run and its resumption (precision and checkpoint
+    frequency may: a run can continue on other hardware)."""
+    return {key: value for key, value in recipe.items() if key not in ("precision", "checkpoint")}
+
+
+def save_state(path: Path, recipe: dict, trainable: TrainingModule, ema: WeightAverage, optimizer, scheduler,
                progress: Progress, randomness: TrainingRandomness) -> None:
-    state = {"trainable": trainable.state_dict(), "ema": ema.model.state_dict(), "optimizer": optimizer.state_dict(),
+    state = {"recipe": _resumable_part(recipe), "trainable": trainable.state_dict(), "ema": ema.model.state_dict(), "optimizer": optimizer.state_dict(),
              "scheduler": scheduler.state_dict(), "progress": asdict(progress), "randomness": randomness.state()}
     with atomic_file(path) as tmp:
         torch.save(state, tmp)
 
 
-def load_state(path: Path, trainable: TrainingModule, ema: WeightAverage, optimizer, scheduler,
+def load_state(path: Path, recipe: dict, trainable: TrainingModule, ema: WeightAverage, optimizer, scheduler,
                randomness: TrainingRandomness) -> Progress:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # a truncated or foreign file: say which and what to do
         raise TrainingDataError(f"{path}: cannot read the training state ({error}); delete it to restart the cell "
                                 "from scratch") from error
+    if state["recipe"] != _resumable_part(recipe):
+        changed = sorted(key for key in set(state["recipe"]) | set(_resumable_part(recipe))
+                         if state["recipe"].get(key) != recipe.get(key))
+        raise TrainingDataError(f"{path}: this training state belongs to a different recipe (keys {changed} differ); "
+                                "delete the state folder to train the new recipe from scratch")
     trainable.load_state_dict(state["trainable"])
     ema.model.load_state_dict(state["ema"])
     optimizer.load_state_dict(state["optimizer"])
@@ -263,7 +274,7 @@ def train_cell(recipe: dict, out_dir: str | Path, state_dir: str | Path, threads
     randomness = TrainingRandomness(recipe["seed"], device)
     progress = Progress()
     if (state_dir / STATE_FILE).exists():
-        progress = load_state(state_dir / STATE_FILE, trainable, ema, optimizer, schedule.scheduler, randomness)
+        progress = load_state(state_dir / STATE_FILE, recipe, trainable, ema, optimizer, schedule.scheduler, randomness)
 
     train_forward = wrap_for_training(trainable, context)
     attack_forward: nn.Module = classifier
@@ -335,8 +346,7 @@ def train_cell(recipe: dict, out_dir: str | Path, state_dir: str | Path, threads
             if logits_clean is not None:
                 progress.sums["clean_counted"] = progress.sums.get("clean_counted", 0.0) + totals[5]
             if context.is_main and progress.global_step % recipe["checkpoint"]["every_steps"] == 0:
-                save_state(state_dir / STATE_FILE, trainable, ema, optimizer, schedule.scheduler, progress, randomness)
-            context.barrier()
+                save_state(state_dir / STATE_FILE, recipe, trainable, ema, optimizer, schedule.scheduler, progress, randomness)
             bar.update(1)
             bar.set_postfix(epoch=epoch + 1, loss=f"{totals[0] / totals[5]:.4f}", img_s=f"{totals[5] / seconds:.0f}")
             if after_step is not None:
@@ -360,7 +370,7 @@ def train_cell(recipe: dict, out_dir: str | Path, state_dir: str | Path, threads
             schedule.scheduler.step()
         progress.epoch, progress.step_in_epoch, progress.sums = epoch + 1, 0, {}
         if context.is_main:
-            save_state(state_dir / STATE_FILE, trainable, ema, optimizer, schedule.scheduler, progress, randomness)
+            save_state(state_dir / STATE_FILE, recipe, trainable, ema, optimizer, schedule.scheduler, progress, randomness)
         context.barrier()
     bar.close()
 
@@ -371,3 +381,4 @@ def train_cell(recipe: dict, out_dir: str | Path, state_dir: str | Path, threads
         with atomic_file(out_dir / "model.pt") as tmp:
             torch.save(weights, tmp)
     context.barrier()
+    shutdown_distributed(context)

@@ -1,0 +1,233 @@
+"""Validate diffusion features: linear probes over (layer, sigma) and their PGD robustness.
+
+The paper picks the EDM block and noise level by linear-probe accuracy (Section 4.2 and
+Appendix D, following DDAE, recipe.md section 3) and shows in Figure 3b that a linear probe
+on frozen diffusion features, with the diffusion noise held fixed, is somewhat robust to
+small L-inf budgets but breaks at the usual ones. Both measurements are made here for any
+EDM checkpoint: a probe grid (CSV + heatmap) and a robust-accuracy curve (CSV + plot).
+
+Probes read the net with the all-zero class vector (its unconditional mode), since a probe
+whose input contains the label would measure nothing.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from sklearn.linear_model import LogisticRegression
+from torch import nn
+from tqdm import tqdm
+
+from dra.diffusion.edm import EDMPrecond, UNetBlock
+from dra.diffusion.features import DiffusionFeatureExtractor, images_to_tensor
+from dra.io import atomic_file, package_versions, write_json
+
+
+class LinearProbe(nn.Module):
+    """Standardisation + one linear layer, a torch copy of a fitted scikit-learn probe."""
+
+    def __init__(self, mean: np.ndarray, scale: np.ndarray, coef: np.ndarray, intercept: np.ndarray):
+        super().__init__()
+        self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32))
+        self.register_buffer("scale", torch.as_tensor(scale, dtype=torch.float32))
+        self.linear = nn.Linear(coef.shape[1], coef.shape[0])
+        with torch.no_grad():
+            self.linear.weight.copy_(torch.as_tensor(coef))
+            self.linear.bias.copy_(torch.as_tensor(intercept))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.linear((features - self.mean) / self.scale)
+
+
+def fit_linear_probe(features: np.ndarray, labels: np.ndarray, seed: int = 0, max_iter: int = 2000) -> LinearProbe:
+    """Multinomial logistic regression on standardised frozen features."""
+    if not np.isfinite(features).all():
+        raise FloatingPointError("diffusion features contain NaN/inf; check the checkpoint and sigma")
+    mean = features.mean(axis=0)
+    scale = features.std(axis=0) + 1e-6
+    model = LogisticRegression(max_iter=max_iter, random_state=seed).fit((features - mean) / scale, labels)
+    return LinearProbe(mean, scale, model.coef_.astype(np.float32), model.intercept_.astype(np.float32))
+
+
+def decoder_blocks(net: EDMPrecond) -> list[str]:
+    """Names of every decoder UNetBlock, lowest resolution first (the probe's default layers)."""
+    return [f"model.dec.{name}" for name, block in net.model.dec.items() if isinstance(block, UNetBlock)]
+
+
+@torch.no_grad()
+def extract_many(net: EDMPrecond, layers: Sequence[str], sigma: float, images01: torch.Tensor, labels: torch.Tensor,
+                 offset: int, batch_size: int, seed: int) -> dict[str, np.ndarray]:
+    """Features of all ``layers`` in one pass per batch; image i is seeded as index offset + i."""
+    extractor = DiffusionFeatureExtractor(net, list(layers), sigma, seed=seed, use_labels=False)
+    parts: dict[str, list[np.ndarray]] = {name: [] for name in layers}
+    for lo in range(0, len(images01), batch_size):
+        hi = min(len(images01), lo + batch_size)
+        out = extractor(images01[lo:hi], labels[lo:hi], range(offset + lo, offset + hi))
+        for name in layers:
+            parts[name].append(out[name].numpy())
+    return {name: np.concatenate(chunks) for name, chunks in parts.items()}
+
+
+def probe_grid(net: EDMPrecond, train: tuple[torch.Tensor, torch.Tensor], val: tuple[torch.Tensor, torch.Tensor],
+               test: tuple[torch.Tensor, torch.Tensor], layers: Sequence[str], sigmas: Sequence[float],
+               batch_size: int = 256, seed: int = 0) -> tuple[pd.DataFrame, dict]:
+    """Accuracy of a linear probe per (layer, sigma); the best cell is chosen on ``val``.
+
+    Returns (table with train/val/test accuracy per cell, {(layer, sigma): LinearProbe}).
+    Train, val and test images get disjoint noise indices (0.., 10^8.., 2*10^8..).
+    """
+    rows, probes = [], {}
+    for sigma in tqdm(sigmas, desc="probe sigmas", file=sys.stderr):
+        feats = [extract_many(net, layers, sigma, images, labels, offset, batch_size, seed)
+                 for offset, (images, labels) in zip((0, 10**8, 2 * 10**8), (train, val, test))]
+        for layer in layers:
+            probe = fit_linear_probe(feats[0][layer], train[1].numpy(), seed)
+            accuracy = []
+            for split_feats, (_, labels) in zip(feats, (train, val, test)):
+                with torch.no_grad():
+                    predicted = probe(torch.from_numpy(split_feats[layer])).argmax(1)
+                accuracy.append(float((predicted == labels).float().mean()))
+            rows.append(dict(layer=layer, sigma=float(sigma), dim=int(feats[0][layer].shape[1]),
+                             train_accuracy=accuracy[0], val_accuracy=accuracy[1], test_accuracy=accuracy[2]))
+            probes[(layer, float(sigma))] = probe
+    return pd.DataFrame(rows), probes
+
+
+def pgd_linf(loss_fn, images01: torch.Tensor, labels: torch.Tensor, eps: float, steps: int,
+             step_size: float) -> torch.Tensor:
+    """L-inf PGD from the clean image (deterministic), sign steps, projected to the ball and [0, 1]."""
+    adv = images01.clone()
+    for _ in range(steps):
+        adv.requires_grad_(True)
+        loss = loss_fn(adv, labels)
+        (grad,) = torch.autograd.grad(loss, adv)
+        with torch.no_grad():
+            adv = adv + step_size * grad.sign()
+            adv = torch.min(torch.max(adv, images01 - eps), images01 + eps).clamp(0, 1)
+    return adv.detach()
+
+
+def probe_robustness(net: EDMPrecond, probe: LinearProbe, layer: str, sigma: float, images01: torch.Tensor,
+                     labels: torch.Tensor, index_offset: int, eps_list: Sequence[float], steps: int = 20,
+                     batch_size: int = 128, seed: int = 0) -> pd.DataFrame:
+    """Robust accuracy of encoder + probe under PGD-Linf, noise fixed per image (Figure 3b).
+
+    The extractor draws the noise from (seed, image index), so every PGD step and the final
+    evaluation see the same noise: the attack faces a deterministic function.
+    """
+    extractor = DiffusionFeatureExtractor(net, layer, sigma, seed=seed, use_labels=False)
+
+    def logits_of(batch_images, batch_indices):
+        return probe(extractor(batch_images, None, batch_indices))
+
+    rows = []
+    for eps in tqdm(eps_list, desc="probe PGD eps", file=sys.stderr):
+        correct = 0
+        for lo in range(0, len(images01), batch_size):
+            hi = min(len(images01), lo + batch_size)
+            indices = range(index_offset + lo, index_offset + hi)
+            x, y = images01[lo:hi], labels[lo:hi]
+            if eps > 0:
+                x = pgd_linf(lambda adv, target: F.cross_entropy(logits_of(adv, indices), target, reduction="sum"),
+                             x, y, eps, steps, step_size=2.5 * eps / steps)
+            with torch.no_grad():
+                correct += int((logits_of(x, indices).argmax(1) == y).sum())
+        rows.append(dict(eps=float(eps), eps_255=float(eps) * 255, robust_accuracy=correct / len(images01),
+                         n=len(images01), steps=steps if eps > 0 else 0, layer=layer, sigma=float(sigma)))
+    return pd.DataFrame(rows)
+
+
+def _plot_grid(table: pd.DataFrame, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    grid = table.pivot(index="layer", columns="sigma", values="test_accuracy")
+    grid = grid.loc[list(dict.fromkeys(table["layer"]))]
+    fig, ax = plt.subplots(figsize=(1.1 * grid.shape[1] + 3, 0.45 * grid.shape[0] + 1.5))
+    sns.heatmap(grid * 100, annot=True, fmt=".1f", cmap="viridis", ax=ax, cbar_kws={"label": "test accuracy (%)"})
+    ax.set_xticklabels([f"{s:g}" for s in grid.columns], rotation=0)
+    ax.set_xlabel("sigma")
+    ax.set_ylabel("")
+    ax.set_title("Linear probe on diffusion features")
+    fig.tight_layout()
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
+    plt.close(fig)
+
+
+def _plot_robustness(table: pd.DataFrame, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.5, 3.2))
+    ax.plot(table["eps_255"], table["robust_accuracy"] * 100, marker="o", label="DR (linear probe)")
+    ax.set_xlabel("eps (x/255)")
+    ax.set_ylabel("robust accuracy (%)")
+    ax.set_ylim(0, 100)
+    ax.legend()
+    ax.set_title(f"{table['layer'].iloc[0]}, sigma={table['sigma'].iloc[0]:g}")
+    fig.tight_layout()
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
+    plt.close(fig)
+
+
+def validate_features(checkpoint: str | Path, train_store: str | Path, test_store: str | Path, out_dir: str | Path,
+                      sigmas: Sequence[float], layers: Sequence[str] | None = None, eps_list: Sequence[float] = (),
+                      n_train: int | None = None, n_test: int | None = None, n_attack: int = 256,
+                      val_fraction: float = 0.2, pgd_steps: int = 20, batch_size: int = 256, seed: int = 0) -> dict:
+    """Probe grid + robustness of the best cell; writes probe_grid.{csv,png}, robustness.{csv,png},
+    summary.json into ``out_dir``."""
+    from dra.data.store import open_image_store
+    from dra.diffusion.checkpoint import load_edm
+
+    net = load_edm(checkpoint)
+    layers = list(layers) if layers else decoder_blocks(net)
+    train_store_, test_store_ = open_image_store(train_store), open_image_store(test_store)
+    n_train = min(n_train or len(train_store_), len(train_store_))
+    n_test = min(n_test or len(test_store_), len(test_store_))
+    order = np.random.default_rng(seed).permutation(len(train_store_))[:n_train]
+    order.sort()  # memmap reads in file order
+    images = images_to_tensor(train_store_.images[order])
+    labels = torch.from_numpy(np.asarray(train_store_.labels[order]))
+    n_val = int(round(n_train * val_fraction))
+    if n_val < 1 or n_train - n_val < 2:
+        raise ValueError(f"need at least 2 training and 1 validation image for the probe, got n_train={n_train}")
+    train = (images[n_val:], labels[n_val:])
+    val = (images[:n_val], labels[:n_val])
+    test = (images_to_tensor(test_store_.images[:n_test]), torch.from_numpy(np.asarray(test_store_.labels[:n_test])))
+
+    table, probes = probe_grid(net, train, val, test, layers, sigmas, batch_size, seed)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_file(out_dir / "probe_grid.csv") as tmp:
+        table.to_csv(tmp, index=False)
+    _plot_grid(table, out_dir / "probe_grid.png")
+
+    best = table.loc[table["val_accuracy"].idxmax()]
+    summary = dict(best_layer=best["layer"], best_sigma=float(best["sigma"]),
+                   best_val_accuracy=float(best["val_accuracy"]), best_test_accuracy=float(best["test_accuracy"]),
+                   n_train=len(train[0]), n_val=n_val, n_test=n_test, conditioning="zero label vector",
+                   checkpoint=str(checkpoint), versions=package_versions())
+    if eps_list:
+        n_attack = min(n_attack, n_test)
+        robust = probe_robustness(net, probes[(best["layer"], float(best["sigma"]))], best["layer"], float(best["sigma"]),
+                                  test[0][:n_attack], test[1][:n_attack], 2 * 10**8, eps_list, pgd_steps,
+                                  batch_size=min(batch_size, 128), seed=seed)
+        with atomic_file(out_dir / "robustness.csv") as tmp:
+            robust.to_csv(tmp, index=False)
+        _plot_robustness(robust, out_dir / "robustness.png")
+        summary["robust_accuracy"] = {f"{r.eps_255:g}/255": r.robust_accuracy for r in robust.itertuples()}
+    write_json(out_dir / "summary.json", summary)
+    return summary

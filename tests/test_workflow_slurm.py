@@ -1,0 +1,98 @@
+"""Mini cells through the SLURM profile on a real SLURM (slurmctld + slurmd on 127.0.0.1).
+
+The profile under test is profiles/slurm with what this test cluster cannot offer changed:
+no conda (conda channels are unreachable here), no accounting (squeue instead of sacct, no
+account), the test cluster's partition, and fast status polling.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from slurm_cluster import start_slurm
+
+ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.slow
+
+CELL = "digits/wrn-10-2/at/nosyn-bs64-ep40"
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    cluster = start_slurm(tmp_path_factory.mktemp("slurm"))
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    """A copy of the workflow, so that the test's results stay out of the checkout."""
+    work = tmp_path_factory.mktemp("workflow")
+    ignore = shutil.ignore_patterns(".venv", "results", ".snakemake", ".git", "__pycache__", "*.egg-info")
+    for item in ROOT.iterdir():
+        if ignore(str(ROOT), [item.name]):
+            continue
+        if item.is_symlink():
+            (work / item.name).symlink_to(os.readlink(item))
+        elif item.is_dir():
+            shutil.copytree(item, work / item.name, ignore=ignore)
+        else:
+            shutil.copy2(item, work / item.name)
+    # a longer mini cell, so that a 1-minute time limit kills it mid-training
+    overlay = yaml.safe_load((ROOT / "config" / "mini.yaml").read_text())
+    overlay["scale"] = "slurm-test"
+    overlay["data_dir"] = "results/slurm-test/data"
+    overlay["tables"]["table2"]["rows"].append({"cell": CELL, "paper": None})
+    (work / "config" / "slurm-test.yaml").write_text(yaml.safe_dump(overlay))
+    profile = yaml.safe_load((ROOT / "profiles" / "slurm" / "config.v8+.yaml").read_text())
+    profile.pop("software-deployment-method")
+    profile["default-resources"]["slurm_partition"] = "debug"
+    profile.update(
+        {
+            "slurm-no-account": True,
+            "slurm-status-command": "squeue",
+            "slurm-init-seconds-before-status-checks": 5,
+            "latency-wait": 5,
+            "jobs": 2,
+        }
+    )
+    (work / "profiles" / "slurm" / "config.v8+.yaml").write_text(yaml.safe_dump(profile))
+    return work
+
+
+def run_snakemake(cluster, workdir, *args):
+    env = dict(cluster.env, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+    return subprocess.run(
+        [sys.executable, "-m", "snakemake", *args, "--configfile", "config/slurm-test.yaml"],
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1500,
+    )
+
+
+def test_training_killed_at_its_time_limit_is_retried_and_resumes(cluster, workdir):
+    target = f"results/slurm-test/{CELL}/autoattack.json"
+    # one minute per attempt: SLURM cancels the first training attempt (TIMEOUT), Snakemake
+    # resubmits it, and the second attempt continues from the saved state
+    result = run_snakemake(
+        cluster, workdir, target, "--profile", "slurm", "--set-resources", "train_cell:runtime=1", "--retries", "3"
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:] + cluster.log_tail()
+    log = (workdir / f"results/slurm-test/{CELL}/train/train.log").read_text()
+    assert "resuming from step" in log, log[-2000:]
+    with open(workdir / f"results/slurm-test/{CELL}/train/log.csv") as handle:
+        steps = [int(row["step"]) for row in csv.DictReader(handle)]
+    # the resumed run continued the count instead of starting over
+    assert steps == sorted(steps) and steps[-1] > 0
+    report = yaml.safe_load((workdir / target).read_text())
+    assert report["n"] == 200
