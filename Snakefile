@@ -28,6 +28,7 @@ include: "rules/data.smk"
 include: "rules/diffusion.smk"
 include: "rules/train.smk"
 include: "rules/evaluate.smk"
+include: "rules/reference.smk"
 include: "rules/analysis.smk"
 
 

@@ -31,11 +31,11 @@ rule build_table:
     conda:
         "../envs/analysis.yaml"
     params:
-        kind=lambda wc: "dimension" if wc.table == "table3" else "accuracy",
+        kind=lambda wc: "classification_dimension" if wc.table == "table3" else "accuracy",
         # results/<scale>, the folder above tables/
         results_root=lambda wc, output: Path(output.csv).parent.parent,
     shell:
-        "python -m scripts.build_table --spec {input.spec} --kind {params.kind}"
+        "python -m scripts.build_table --spec {input.spec} --key rows --kind {params.kind}"
         " --results-root {params.results_root} --out-csv {output.csv} --out-md {output.md}"
         " --out-tex {output.tex} 2> {log}"
 

@@ -29,7 +29,7 @@ rule autoattack:
         state=f"{RESULTS}/state/{{dataset}}/{{arch}}/{{method}}/{{budget}}/autoattack",
     shell:
         "python -m scripts.evaluate_autoattack --model {input.model} --recipe {input.recipe}"
-        " --test-store {input.test} --eps-255 {params.eps_255} --n {params.n} --seed {params.seed}"
+        " --test-store {input.test} --eps {params.eps_255}/255 --n {params.n} --seed {params.seed}"
         " --state {params.state} --threads {threads} --out-json {output.json}"
         " --out-npz {output.flags} 2>> {log}"
 
@@ -66,7 +66,7 @@ rule classification_dimension:
         seed=config["seed"],
     shell:
         "python -m scripts.classification_dimension --model {input.model} --recipe {input.recipe}"
-        " --test-store {input.test} --n {params.n} --eps-255 {params.eps_255} --steps {params.steps}"
+        " --test-store {input.test} --n {params.n} --eps {params.eps_255}/255 --steps {params.steps}"
         " --seed {params.seed} --threads {threads} --out-json {output.json}"
         " --out-csv {output.curve} --out-png {output.figure} 2> {log}"
 

@@ -5,6 +5,7 @@ import csv
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -152,6 +153,7 @@ def test_interrupted_run_resumes_bit_identical(stores, tmp_path):
     assert len(head) == 6
 
 
+@pytest.mark.slow
 def test_kill_with_sigkill_then_rerun_script_matches(stores, tmp_path):
     """A process killed from outside (SIGKILL, no cleanup) resumes to the same weights."""
     recipe = tiny_recipe(stores, epochs=2)
@@ -162,7 +164,6 @@ def test_kill_with_sigkill_then_rerun_script_matches(stores, tmp_path):
     env = dict(os.environ, PYTHONPATH=str(REPO))
     process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
     # Kill as soon as the first checkpoint exists (the run is then mid-way).
-    import time
     deadline = time.time() + 60
     while not (tmp_path / "state" / "state.pt").exists() and process.poll() is None and time.time() < deadline:
         time.sleep(0.05)
@@ -236,3 +237,25 @@ def test_two_gloo_processes_match_one_process(stores, tmp_path):
     for ours, theirs in zip(single_log, ddp_log):
         assert float(theirs["loss"]) == pytest.approx(float(ours["loss"]), rel=1e-4)
         assert float(theirs["loss_dra"]) == pytest.approx(float(ours["loss_dra"]), rel=1e-4, abs=1e-6)
+
+
+def test_online_targets_from_a_diffusion_checkpoint_with_bf16_and_channels_last(stores, tmp_path):
+    """DRA with targets computed on the fly by a (tiny, random) EDM U-Net, and the precision options."""
+    from dra.diffusion.checkpoint import save_edm
+    from dra.diffusion.edm import EDMPrecond
+
+    init_kwargs = {"img_resolution": SIZE, "img_channels": 3, "label_dim": NUM_CLASSES, "model_channels": 8,
+                   "channel_mult": [1, 2], "num_blocks": 1, "attn_resolutions": [], "dropout": 0.0}
+    torch.manual_seed(0)
+    save_edm(EDMPrecond(**init_kwargs), init_kwargs, tmp_path / "edm.safetensors", tmp_path / "edm.json")
+    recipe = tiny_recipe(stores, epochs=1)
+    recipe["dra"].update(target="online", features=None, diffusion={
+        "checkpoint": str(tmp_path / "edm.safetensors"), "layer": "model.dec.4x4_in1", "sigma": 0.1, "extra_view": True})
+    recipe["precision"].update(bf16=True, channels_last=True)
+    train_cell(recipe, tmp_path / "out", tmp_path / "state", threads=1)
+    weights = torch.load(tmp_path / "out" / "model.pt", weights_only=True)
+    assert all(v.dtype in (torch.float32, torch.int64) for v in weights.values())  # autocast keeps fp32 weights
+    head = torch.load(tmp_path / "state" / "state.pt", weights_only=True)["trainable"]["head.mlp.4.weight"]
+    assert head.shape == (16, 16)  # target dim = channels of the chosen U-Net block (8 * 2)
+    row = _read_log(tmp_path / "out" / "log.csv")[0]
+    assert -1.0 <= float(row["loss_dra"]) <= 1.0 and np.isfinite(float(row["loss"]))

@@ -5,11 +5,10 @@ import copy
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from dra.models import create_classifier
-from dra.training.attacks import (cw_margin_objective, frozen_batchnorm_statistics, pgd_linf, robust_accuracy,
+from dra.training.attacks import (cw_margin_objective, frozen_batchnorm_statistics, robust_accuracy,
                                   uniform_ball_noise)
 from dra.training.dra_head import ProjectionHead, StoredTargets, dra_loss
 from dra.training.losses import adversarial_examples, smooth_cross_entropy, trades_outer_loss

@@ -1,9 +1,7 @@
 """Learning rate / momentum schedule, EMA decay, optimizers, augmentation and recipe validation."""
 
 import copy
-import math
 
-import numpy as np
 import pytest
 import torch
 import torchvision.transforms.functional as TF

@@ -7,7 +7,9 @@ A table is specified by a list of rows (from config):
   gives the display columns (default: Dataset, Model, Method, Budget);
 - a reported row ``{reported: '<source paper>', method, arch, synthetic, batch, epochs,
   paper: {...}}``, a baseline the paper quotes from other work and we do not rerun; it is shown
-  with its source and "not run" in our columns.
+  with its source and "not run" in our columns;
+- a result row ``{result: <folder relative to results_root>, label: {...}, paper: {...}}`` whose
+  result file lies in that folder (the reference cells: ``reference/<name>``).
 
 ``paper`` holds {clean, autoattack} for the accuracy tables (1, 2) and {cls95, cls99,
 robust_dim} for the classification-dimension table (3). A cell whose result file does not
@@ -59,6 +61,8 @@ def _kind(kind: str) -> dict[str, Any]:
 
 def cell_result_path(row: dict, results_root: str | Path, kind: str) -> Path:
     """Where a cell row's result lives (the workflow declares these as the table's inputs)."""
+    if "result" in row:
+        return Path(results_root) / str(row["result"]) / _kind(kind)["result_file"]
     return Path(results_root).joinpath(*(str(row[key]) for key in CELL_KEYS)) / _kind(kind)["result_file"]
 
 
@@ -67,6 +71,8 @@ def _check_row(position: int, row: Any, metrics: list) -> None:
         raise TableSpecError(f"table row {position} is not a mapping: {row!r}")
     if "reported" in row:
         missing = [key for key in (*REPORTED_LABELS, "paper") if key not in row]
+    elif "result" in row:
+        missing = [] if "paper" in row else ["paper"]
     else:
         missing = [key for key in (*CELL_KEYS, "paper") if key not in row]
     if missing:
@@ -98,6 +104,8 @@ def _labels(row: dict) -> dict[str, Any]:
         return {column: row[key] for key, column in REPORTED_LABELS.items()}
     if "label" in row:
         return dict(row["label"])
+    if "result" in row:
+        return {"Result": row["result"]}
     return {"Dataset": row["dataset"], "Model": row["arch"], "Method": row["method"], "Budget": row["budget"]}
 
 

@@ -58,6 +58,20 @@ class PersistentRecord:
         return dict(self.state.get("_init_kwargs") or {})
 
 
+class ModuleDictRecord:
+    """torch.nn.ModuleDict (NVIDIA's enc/dec containers are not persistent classes): its state only.
+
+    Pickle builds it with ``cls.__new__(cls)`` and hands its ``__dict__`` to ``__setstate__``.
+    """
+
+    class_name = "ModuleDict"
+
+    def __setstate__(self, state: dict) -> None:
+        if not isinstance(state, dict):
+            raise CheckpointFormatError(f"ModuleDict state is a {type(state).__name__}, expected a dict")
+        self.state = state
+
+
 class _PlainDict(dict):
     """Stand-in for dnnlib.EasyDict (a dict subclass in the training snapshot's dataset_kwargs)."""
 
@@ -161,6 +175,7 @@ _ALLOWED_GLOBALS = {
     ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
     ("torch.storage", "_load_from_bytes"): _load_storage_from_bytes,
     ("collections", "OrderedDict"): dict,
+    ("torch.nn.modules.container", "ModuleDict"): ModuleDictRecord,
     ("builtins", "set"): set,
     ("builtins", "frozenset"): frozenset,
     ("__builtin__", "set"): set,  # protocol < 3 spells builtins this way
@@ -204,7 +219,7 @@ def read_edm_pickle(path: str | Path) -> dict:
     return data
 
 
-def _flatten_module(record: PersistentRecord, prefix: str, out: dict[str, torch.Tensor]) -> None:
+def _flatten_module(record: PersistentRecord | ModuleDictRecord, prefix: str, out: dict[str, torch.Tensor]) -> None:
     state = record.state
     for group in ("_parameters", "_buffers"):
         for name, value in (state.get(group) or {}).items():
@@ -213,7 +228,7 @@ def _flatten_module(record: PersistentRecord, prefix: str, out: dict[str, torch.
     for name, child in (state.get("_modules") or {}).items():
         if child is None:
             continue
-        if not isinstance(child, PersistentRecord):
+        if not isinstance(child, (PersistentRecord, ModuleDictRecord)):
             raise CheckpointFormatError(f"submodule {prefix + name} is not a persistence record ({type(child).__name__})")
         _flatten_module(child, f"{prefix}{name}.", out)
 

@@ -130,7 +130,7 @@ class DiffusionFeatureExtractor:
 
 def images_to_tensor(images_uint8_nhwc: np.ndarray) -> torch.Tensor:
     """uint8 (B, H, W, 3) -> float32 (B, 3, H, W) in [0, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(images_uint8_nhwc)).permute(0, 3, 1, 2).float() / 255
+    return torch.from_numpy(np.array(images_uint8_nhwc, dtype=np.uint8)).permute(0, 3, 1, 2).float() / 255
 
 
 @torch.no_grad()
@@ -162,7 +162,7 @@ def extract_feature_store(net: EDMPrecond, image_store: str | Path, out_path: st
         for lo in range(start, stop, batch_size):
             hi = min(stop, lo + batch_size)
             images = images_to_tensor(store.images[lo:hi])
-            labels = torch.from_numpy(np.asarray(store.labels[lo:hi]))
+            labels = torch.from_numpy(np.array(store.labels[lo:hi], dtype=np.int64))
             per_view = [extractor(images, labels, range(lo, hi), view) for view in range(views)]
             parts.append(torch.stack(per_view, dim=1).numpy().astype(np.float16))
             progress.update(hi - lo)

@@ -200,13 +200,13 @@ def validate_features(checkpoint: str | Path, train_store: str | Path, test_stor
     order = np.random.default_rng(seed).permutation(len(train_store_))[:n_train]
     order.sort()  # memmap reads in file order
     images = images_to_tensor(train_store_.images[order])
-    labels = torch.from_numpy(np.asarray(train_store_.labels[order]))
+    labels = torch.from_numpy(np.array(train_store_.labels[order], dtype=np.int64))
     n_val = int(round(n_train * val_fraction))
     if n_val < 1 or n_train - n_val < 2:
         raise ValueError(f"need at least 2 training and 1 validation image for the probe, got n_train={n_train}")
     train = (images[n_val:], labels[n_val:])
     val = (images[:n_val], labels[:n_val])
-    test = (images_to_tensor(test_store_.images[:n_test]), torch.from_numpy(np.asarray(test_store_.labels[:n_test])))
+    test = (images_to_tensor(test_store_.images[:n_test]), torch.from_numpy(np.array(test_store_.labels[:n_test], dtype=np.int64)))
 
     table, probes = probe_grid(net, train, val, test, layers, sigmas, batch_size, seed)
     out_dir = Path(out_dir)

@@ -44,7 +44,7 @@ def conditioning_class_probability(classifier: nn.Module, images_uint8_nhwc: np.
     for lo in tqdm(range(0, len(labels), batch_size), desc="scoring", file=sys.stderr):
         hi = min(len(labels), lo + batch_size)
         probs = classifier(images_to_tensor(images_uint8_nhwc[lo:hi])).softmax(dim=1)
-        out[lo:hi] = probs[torch.arange(hi - lo), torch.as_tensor(np.asarray(labels[lo:hi]))].double().numpy()
+        out[lo:hi] = probs[torch.arange(hi - lo), torch.as_tensor(np.array(labels[lo:hi], dtype=np.int64))].double().numpy()
     return out
 
 

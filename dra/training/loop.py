@@ -12,6 +12,7 @@ import contextlib
 import csv
 import io
 import math
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -275,6 +276,9 @@ def train_cell(recipe: dict, out_dir: str | Path, state_dir: str | Path, threads
     progress = Progress()
     if (state_dir / STATE_FILE).exists():
         progress = load_state(state_dir / STATE_FILE, recipe, trainable, ema, optimizer, schedule.scheduler, randomness)
+        if context.is_main:
+            print(f"resuming from step {progress.global_step} (epoch {progress.epoch + 1}) of "
+                  f"{state_dir / STATE_FILE}", file=sys.stderr, flush=True)
 
     train_forward = wrap_for_training(trainable, context)
     attack_forward: nn.Module = classifier

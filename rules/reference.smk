@@ -1,0 +1,139 @@
+# Reference cells: DM-AT's released checkpoints through our AutoAttack, beside their published
+# numbers (config reference_models). Run before training: the evaluation must reproduce them.
+#   snakemake --profile slurm all_reference
+from dra import reference as ref
+
+try:
+    ref.check_reference_models(config)
+except cfg.ConfigError as error:
+    raise WorkflowError(str(error)) from None
+
+REFERENCE_NAMES = ref.reference_names(config)
+
+
+rule fetch_reference_checkpoint:
+    output:
+        checkpoint=f"{DATA}/reference/{{name}}/checkpoint.pt",
+        args=f"{DATA}/reference/{{name}}/args.txt",
+    log:
+        f"{DATA}/reference/{{name}}/fetch.log",
+    wildcard_constraints:
+        name=_one_of(REFERENCE_NAMES),
+    localrule: True
+    conda:
+        "../envs/data.yaml"
+    params:
+        checkpoint_url=lambda wc: ref.reference_entry(config, wc.name)["checkpoint"]["url"],
+        checkpoint_sha256=lambda wc: checksum_flag(
+            ref.reference_entry(config, wc.name)["checkpoint"]["sha256"]
+        ),
+        args_url=lambda wc: ref.reference_entry(config, wc.name)["args"]["url"],
+        args_sha256=lambda wc: checksum_flag(ref.reference_entry(config, wc.name)["args"]["sha256"]),
+    shell:
+        "python -m scripts.download --url {params.checkpoint_url} {params.checkpoint_sha256}"
+        " --dest {output.checkpoint} 2> {log}"
+        " && python -m scripts.download --url {params.args_url} {params.args_sha256}"
+        " --dest {output.args} 2>> {log}"
+
+
+rule reference_recipe:
+    output:
+        f"{RESULTS}/reference/{{name}}/recipe.yaml",
+    log:
+        f"{RESULTS}/reference/{{name}}/recipe.log",
+    wildcard_constraints:
+        name=_one_of(REFERENCE_NAMES),
+    localrule: True
+    conda:
+        "../envs/data.yaml"
+    params:
+        recipe=lambda wc: ref.reference_recipe(config, wc.name),
+    run:
+        from dra.io import write_yaml
+
+        write_yaml(output[0], params.recipe)
+
+
+rule convert_reference_checkpoint:
+    input:
+        checkpoint=f"{DATA}/reference/{{name}}/checkpoint.pt",
+        args=f"{DATA}/reference/{{name}}/args.txt",
+        recipe=f"{RESULTS}/reference/{{name}}/recipe.yaml",
+    output:
+        f"{RESULTS}/reference/{{name}}/train/model.pt",
+    log:
+        f"{RESULTS}/reference/{{name}}/train/convert.log",
+    wildcard_constraints:
+        name=_one_of(REFERENCE_NAMES),
+    conda:
+        "../envs/torch.yaml"
+    shell:
+        "python -m scripts.convert_dmat_checkpoint --checkpoint {input.checkpoint} --args-txt {input.args}"
+        " --recipe {input.recipe} --out {output} --threads {threads} 2> {log}"
+
+
+# The AutoAttack rule of the trained cells, unchanged, on the converted checkpoint.
+use rule autoattack as reference_autoattack with:
+    input:
+        model=f"{RESULTS}/reference/{{name}}/train/model.pt",
+        recipe=f"{RESULTS}/reference/{{name}}/recipe.yaml",
+        test=lambda wc: cfg.split_store(
+            config, ref.reference_entry(config, wc.name)["dataset"], "test"
+        ),
+    output:
+        json=f"{RESULTS}/reference/{{name}}/autoattack.json",
+        flags=f"{RESULTS}/reference/{{name}}/autoattack.npz",
+    log:
+        f"{RESULTS}/reference/{{name}}/autoattack.log",
+    benchmark:
+        f"{RESULTS}/reference/{{name}}/autoattack.benchmark.tsv"
+    wildcard_constraints:
+        name=_one_of(REFERENCE_NAMES),
+    params:
+        eps_255=lambda wc: ref.reference_dataset(config, wc.name)["eps_255"],
+        n=lambda wc: ref.reference_dataset(config, wc.name)["eval_n"],
+        seed=config["seed"],
+        state=f"{RESULTS}/state/reference/{{name}}/autoattack",
+
+
+rule reference_table_spec:
+    output:
+        f"{RESULTS}/tables/reference.spec.yaml",
+    log:
+        f"{RESULTS}/tables/reference.spec.log",
+    localrule: True
+    conda:
+        "../envs/analysis.yaml"
+    params:
+        spec=ref.reference_table_spec(config),
+    run:
+        from dra.io import write_yaml
+
+        write_yaml(output[0], params.spec)
+
+
+rule reference_table:
+    input:
+        spec=f"{RESULTS}/tables/reference.spec.yaml",
+        results=[f"{RESULTS}/reference/{name}/autoattack.json" for name in REFERENCE_NAMES],
+    output:
+        csv=report(f"{RESULTS}/tables/reference.csv", category="Tables"),
+        md=f"{RESULTS}/tables/reference.md",
+        tex=f"{RESULTS}/tables/reference.tex",
+    log:
+        f"{RESULTS}/tables/reference.log",
+    localrule: True
+    conda:
+        "../envs/analysis.yaml"
+    params:
+        # results/<scale>, the folder above tables/
+        results_root=lambda wc, output: Path(output.csv).parent.parent,
+    shell:
+        "python -m scripts.build_table --spec {input.spec} --key rows --kind accuracy"
+        " --results-root {params.results_root} --out-csv {output.csv} --out-md {output.md}"
+        " --out-tex {output.tex} 2> {log}"
+
+
+rule all_reference:
+    input:
+        rules.reference_table.output,

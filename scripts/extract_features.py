@@ -1,0 +1,32 @@
+"""Extract pooled EDM features (the DRA targets) of an image store into a float16 feature store."""
+
+import argparse
+
+import torch
+
+from dra.diffusion.checkpoint import load_edm
+from dra.diffusion.features import extract_feature_store
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--checkpoint", required=True, help="EDM .safetensors (its .json next to it)")
+    parser.add_argument("--images", required=True, help="input image store folder")
+    parser.add_argument("--out", required=True, help="output feature store folder")
+    parser.add_argument("--layer", default="model.dec.8x8_in1", help="module whose output is pooled")
+    parser.add_argument("--sigma", type=float, default=0.1, help="noise level of view 0 (paper: 0.1)")
+    parser.add_argument("--views", type=int, choices=(1, 2), default=1,
+                        help="2 adds a view at a sigma drawn from EDM's training distribution")
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--seed", type=int, default=0, help="noise seed (noise depends on seed, index, view)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    extract_feature_store(load_edm(args.checkpoint).to(args.device), args.images, args.out, args.layer, args.sigma,
+                          views=args.views, batch_size=args.batch_size, seed=args.seed,
+                          diffusion_model=args.checkpoint)
+
+
+if __name__ == "__main__":
+    main()
