@@ -12,6 +12,9 @@ min_version("9.19")
 configfile: "config.yaml"
 
 
+report: "report/workflow.rst"
+
+
 include: "rules/common.smk"
 
 

@@ -4,7 +4,11 @@
 
 rule resolve_recipe:
     output:
-        f"{RESULTS}/{{dataset}}/{{arch}}/{{method}}/{{budget}}/recipe.yaml",
+        report(
+            f"{RESULTS}/{{dataset}}/{{arch}}/{{method}}/{{budget}}/recipe.yaml",
+            category="Resolved recipes",
+            labels={"cell": "{dataset}/{arch}/{method}/{budget}"},
+        ),
     log:
         f"{RESULTS}/{{dataset}}/{{arch}}/{{method}}/{{budget}}/recipe.log",
     localrule: True

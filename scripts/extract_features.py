@@ -10,7 +10,8 @@ from dra.diffusion.features import extract_feature_store
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--checkpoint", required=True, help="EDM .safetensors (its .json next to it)")
+    parser.add_argument("--weights", required=True, help="EDM .safetensors")
+    parser.add_argument("--network", required=True, help="EDM .json (init kwargs)")
     parser.add_argument("--images", required=True, help="input image store folder")
     parser.add_argument("--out", required=True, help="output feature store folder")
     parser.add_argument("--layer", default="model.dec.8x8_in1", help="module whose output is pooled")
@@ -19,13 +20,14 @@ def main() -> None:
                         help="2 adds a view at a sigma drawn from EDM's training distribution")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--seed", type=int, default=0, help="noise seed (noise depends on seed, index, view)")
+    parser.add_argument("--state-dir", help="where finished shards wait (default: <out>.state)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    extract_feature_store(load_edm(args.checkpoint).to(args.device), args.images, args.out, args.layer, args.sigma,
-                          views=args.views, batch_size=args.batch_size, seed=args.seed,
-                          diffusion_model=args.checkpoint)
+    extract_feature_store(load_edm(args.weights, args.network).to(args.device), args.images, args.out, args.layer,
+                          args.sigma, views=args.views, batch_size=args.batch_size, seed=args.seed,
+                          diffusion_model=args.weights, state_dir=args.state_dir)
 
 
 if __name__ == "__main__":

@@ -10,20 +10,22 @@ from dra.diffusion.sampler import generate_synthetic
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--checkpoint", required=True, help="EDM .safetensors (its .json next to it)")
+    parser.add_argument("--weights", required=True, help="EDM .safetensors")
+    parser.add_argument("--network", required=True, help="EDM .json (init kwargs)")
     parser.add_argument("--out", required=True, help="output image store folder")
-    parser.add_argument("--n-per-class", type=int, required=True)
+    parser.add_argument("--images-per-class", type=int, required=True)
     parser.add_argument("--num-classes", type=int, required=True)
     parser.add_argument("--num-steps", type=int, default=18, help="Heun steps (DM-AT: 20 for CIFAR-10, 25 CIFAR-100)")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--seed", type=int, default=0, help="first latent seed; seeds repeat for every class")
+    parser.add_argument("--state-dir", help="where finished shards wait (default: <out>.state)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    generate_synthetic(load_edm(args.checkpoint).to(args.device), args.out, args.n_per_class, args.num_classes,
-                       num_steps=args.num_steps, batch_size=args.batch_size, seed=args.seed,
-                       meta={"diffusion_model": args.checkpoint})
+    generate_synthetic(load_edm(args.weights, args.network).to(args.device), args.out, args.images_per_class,
+                       args.num_classes, num_steps=args.num_steps, batch_size=args.batch_size, seed=args.seed,
+                       state_dir=args.state_dir, meta={"diffusion_model": args.weights})
 
 
 if __name__ == "__main__":

@@ -9,25 +9,30 @@ from dra.diffusion.probe import validate_features
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--checkpoint", required=True, help="EDM .safetensors (its .json next to it)")
-    parser.add_argument("--train", required=True, help="image store the probes are fitted on")
-    parser.add_argument("--test", required=True, help="image store the probes are scored on")
-    parser.add_argument("--out-dir", required=True, help="writes probe_grid.{csv,png}, robustness.{csv,png}, summary.json")
+    parser.add_argument("--weights", required=True, help="EDM .safetensors")
+    parser.add_argument("--network", required=True, help="EDM .json (init kwargs)")
+    parser.add_argument("--train-store", required=True, help="image store the probes are fitted on")
+    parser.add_argument("--test-store", required=True, help="image store the probes are scored on")
     parser.add_argument("--sigmas", type=float, nargs="+", required=True)
     parser.add_argument("--layers", nargs="*", help="module names (default: every decoder block)")
-    parser.add_argument("--eps", type=float, nargs="*", default=[], help="L-inf budgets in 1/255 units, e.g. 0 1 2 4 8")
-    parser.add_argument("--n-train", type=int, help="training images for the probes (default: all)")
-    parser.add_argument("--n-test", type=int, help="test images (default: all)")
-    parser.add_argument("--n-attack", type=int, default=256, help="test images attacked with PGD")
+    parser.add_argument("--eps-255", type=float, nargs="+", default=[0, 1, 2, 4, 8], help="L-inf budgets, x/255")
+    parser.add_argument("--train-n", type=int, help="training images for the probes (default: all)")
+    parser.add_argument("--test-n", type=int, help="test images (default: all)")
+    parser.add_argument("--attack-n", type=int, default=256, help="test images attacked with PGD")
     parser.add_argument("--pgd-steps", type=int, default=20)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out-probe", required=True, help="probe accuracy per (layer, sigma), .csv")
+    parser.add_argument("--out-probe-png", required=True, help="heatmap of the probe accuracy")
+    parser.add_argument("--out-robustness", required=True, help="robust accuracy per eps, .csv")
+    parser.add_argument("--out-robustness-png", required=True, help="plot of the robust accuracy")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    validate_features(args.checkpoint, args.train, args.test, args.out_dir, args.sigmas, args.layers,
-                      [e / 255 for e in args.eps], n_train=args.n_train, n_test=args.n_test, n_attack=args.n_attack,
-                      pgd_steps=args.pgd_steps, batch_size=args.batch_size, seed=args.seed)
+    validate_features(args.weights, args.network, args.train_store, args.test_store, args.out_probe,
+                      args.out_probe_png, args.out_robustness, args.out_robustness_png, args.sigmas, args.layers,
+                      [e / 255 for e in args.eps_255], n_train=args.train_n, n_test=args.test_n,
+                      n_attack=args.attack_n, pgd_steps=args.pgd_steps, batch_size=args.batch_size, seed=args.seed)
 
 
 if __name__ == "__main__":

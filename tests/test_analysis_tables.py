@@ -29,7 +29,8 @@ TABLE1_ROWS = [
 
 
 def write_result(root: Path, row: dict, name: str, values: dict) -> None:
-    path = root / row["dataset"] / row["arch"] / row["method"] / row["budget"] / name
+    cell = row.get("cell") or "/".join(row[key] for key in ("dataset", "arch", "method", "budget"))
+    path = root / cell / name
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(values))
 
@@ -62,17 +63,17 @@ def test_reported_rows_are_shown_as_reported(tmp_path):
     rows = [
         {"reported": "Wu et al., 2024", "method": "AT+ADR", "arch": "WRN-34-10", "synthetic": "-",
          "batch": 128, "epochs": 200, "paper": {"clean": 86.11, "autoattack": 55.26}},
-        {"dataset": "cifar10", "arch": "wrn-34-10", "method": "at+dra", "budget": "nosyn-bs128-ep200",
-         "label": {"Method": "AT+DRA (Ours)", "Architecture": "WRN-34-10", "Synthetic": "-", "Batch": 128,
-                   "Epochs": 200},
-         "paper": {"clean": 88.54, "autoattack": 57.29}},
+        {"cell": "cifar10/wrn-34-10/at+dra/nosyn-bs128-ep200", "paper": {"clean": 88.54, "autoattack": 57.29}},
     ]
     write_result(tmp_path, rows[1], "autoattack.json", {"clean_accuracy": 88.0, "robust_accuracy": 57.5, "n": 500})
     table = build_table(rows, tmp_path, "accuracy")
     reported, ours = table.iloc[0], table.iloc[1]
     assert reported["Source"] == "reported: Wu et al., 2024"
-    assert (reported["Method"], reported["Architecture"], reported["Batch"], reported["Epochs"]) == \
+    assert (reported["Method"], reported["Model"], reported["Batch"], reported["Epochs"]) == \
         ("AT+ADR", "WRN-34-10", 128, 200)
+    # a cell row's display columns are read off its path, budget included
+    assert (ours["Dataset"], ours["Model"], ours["Method"], ours["Synthetic"], ours["Batch"], ours["Epochs"]) == \
+        ("cifar10", "wrn-34-10", "at+dra", "-", 128, 200)
     assert (reported["Paper clean"], reported["Paper AA"]) == (86.11, 55.26)
     assert [reported[c] for c in ("Ours clean", "Ours AA", "Diff clean", "Diff AA", "n")] == ["not run"] * 5
     assert (ours["Diff clean"], ours["Diff AA"]) == (-0.54, 0.21)

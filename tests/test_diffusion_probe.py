@@ -95,13 +95,16 @@ def test_validate_features_writes_tables_and_figures(tmp_path, net):
         images, labels = brightness_classes(n, seed)
         with ImageStoreWriter(tmp_path / name, n, 8, 8, 3, meta={"source": "test"}) as writer:
             writer.write(0, (images * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy(), labels.numpy())
-    summary = validate_features(tmp_path / "edm.safetensors", tmp_path / "train", tmp_path / "test", tmp_path / "out",
-                                sigmas=[0.05, 0.5], layers=["model.dec.4x4_in1", "model.dec.8x8_block1"],
-                                eps_list=[0, 8 / 255], n_attack=10, pgd_steps=3)
-    grid = pd.read_csv(tmp_path / "out" / "probe_grid.csv")
-    robust = pd.read_csv(tmp_path / "out" / "robustness.csv")
+    out = tmp_path / "out"
+    summary = validate_features(tmp_path / "edm.safetensors", tmp_path / "edm.json", tmp_path / "train",
+                                tmp_path / "test", out / "probe.csv", out / "probe.png", out / "robustness.csv",
+                                out / "robustness.png", sigmas=[0.05, 0.5],
+                                layers=["model.dec.4x4_in1", "model.dec.8x8_block1"], eps_list=[0, 8 / 255],
+                                n_attack=10, pgd_steps=3)
+    grid = pd.read_csv(out / "probe.csv")
+    robust = pd.read_csv(out / "robustness.csv")
     assert len(grid) == 4 and robust["eps_255"].tolist() == [0, 8]
     assert summary["best_layer"] in grid["layer"].tolist()
     assert summary["robust_accuracy"]["0/255"] == robust["robust_accuracy"][0]
-    for png in ("probe_grid.png", "robustness.png"):
-        assert (tmp_path / "out" / png).read_bytes()[:4] == b"\x89PNG"
+    for png in ("probe.png", "robustness.png"):
+        assert (out / png).read_bytes()[:4] == b"\x89PNG"

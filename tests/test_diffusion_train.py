@@ -61,12 +61,15 @@ def test_train_diffusion_model_writes_loadable_checkpoint(tmp_path):
     images, labels = digits_uint8()
     with ImageStoreWriter(tmp_path / "train", 300, 8, 8, 10, meta={"source": "digits"}) as writer:
         writer.write(0, images[:300], labels[:300])
-    quality = train_diffusion_model(tmp_path / "train", tmp_path / "model", SMALL, steps=5, batch_size=16,
-                                    eval_per_class=2, eval_steps=3)
-    net = load_edm(tmp_path / "model" / "model.safetensors")
-    spec = json.loads((tmp_path / "model" / "model.json").read_text())
+    out = tmp_path / "model"
+    quality = train_diffusion_model(tmp_path / "train", out / "model.safetensors", out / "model.json",
+                                    out / "loss.csv", dict(model_channels=8), steps=5, batch_size=16,
+                                    out_quality=out / "quality.json", eval_per_class=2, eval_steps=3)
+    net = load_edm(out / "model.safetensors")
+    spec = json.loads((out / "model.json").read_text())
     assert spec["init_kwargs"]["model_channels"] == 8 and net.label_dim == 10
-    saved = json.loads((tmp_path / "model" / "quality.json").read_text())
+    saved = json.loads((out / "quality.json").read_text())
     assert saved["n"] == 20 and 0 <= saved["label_agreement"] <= 1 and saved == json.loads(json.dumps(quality))
     assert saved["parameters"] == sum(p.numel() for p in net.parameters())
+    assert saved["ema_decay"] == pytest.approx(0.5 ** (16 / 17_700))
     assert (tmp_path / "model" / "loss.csv").read_text().count("\n") == 6

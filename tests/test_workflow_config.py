@@ -24,9 +24,14 @@ def paper():
     return load()
 
 
-def test_paper_and_mini_configs_are_valid(paper):
+def test_paper_mini_and_short_configs_are_valid(paper):
     validate_config(paper)
     validate_config(load("config/mini.yaml"))
+    short = load("config/short.yaml")
+    validate_config(short)
+    # the short budget: one GPU, CIFAR-10 with 1M synthetic images, all four methods
+    assert {cell.method for cell in table_cells(short)} == {"at", "at+dra", "dm-at", "dm-at+dra"}
+    assert {cell.synthetic for cell in table_cells(short)} == {None, "1m"}
 
 
 def paper_row(config, table, cell):

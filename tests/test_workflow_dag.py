@@ -100,7 +100,8 @@ def test_wrong_config_key_stops_before_any_job():
 
 
 def test_mini_plans_every_rule_family():
-    jobs = planned_jobs("all", "--configfile", "config/mini.yaml")
+    # --forceall: plan every job whatever a previous mini run left in results/mini
+    jobs = planned_jobs("all", "--forceall", "--configfile", "config/mini.yaml")
     for rule in (
         "prepare_digits",
         "train_diffusion",

@@ -2,12 +2,13 @@
 
 A table is specified by a list of rows (from config):
 
-- a cell row ``{dataset, arch, method, budget, label: {column: text, ...}, paper: {...} | null}``
-  whose result is ``<results_root>/<dataset>/<arch>/<method>/<budget>/<result file>``; ``label``
-  gives the display columns (default: Dataset, Model, Method, Budget);
-- a reported row ``{reported: '<source paper>', method, arch, synthetic, batch, epochs,
-  paper: {...}}``, a baseline the paper quotes from other work and we do not rerun; it is shown
-  with its source and "not run" in our columns;
+- a cell row ``{cell: <dataset>/<arch>/<method>/<budget>, paper: {...} | null}`` (or the four
+  keys separately) whose result is ``<results_root>/<cell>/<result file>``; ``label`` may give
+  the display columns (default: Dataset, Model, Method, Synthetic, Batch, Epochs, read off the
+  budget ``syn<set>-bs<batch>-ep<epochs>``);
+- a reported row ``{reported: '<source paper>', paper: {...}}`` with any of dataset, arch,
+  method, synthetic, batch, epochs for display: a baseline the paper quotes from other work and
+  we do not rerun; it is shown with its source and "not run" in our columns;
 - a result row ``{result: <folder relative to results_root>, label: {...}, paper: {...}}`` whose
   result file lies in that folder (the reference cells: ``reference/<name>``).
 
@@ -31,8 +32,8 @@ NOT_RUN = "not run"  # a reported baseline: we quote it, we do not reproduce it
 NO_PAPER_VALUE = "n/a"  # the paper gives no number for this row
 
 CELL_KEYS = ("dataset", "arch", "method", "budget")
-REPORTED_LABELS = {"method": "Method", "arch": "Architecture", "synthetic": "Synthetic",
-                   "batch": "Batch", "epochs": "Epochs"}
+DISPLAY_LABELS = {"dataset": "Dataset", "arch": "Model", "method": "Method", "synthetic": "Synthetic",
+                  "batch": "Batch", "epochs": "Epochs"}
 
 
 class TableSpecError(ValueError):
@@ -59,10 +60,22 @@ def _kind(kind: str) -> dict[str, Any]:
     return KINDS[kind]
 
 
+def _expand_cell(row: Any) -> Any:
+    """A ``cell: d/a/m/b`` row as the four keys (config names a cell by its path)."""
+    if isinstance(row, dict) and "cell" in row:
+        row = dict(row)
+        parts = str(row.pop("cell")).split("/")
+        if len(parts) != len(CELL_KEYS):
+            raise TableSpecError(f"cell {'/'.join(parts)!r} is not <dataset>/<arch>/<method>/<budget>")
+        row.update(zip(CELL_KEYS, parts))
+    return row
+
+
 def cell_result_path(row: dict, results_root: str | Path, kind: str) -> Path:
     """Where a cell row's result lives (the workflow declares these as the table's inputs)."""
     if "result" in row:
         return Path(results_root) / str(row["result"]) / _kind(kind)["result_file"]
+    row = _expand_cell(row)
     return Path(results_root).joinpath(*(str(row[key]) for key in CELL_KEYS)) / _kind(kind)["result_file"]
 
 
@@ -70,7 +83,7 @@ def _check_row(position: int, row: Any, metrics: list) -> None:
     if not isinstance(row, dict):
         raise TableSpecError(f"table row {position} is not a mapping: {row!r}")
     if "reported" in row:
-        missing = [key for key in (*REPORTED_LABELS, "paper") if key not in row]
+        missing = [] if "paper" in row else ["paper"]
     elif "result" in row:
         missing = [] if "paper" in row else ["paper"]
     else:
@@ -99,14 +112,20 @@ def _read_result(path: Path, metrics: list) -> dict | None:
     return result
 
 
+def _budget_labels(budget: str) -> dict[str, Any]:
+    # syn<set>-bs<batch>-ep<epochs> or nosyn-bs<batch>-ep<epochs>
+    synthetic, batch, epochs = budget.split("-")
+    return {"synthetic": synthetic.removeprefix("syn").upper() if synthetic != "nosyn" else "-",
+            "batch": int(batch.removeprefix("bs")), "epochs": int(epochs.removeprefix("ep"))}
+
+
 def _labels(row: dict) -> dict[str, Any]:
-    if "reported" in row:
-        return {column: row[key] for key, column in REPORTED_LABELS.items()}
     if "label" in row:
         return dict(row["label"])
     if "result" in row:
         return {"Result": row["result"]}
-    return {"Dataset": row["dataset"], "Model": row["arch"], "Method": row["method"], "Budget": row["budget"]}
+    fields = dict(row) if "reported" in row else {**row, **_budget_labels(str(row["budget"]))}
+    return {column: fields.get(key, "-") for key, column in DISPLAY_LABELS.items()}
 
 
 def _difference(ours: float, paper: float, percentage: bool) -> float | int:
@@ -122,6 +141,7 @@ def build_table(rows: Sequence[dict], results_root: str | Path, kind: str) -> pd
     metrics = _kind(kind)["metrics"]
     records = []
     for position, row in enumerate(rows):
+        row = _expand_cell(row)
         _check_row(position, row, metrics)
         record = _labels(row)
         paper = row["paper"]

@@ -136,10 +136,11 @@ def images_to_tensor(images_uint8_nhwc: np.ndarray) -> torch.Tensor:
 @torch.no_grad()
 def extract_feature_store(net: EDMPrecond, image_store: str | Path, out_path: str | Path, layer: str, sigma: float,
                           views: int = 1, batch_size: int = 256, seed: int = 0, diffusion_model: str = "",
-                          shard_size: int | None = None) -> Path:
+                          shard_size: int | None = None, state_dir: str | Path | None = None) -> Path:
     """Features of every image of ``image_store`` into a float16 FeatureStore (N, views, D).
 
-    Resumable: finished shards wait in ``<out_path>.state/`` until the store is assembled.
+    Resumable: finished shards wait in ``state_dir`` (default ``<out_path>.state/``) until the
+    store is assembled.
     """
     from dra.data.store import FeatureStoreWriter, open_image_store
 
@@ -150,7 +151,7 @@ def extract_feature_store(net: EDMPrecond, image_store: str | Path, out_path: st
     dim = extractor.dims[layer]
     out_path = Path(out_path)
     n = len(store)
-    job = ShardedJob(out_path.with_name(out_path.name + ".state"), n, shard_size or batch_size * 16,
+    job = ShardedJob(state_dir or out_path.with_name(out_path.name + ".state"), n, shard_size or batch_size * 16,
                      fingerprint=dict(layer=layer, sigma=sigma, views=views, seed=seed, image_store=str(image_store),
                                       diffusion_model=diffusion_model))
     pending = job.pending()

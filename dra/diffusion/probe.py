@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from dra.diffusion.edm import EDMPrecond, UNetBlock
 from dra.diffusion.features import DiffusionFeatureExtractor, images_to_tensor
-from dra.io import atomic_file, package_versions, write_json
+from dra.io import atomic_file
 
 
 class LinearProbe(nn.Module):
@@ -183,16 +183,20 @@ def _plot_robustness(table: pd.DataFrame, path: Path) -> None:
     plt.close(fig)
 
 
-def validate_features(checkpoint: str | Path, train_store: str | Path, test_store: str | Path, out_dir: str | Path,
-                      sigmas: Sequence[float], layers: Sequence[str] | None = None, eps_list: Sequence[float] = (),
-                      n_train: int | None = None, n_test: int | None = None, n_attack: int = 256,
-                      val_fraction: float = 0.2, pgd_steps: int = 20, batch_size: int = 256, seed: int = 0) -> dict:
-    """Probe grid + robustness of the best cell; writes probe_grid.{csv,png}, robustness.{csv,png},
-    summary.json into ``out_dir``."""
+def validate_features(weights: str | Path, network: str | Path, train_store: str | Path, test_store: str | Path,
+                      out_probe: str | Path, out_probe_png: str | Path, out_robustness: str | Path,
+                      out_robustness_png: str | Path, sigmas: Sequence[float], layers: Sequence[str] | None = None,
+                      eps_list: Sequence[float] = (0,), n_train: int | None = None, n_test: int | None = None,
+                      n_attack: int = 256, val_fraction: float = 0.2, pgd_steps: int = 20, batch_size: int = 256,
+                      seed: int = 0) -> dict:
+    """Probe grid (CSV + heatmap) and PGD robustness of the cell best on validation (CSV + plot).
+
+    Returns a summary: the best cell, its accuracies and the robust accuracy per eps.
+    """
     from dra.data.store import open_image_store
     from dra.diffusion.checkpoint import load_edm
 
-    net = load_edm(checkpoint)
+    net = load_edm(weights, network)
     layers = list(layers) if layers else decoder_blocks(net)
     train_store_, test_store_ = open_image_store(train_store), open_image_store(test_store)
     n_train = min(n_train or len(train_store_), len(train_store_))
@@ -206,28 +210,22 @@ def validate_features(checkpoint: str | Path, train_store: str | Path, test_stor
         raise ValueError(f"need at least 2 training and 1 validation image for the probe, got n_train={n_train}")
     train = (images[n_val:], labels[n_val:])
     val = (images[:n_val], labels[:n_val])
-    test = (images_to_tensor(test_store_.images[:n_test]), torch.from_numpy(np.array(test_store_.labels[:n_test], dtype=np.int64)))
+    test = (images_to_tensor(test_store_.images[:n_test]),
+            torch.from_numpy(np.array(test_store_.labels[:n_test], dtype=np.int64)))
 
     table, probes = probe_grid(net, train, val, test, layers, sigmas, batch_size, seed)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with atomic_file(out_dir / "probe_grid.csv") as tmp:
+    with atomic_file(out_probe) as tmp:
         table.to_csv(tmp, index=False)
-    _plot_grid(table, out_dir / "probe_grid.png")
+    _plot_grid(table, Path(out_probe_png))
 
     best = table.loc[table["val_accuracy"].idxmax()]
-    summary = dict(best_layer=best["layer"], best_sigma=float(best["sigma"]),
-                   best_val_accuracy=float(best["val_accuracy"]), best_test_accuracy=float(best["test_accuracy"]),
-                   n_train=len(train[0]), n_val=n_val, n_test=n_test, conditioning="zero label vector",
-                   checkpoint=str(checkpoint), versions=package_versions())
-    if eps_list:
-        n_attack = min(n_attack, n_test)
-        robust = probe_robustness(net, probes[(best["layer"], float(best["sigma"]))], best["layer"], float(best["sigma"]),
-                                  test[0][:n_attack], test[1][:n_attack], 2 * 10**8, eps_list, pgd_steps,
-                                  batch_size=min(batch_size, 128), seed=seed)
-        with atomic_file(out_dir / "robustness.csv") as tmp:
-            robust.to_csv(tmp, index=False)
-        _plot_robustness(robust, out_dir / "robustness.png")
-        summary["robust_accuracy"] = {f"{r.eps_255:g}/255": r.robust_accuracy for r in robust.itertuples()}
-    write_json(out_dir / "summary.json", summary)
-    return summary
+    layer, sigma = best["layer"], float(best["sigma"])
+    n_attack = min(n_attack, n_test)
+    robust = probe_robustness(net, probes[(layer, sigma)], layer, sigma, test[0][:n_attack], test[1][:n_attack],
+                              2 * 10**8, eps_list, pgd_steps, batch_size=min(batch_size, 128), seed=seed)
+    with atomic_file(out_robustness) as tmp:
+        robust.to_csv(tmp, index=False)
+    _plot_robustness(robust, Path(out_robustness_png))
+    return dict(best_layer=layer, best_sigma=sigma, best_val_accuracy=float(best["val_accuracy"]),
+                best_test_accuracy=float(best["test_accuracy"]), n_train=len(train[0]), n_val=n_val, n_test=n_test,
+                robust_accuracy={f"{r.eps_255:g}/255": r.robust_accuracy for r in robust.itertuples()})

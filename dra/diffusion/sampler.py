@@ -78,10 +78,10 @@ def generation_plan(n_per_class: int, num_classes: int, seed: int) -> tuple[np.n
 
 def generate_synthetic(net: EDMPrecond, out_store: str | Path, n_per_class: int, num_classes: int,
                        num_steps: int = 18, batch_size: int = 256, seed: int = 0, shard_size: int | None = None,
-                       meta: dict | None = None) -> Path:
+                       meta: dict | None = None, state_dir: str | Path | None = None) -> Path:
     """Sample ``n_per_class`` images per class into an ImageStore, resumable after a kill.
 
-    Finished shards wait in ``<out_store>.state/``; the store is assembled (atomically) only
+    Finished shards wait in ``state_dir`` (default ``<out_store>.state/``); the store is assembled (atomically) only
     when all are there, and the state folder is removed afterwards.
     """
     from dra.data.store import ImageStoreWriter
@@ -94,7 +94,7 @@ def generate_synthetic(net: EDMPrecond, out_store: str | Path, n_per_class: int,
     resolution, channels = net.img_resolution, net.img_channels
     if channels != 3:
         raise ValueError(f"image stores hold RGB; the diffusion model makes {channels} channels")
-    job = ShardedJob(out_store.with_name(out_store.name + ".state"), n, shard_size or batch_size * 16,
+    job = ShardedJob(state_dir or out_store.with_name(out_store.name + ".state"), n, shard_size or batch_size * 16,
                      fingerprint=dict(n_per_class=n_per_class, num_classes=num_classes, num_steps=num_steps,
                                       seed=seed, resolution=resolution))
     pending = job.pending()

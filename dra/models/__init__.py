@@ -28,7 +28,7 @@ def create_classifier(arch: dict[str, Any], num_classes: int, mean: Sequence[flo
         if "name" not in arch:
             raise ValueError("arch.name: missing for family 'timm' (e.g. name: vit_base_patch16_224)")
         kwargs = dict(arch.get("kwargs") or {})
-        pretrained = bool(kwargs.pop("pretrained", False))
+        pretrained = bool(arch.get("pretrained", kwargs.pop("pretrained", False)))
         return TimmClassifier(arch["name"], num_classes, mean, std, kwargs=kwargs, pretrained=pretrained)
     raise ValueError(f"arch.family: expected 'wrn' or 'timm', got {family!r}")
 

@@ -2,12 +2,18 @@
 
 ViT-B/2 = timm's vit_base_patch16_224 with img_size=32, patch_size=2, pretrained=False
 (reference/evaluation.md 4: PatchEmbed Conv2d(3, 768, k=2, s=2), 256 patches, 85.27M parameters).
+
+ImageNet backbones start from pretrained weights (paper section 5: DINOv3 ConvNeXt-B and ViT-B/16
+released via timm, evaluation.md 4). Those weights are read from the Hugging Face cache only;
+training never downloads. The workflow's download step (on a machine with internet) fills the
+cache; here a missing cache stops with one message saying how to fill it.
 """
 
 from __future__ import annotations
 
 from typing import Any, Sequence
 
+import huggingface_hub
 import timm
 import torch
 from torch import nn
@@ -21,7 +27,10 @@ class TimmClassifier(nn.Module):
         super().__init__()
         if not timm.is_model(name):
             raise ValueError(f"arch.name: {name!r} is not a timm model name (see timm.list_models())")
-        self.net = timm.create_model(name, pretrained=pretrained, num_classes=num_classes, **(kwargs or {}))
+        if pretrained:
+            self.net = create_pretrained(name, num_classes, mean, std, kwargs)
+        else:
+            self.net = timm.create_model(name, pretrained=False, num_classes=num_classes, **(kwargs or {}))
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
         self.feature_dim = self.net.num_features
@@ -34,3 +43,58 @@ class TimmClassifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_features(x)[0]
+
+
+# --- pretrained weights from the local Hugging Face cache (ImageNet track) ---------------------
+
+#: The names timm's hub loader tries, in its order (timm/models/_hub.py load_state_dict_from_hf).
+HUB_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
+class PretrainedWeightsMissing(FileNotFoundError):
+    """The pretrained weights of a timm model are not in the local Hugging Face cache."""
+
+
+def hub_cache_dir() -> str:
+    """The Hugging Face hub cache timm downloads into (HF_HUB_CACHE, else $HF_HOME/hub)."""
+    return huggingface_hub.constants.HF_HUB_CACHE
+
+
+def cached_pretrained_file(name: str) -> str:
+    """Path of the cached weight file of timm model ``name``, or PretrainedWeightsMissing."""
+    cfg = timm.models.get_pretrained_cfg(name)
+    if cfg is None or not cfg.hf_hub_id:
+        raise ValueError(f"arch.name: {name!r} has no pretrained weights on the Hugging Face hub in timm "
+                         f"{timm.__version__} (see timm.list_pretrained())")
+    cache = hub_cache_dir()
+    repo_id = cfg.hf_hub_id.split("@")[0]
+    for filename in ([cfg.hf_hub_filename] if cfg.hf_hub_filename else HUB_WEIGHT_FILES):
+        found = huggingface_hub.try_to_load_from_cache(repo_id, filename, cache_dir=cache)
+        if isinstance(found, str):
+            return found
+    raise PretrainedWeightsMissing(
+        f"pretrained weights of timm model {name!r} (hub repo {repo_id}) are not in the Hugging Face cache "
+        f"{cache} (set by HF_HUB_CACHE, else $HF_HOME/hub, default ~/.cache/huggingface/hub). Fill the cache "
+        f"on a machine with internet access, with the same HF_HUB_CACHE/HF_HOME: "
+        f"python -c \"import timm; timm.create_model('{name}', pretrained=True)\" "
+        f"(or run the workflow's download rule there), then copy the cache folder here.")
+
+
+def create_pretrained(name: str, num_classes: int, mean: Sequence[float], std: Sequence[float],
+                      kwargs: dict[str, Any] | None = None) -> nn.Module:
+    """timm model ``name`` with its cached pretrained weights and a new ``num_classes`` head.
+
+    The weights are loaded from the cached file itself (timm's ``file`` source), so nothing
+    reaches the network. ``mean``/``std`` must be the normalization the weights were trained
+    with: fine-tuning with another one silently starts from a shifted input distribution.
+    """
+    path = cached_pretrained_file(name)
+    cfg = timm.models.get_pretrained_cfg(name)
+    for key, given in (("mean", mean), ("std", std)):
+        expected = cfg.to_dict().get(key)
+        if expected is not None and (len(given) != len(expected)
+                                     or any(abs(float(a) - float(b)) > 1e-6 for a, b in zip(given, expected))):
+            raise ValueError(f"data.{key} {list(given)} differs from the {key} {list(expected)} the pretrained "
+                             f"weights of {name!r} expect; set data.{key} to it")
+    return timm.create_model(name, pretrained=True, num_classes=num_classes,
+                             pretrained_cfg_overlay={"file": path}, **(kwargs or {}))

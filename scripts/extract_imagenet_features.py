@@ -1,0 +1,49 @@
+"""Extract LightningDiT representations (the ImageNet DRA targets, paper Appendix D) of an image store
+or of one ImageNet index split into a float16 feature store (N, 1, 1152); resumable."""
+
+import argparse
+import json
+
+import torch
+
+from dra.diffusion.lightningdit_features import PAPER_LAYER, PAPER_T, PAPER_ZERO_CHANNELS, extract_from_checkpoints
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--dit", required=True, help="LightningDiT checkpoint (lightningdit-xl-imagenet256-*.pt)")
+    parser.add_argument("--vae", required=True, help="VA-VAE checkpoint (vavae-imagenet256-f16d32-dinov2.pt)")
+    parser.add_argument("--latent-stats", required=True, help="latents_stats.pt of the VA-VAE")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--images", help="input image store at the VA-VAE resolution (e.g. the synthetic set)")
+    source.add_argument("--imagenet-index", help="ImageNet index folder written by prepare_imagenet")
+    parser.add_argument("--split", default="train", choices=("train", "val", "eval"), help="split of --imagenet-index")
+    parser.add_argument("--out", required=True, help="output feature store folder")
+    parser.add_argument("--layer", type=int, default=PAPER_LAYER, help="hidden state after this many blocks (paper: 14)")
+    parser.add_argument("--t", type=float, default=PAPER_T, help="time, 0 = noise, 1 = clean (paper: 0.8)")
+    parser.add_argument("--zero-channels", type=int, nargs="*", default=list(PAPER_ZERO_CHANNELS),
+                        help="massive-activation channels zeroed before the AdaLN modulation (paper: 1053 259)")
+    parser.add_argument("--seed", type=int, default=0, help="noise seed (noise depends on seed and image index)")
+    parser.add_argument("--null-class", action="store_true", help="condition on the null class, not the label")
+    parser.add_argument("--posterior-mean", action="store_true",
+                        help="encode with the VA-VAE posterior mean instead of a (seeded) sample as the release")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--workers", type=int, default=8, help="DataLoader workers decoding images")
+    parser.add_argument("--state-dir", help="where finished shards wait (default: <out>.state)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast (GPU)")
+    parser.add_argument("--dit-config", type=json.loads, help="JSON LightningDiT kwargs (default: XL/1 of the release)")
+    parser.add_argument("--vae-config", type=json.loads, help="JSON VA-VAE kwargs (default: f16d32 of the release)")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    extract_from_checkpoints(args.dit, args.vae, args.latent_stats, args.out, images=args.images,
+                             imagenet_index=args.imagenet_index, split=args.split, layer=args.layer, t=args.t,
+                             zero_channels=args.zero_channels, seed=args.seed, use_labels=not args.null_class,
+                             sample_posterior=not args.posterior_mean, batch_size=args.batch_size,
+                             num_workers=args.workers, state_dir=args.state_dir, device=args.device, bf16=args.bf16,
+                             dit_config=args.dit_config, vae_config=args.vae_config)
+
+
+if __name__ == "__main__":
+    main()
