@@ -23,7 +23,7 @@ wildcard_constraints:
     dataset=_one_of(config["datasets"]),
     arch=_one_of(config["archs"]),
     method=_one_of(config["methods"]),
-    budget=_one_of(cell.budget for cell in CELLS),
+    budget=_one_of(cell.budget for cell in CELLS + cfg.figure_cells(config)),
     table=_one_of(config["tables"]),
 
 
@@ -33,6 +33,7 @@ include: "rules/train.smk"
 include: "rules/evaluate.smk"
 include: "rules/reference.smk"
 include: "rules/analysis.smk"
+include: "rules/figures.smk"
 
 
 rule all:
@@ -40,3 +41,4 @@ rule all:
     input:
         rules.all_tables.input,
         rules.all_features.input,
+        rules.all_figures.input,

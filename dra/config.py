@@ -132,31 +132,7 @@ def _check_references(config: dict) -> None:
             key = f"tables.{table_name}.rows[{index}]"
             if "cell" not in row:
                 continue
-            cell = parse_cell(row["cell"])
-            _require(cell.dataset in datasets, f"{key}.cell", f"dataset '{cell.dataset}' is not in datasets")
-            _require(cell.arch in archs, f"{key}.cell", f"arch '{cell.arch}' is not in archs (known: {', '.join(archs)})")
-            _require(
-                cell.method in methods, f"{key}.cell", f"method '{cell.method}' is not in methods (known: {', '.join(methods)})"
-            )
-            _require(
-                cell.arch in config["recipes"].get(cell.dataset, {}),
-                f"recipes.{cell.dataset}.{cell.arch}",
-                f"no recipe for cell {cell.id}",
-            )
-            wants_synthetic = methods[cell.method]["synthetic"]
-            _require(
-                wants_synthetic == (cell.synthetic is not None),
-                f"{key}.cell",
-                f"method '{cell.method}' {'needs' if wants_synthetic else 'uses no'} synthetic data, "
-                f"but the budget is '{cell.budget}'",
-            )
-            if cell.synthetic is not None:
-                _require(
-                    cell.synthetic in datasets[cell.dataset]["synthetic"],
-                    f"{key}.cell",
-                    f"synthetic set '{cell.synthetic}' is not in datasets.{cell.dataset}.synthetic "
-                    f"(known: {', '.join(datasets[cell.dataset]['synthetic'])})",
-                )
+            _check_cell(config, row["cell"], f"{key}.cell")
             is_table3 = table_name == "table3"
             if row["paper"] is not None:
                 _require(
@@ -164,6 +140,92 @@ def _check_references(config: dict) -> None:
                     f"{key}.paper",
                     "Table 3 rows carry cls95/cls99/robust_dim, Tables 1-2 clean/autoattack",
                 )
+    _check_figures(config)
+
+
+def _check_cell(config: dict, cell_id: str, key: str) -> Cell:
+    """A cell named in a table or a figure: every part of its path must be configured."""
+    datasets, archs, methods = config["datasets"], config["archs"], config["methods"]
+    cell = parse_cell(cell_id)
+    _require(cell.dataset in datasets, key, f"dataset '{cell.dataset}' is not in datasets")
+    _require(cell.arch in archs, key, f"arch '{cell.arch}' is not in archs (known: {', '.join(archs)})")
+    _require(cell.method in methods, key, f"method '{cell.method}' is not in methods (known: {', '.join(methods)})")
+    _require(
+        cell.arch in config["recipes"].get(cell.dataset, {}),
+        f"recipes.{cell.dataset}.{cell.arch}",
+        f"no recipe for cell {cell.id}",
+    )
+    wants_synthetic = methods[cell.method]["synthetic"]
+    _require(
+        wants_synthetic == (cell.synthetic is not None),
+        key,
+        f"method '{cell.method}' {'needs' if wants_synthetic else 'uses no'} synthetic data, "
+        f"but the budget is '{cell.budget}'",
+    )
+    if cell.synthetic is not None:
+        _require(
+            cell.synthetic in datasets[cell.dataset]["synthetic"],
+            key,
+            f"synthetic set '{cell.synthetic}' is not in datasets.{cell.dataset}.synthetic "
+            f"(known: {', '.join(datasets[cell.dataset]['synthetic'])})",
+        )
+    schedule = config["recipes"][cell.dataset][cell.arch]["schedule"]
+    # PyTorch's OneCycleLR divides by zero when the warm-up is exactly one of its steps
+    _require(
+        schedule["name"] != "dmat_onecycle" or abs(schedule["warmup_fraction"] * cell.epochs - 1) > 1e-9,
+        f"recipes.{cell.dataset}.{cell.arch}.schedule.warmup_fraction",
+        f"warmup_fraction x epochs is exactly 1 for cell {cell.id}, which OneCycleLR (stepped per epoch) "
+        "cannot schedule; change the epochs or the warm-up fraction",
+    )
+    return cell
+
+
+REFERENCE_PREFIX = "reference/"
+
+
+def _check_figure_model(config: dict, model: str, key: str) -> str:
+    """A figure's model is a cell path or reference/<name> of reference_models; returns its dataset."""
+    if model.startswith(REFERENCE_PREFIX):
+        name = model.removeprefix(REFERENCE_PREFIX)
+        known = config["reference_models"]["models"]
+        _require(name in known, key, f"'{name}' is not in reference_models.models (known: {', '.join(known)})")
+        return known[name]["dataset"]
+    return _check_cell(config, model, key).dataset
+
+
+def _check_figures(config: dict) -> None:
+    figures = config["figures"]
+    datasets = {}
+    for key in ("standard", "adversarial"):
+        if key in figures:
+            datasets[key] = _check_figure_model(config, figures[key], f"figures.{key}")
+    _require(
+        len(set(datasets.values())) <= 1,
+        "figures.standard",
+        f"the ST and AT models of Figures 3, 4 and 9 must share a dataset (the diffusion model's); got {datasets}",
+    )
+    for key in ("figure1_models", "figure5_models", "figure6_models", "figure8_models"):
+        for index, model in enumerate(figures.get(key, [])):
+            _check_figure_model(config, model, f"figures.{key}[{index}]")
+    if "figure8_models" in figures:
+        baseline = _check_cell(config, figures.get("figure8_baseline", ""), "figures.figure8_baseline")
+        for index, model in enumerate(figures["figure8_models"]):
+            cell = parse_cell(model)
+            _require(
+                config["methods"][cell.method]["dra"],
+                f"figures.figure8_models[{index}]",
+                f"Figure 8 sweeps the DRA strength, but method '{cell.method}' has dra: false",
+            )
+            _require(
+                cell.dataset == baseline.dataset,
+                f"figures.figure8_models[{index}]",
+                f"dataset '{cell.dataset}' differs from the baseline's '{baseline.dataset}'",
+            )
+    for index, pair in enumerate(figures.get("figure10_pairs", [])):
+        key = f"figures.figure10_pairs[{index}]"
+        aligned = _check_cell(config, pair["aligned"], f"{key}.aligned")
+        baseline = _check_cell(config, pair["baseline"], f"{key}.baseline")
+        _require(aligned.dataset == baseline.dataset, key, "the two cells of a difference map must share a dataset")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -184,6 +246,35 @@ def table_cells(config: dict, tables: Iterable[str] | None = None) -> list[Cell]
                 cell = parse_cell(row["cell"])
                 cells.setdefault(cell.id, cell)
     return list(cells.values())
+
+
+def figure_models(config: dict) -> list[str]:
+    """Models whose test-set representations the figures read (Figures 1, 3-6, 9, 10): cell paths
+    and reference/<name>, each once, in configuration order."""
+    figures = config["figures"]
+    models = [figures[key] for key in ("standard", "adversarial") if key in figures]
+    for key in ("figure1_models", "figure5_models", "figure6_models"):
+        models += figures.get(key, [])
+    for pair in figures.get("figure10_pairs", []):
+        models += [pair["aligned"], pair["baseline"]]
+    return list(dict.fromkeys(models))
+
+
+def figure_cells(config: dict) -> list[Cell]:
+    """The trained cells the figures need (the representation models above and the cells of the
+    lambda sweep of Figure 8), each once; some are table cells too."""
+    figures = config["figures"]
+    models = figure_models(config) + figures.get("figure8_models", [])
+    if "figure8_models" in figures:
+        models.append(figures["figure8_baseline"])
+    return [parse_cell(model) for model in dict.fromkeys(models) if not model.startswith(REFERENCE_PREFIX)]
+
+
+def model_dataset(config: dict, model: str) -> str:
+    """The dataset of a figure model (a cell path or reference/<name>)."""
+    if model.startswith(REFERENCE_PREFIX):
+        return config["reference_models"]["models"][model.removeprefix(REFERENCE_PREFIX)]["dataset"]
+    return parse_cell(model).dataset
 
 
 def cell_dir(config: dict, cell: Cell) -> str:
@@ -249,7 +340,8 @@ def resolve_recipe(config: dict, cell: Cell) -> dict:
         diffusion_name = dataset["diffusion"]
         diffusion = config["diffusion_models"][diffusion_name]
         dra = {
-            "lambda": config["dra"]["lambda"],
+            # a method may set its own strength (the lambda sweep of Figure 8)
+            "lambda": method.get("lambda", config["dra"]["lambda"]),
             "head_hidden": config["dra"]["head_hidden"],
             "head_layers": config["dra"]["head_layers"],
             "target": config["dra"]["target"],
@@ -268,6 +360,10 @@ def resolve_recipe(config: dict, cell: Cell) -> dict:
                 "extra_view": views == 2,
             },
         }
+    if method["objective"] == "standard":
+        # a standard model's robust validation accuracy stays near 0, so selecting on it would
+        # keep the first validated checkpoint
+        recipe["checkpoint"]["select"] = "last"
     return {
         "cell": {"dataset": cell.dataset, "arch": cell.arch, "method": cell.method, "budget": cell.budget},
         "seed": config["seed"],

@@ -1,9 +1,11 @@
 """A real one-node SLURM cluster on 127.0.0.1 for the workflow tests.
 
-Debian's slurm-wlm and munge (tests/setup-test-machine.sh installs them). The daemons get a
-configuration of their own in a temporary folder (SLURM_CONF), so nothing in /etc/slurm is
-touched; munge uses the machine's key, made if absent. Accounting is off, so the executor
-plugin is told to poll squeue and to send no account.
+Debian's slurm-wlm and munge (tests/setup-test-machine.sh installs them). The configuration is
+written to the standard /etc/slurm/slurm.conf, because the executor plugin's job step strips
+SLURM_* variables (SLURM_CONF included) before its inner srun, as on a real cluster where the
+configuration lives there; a slurm.conf this harness did not write is never overwritten. State,
+spool and logs live in a temporary folder. munge uses the machine's key, made if absent.
+Accounting is off, so the executor plugin is told to poll squeue and to send no account.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 MUNGE_KEY = Path("/etc/munge/munge.key")
+SLURM_CONF = Path("/etc/slurm/slurm.conf")
+MARKER = "# written by tests/slurm_cluster.py for the workflow tests"
 MUNGE_SOCKET = Path("/run/munge/munge.socket.2")
 
 
@@ -97,10 +101,14 @@ def start_slurm(folder: Path) -> SlurmCluster:
     memory_mb = int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES") / 2**20) - 1024
     for sub in ("state", "spool"):
         (folder / sub).mkdir(parents=True, exist_ok=True)
-    conf = folder / "slurm.conf"
+    if SLURM_CONF.exists() and MARKER not in SLURM_CONF.read_text():
+        raise SlurmUnavailable(f"{SLURM_CONF} exists and was not written by this harness; not overwriting it")
+    conf = SLURM_CONF
+    conf.parent.mkdir(parents=True, exist_ok=True)
     conf.write_text(
         "\n".join(
             [
+                MARKER,
                 "ClusterName=dratest",
                 f"SlurmctldHost={host}(127.0.0.1)",
                 f"SlurmctldPort={_free_port()}",

@@ -123,6 +123,8 @@ BAD_CONFIGS = [
      "cifar10/wrn-28-10/dm-at/nosyn-bs2048-ep2400", "needs synthetic data"),
     ("unknown synthetic set", ["tables", "table1", "rows", 0, "cell"],
      "cifar10/wrn-28-10/dm-at/syn7m-bs2048-ep2400", "synthetic set '7m'"),
+    ("one-epoch OneCycle warm-up", ["tables", "table2", "rows", 0, "cell"], "cifar10/wrn-34-10/at/nosyn-bs128-ep40",
+     "warmup_fraction x epochs is exactly 1"),
     ("malformed budget", ["tables", "table2", "rows", 0, "cell"], "cifar10/wrn-34-10/at/bs128-ep200",
      "tables.table2.rows[0].cell"),
 ]

@@ -22,7 +22,7 @@ from slurm_cluster import start_slurm
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
 
-CELL = "digits/wrn-10-1/at/nosyn-bs64-ep40"
+CELL = "digits/wrn-10-1/at/nosyn-bs64-ep50"
 
 
 @pytest.fixture(scope="module")

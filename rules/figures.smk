@@ -1,0 +1,273 @@
+# The paper's analysis figures (1, 3-6, 8-10) from the workflow's own outputs. Each model is
+# measured once on the first figures.eval_n test images (representation.npz); the figure rules
+# only read those files, autoattack.json and recipe.yaml. A figure whose models are not listed
+# under figures: in the configuration is not drawn.
+
+
+include: "figures_common.smk"
+
+
+rule figure_representation:
+    input:
+        model=f"{RESULTS}/{{model}}/train/model.pt",
+        recipe=f"{RESULTS}/{{model}}/recipe.yaml",
+        test=lambda wc: cfg.split_store(config, cfg.model_dataset(config, wc.model), "test"),
+    output:
+        f"{RESULTS}/{{model}}/representation.npz",
+    log:
+        f"{RESULTS}/{{model}}/representation.log",
+    benchmark:
+        f"{RESULTS}/{{model}}/representation.benchmark.tsv"
+    wildcard_constraints:
+        model=_one_of(FIGURE_MODELS),
+    conda:
+        "../envs/torch.yaml"
+    threads: resource("evaluate", "cpus")
+    resources:
+        gpu=resource("evaluate", "gpu"),
+        tasks_per_gpu=0,
+        runtime=runtime_per_attempt("evaluate"),
+        mem_mb=resource("evaluate", "mem_mb"),
+    params:
+        eps=lambda wc: eps_grid_255(cfg.model_dataset(config, wc.model)),
+        attack_eps=lambda wc: config["datasets"][cfg.model_dataset(config, wc.model)]["eps_255"],
+        n=FIGURES["eval_n"],
+        steps=FIGURES["pgd_steps"],
+    shell:
+        "python -m scripts.figure_representation --model {input.model} --recipe {input.recipe}"
+        " --test-store {input.test} --n {params.n} --eps-255 {params.eps}"
+        " --attack-eps-255 {params.attack_eps} --steps {params.steps} --threads {threads}"
+        " --out {output} 2> {log}"
+
+
+rule figure_diffusion_representation:
+    input:
+        unpack(lambda wc: diffusion_files(wc.diffusion)),
+        train=f"{DATA}/{{dataset}}/train",
+        test=f"{DATA}/{{dataset}}/test",
+    output:
+        f"{RESULTS}/{{dataset}}/figures/{{diffusion}}/representation.npz",
+    log:
+        f"{RESULTS}/{{dataset}}/figures/{{diffusion}}/representation.log",
+    benchmark:
+        f"{RESULTS}/{{dataset}}/figures/{{diffusion}}/representation.benchmark.tsv"
+    wildcard_constraints:
+        diffusion=_one_of(config["diffusion_models"]),
+    conda:
+        "../envs/torch.yaml"
+    threads: 2
+    resources:
+        gpu=resource("diffusion", "gpu"),
+        runtime=runtime_per_attempt("diffusion"),
+        mem_mb=resource("diffusion", "mem_mb"),
+    params:
+        feature=lambda wc: config["diffusion_models"][wc.diffusion]["feature"],
+        train_n=lambda wc: config["diffusion_models"][wc.diffusion]["validation"]["train_n"],
+        eps=lambda wc: eps_grid_255(wc.dataset),
+        attack_eps=lambda wc: config["datasets"][wc.dataset]["eps_255"],
+        n=FIGURES["eval_n"],
+        steps=FIGURES["pgd_steps"],
+        seed=config["seed"],
+    shell:
+        "python -m scripts.figure_diffusion_representation --weights {input.weights}"
+        " --network {input.network} --train-store {input.train} --test-store {input.test}"
+        " --layer {params.feature[layer]} --sigma {params.feature[sigma]} --train-n {params.train_n}"
+        " --n {params.n} --eps-255 {params.eps} --attack-eps-255 {params.attack_eps}"
+        " --steps {params.steps} --seed {params.seed} --threads {threads} --out {output} 2> {log}"
+
+
+rule figure3:
+    input:
+        standard=lambda wc: representation_of(FIGURES["standard"]),
+        adversarial=lambda wc: representation_of(FIGURES["adversarial"]),
+        diffusion=lambda wc: diffusion_representation_of(figure_dataset()),
+    output:
+        png=report(f"{FIGURE_DIR}/figure3.png", category="Figures", labels={"figure": "3"}),
+        pdf=f"{FIGURE_DIR}/figure3.pdf",
+        csv=f"{FIGURE_DIR}/figure3.csv",
+    log:
+        f"{FIGURE_DIR}/figure3.log",
+    localrule: True
+    conda:
+        "../envs/analysis.yaml"
+    params:
+        # results/<scale>, the folder above figures/
+        results_root=lambda wc, output: Path(output.png).parent.parent,
+        standard=FIGURES.get("standard"),
+        adversarial=FIGURES.get("adversarial"),
+    shell:
+        "python -m scripts.figure_3 --results-root {params.results_root} --standard {params.standard}"
+        " --adversarial {params.adversarial} --diffusion {input.diffusion} --out-png {output.png}"
+        " --out-pdf {output.pdf} --out-csv {output.csv} 2> {log}"
+
+
+rule figure4:
+    input:
+        representations=lambda wc: [
+            representation_of(FIGURES[key]) for key in ("standard", "adversarial")
+        ],
+        diffusion=lambda wc: diffusion_representation_of(figure_dataset()),
+    output:
+        png=report(f"{FIGURE_DIR}/figure4.png", category="Figures", labels={"figure": "4"}),
+        pdf=f"{FIGURE_DIR}/figure4.pdf",
+        csv=f"{FIGURE_DIR}/figure4.csv",
+    log:
+        f"{FIGURE_DIR}/figure4.log",
+    localrule: True
+    conda:
+        "../envs/analysis.yaml"
+    params:
+        # results/<scale>, the folder above figures/
+        results_root=lambda wc, output: Path(output.png).parent.parent,
+        models=lambda wc: f"{FIGURES['standard']} {FIGURES['adversarial']}",
+    shell:
+        "python -m scripts.figure_alignment_uniformity --results-root {params.results_root} --models {params.models}"
+        " --diffusion {input.diffusion} --title 'ST, AT and DR' --out-png {output.png}"
+        " --out-pdf {output.pdf} --out-csv {output.csv} 2> {log}"
+
+
+rule figure5:
+    input:
+        representations=[representation_of(m) for m in FIGURES.get("figure5_models", [])],
+        accuracy=accuracy_files(FIGURES.get("figure5_models", [])),
+    output:
+        png=report(f"{FIGURE_DIR}/figure5.png", category="Figures", labels={"figure": "5"}),
+        pdf=f"{FIGURE_DIR}/figure5.pdf",
+        csv=f"{FIGURE_DIR}/figure5.csv",
+    log:
+        f"{FIGURE_DIR}/figure5.log",
+    localrule: True
+    conda:
+        "../envs/analysis.yaml"
+    params:
+        # results/<scale>, the folder above figures/
+        results_root=lambda wc, output: Path(output.png).parent.parent,
+        models=" ".join(FIGURES.get("figure5_models", [])),
+    shell:
+        "python -m scripts.figure_alignment_uniformity --results-root {params.results_root} --models {params.models}"
+        " --with-accuracy --title 'Trained models' --out-png {output.png} --out-pdf {output.pdf}"
+        " --out-csv {output.csv} 2> {log}"
+
+
+rule figure6:
+    input:
+        representations=[representation_of(m) for m in FIGURES.get("figure6_models", [])],
+        accuracy=accuracy_files(FIGURES.get("figure6_models", [])),
+    output:
+        png=report(f"{FIGURE_DIR}/figure6.png", category="Figures", labels={"figure": "6"}),
+        pdf=f"{FIGURE_DIR}/figure6.pdf",
+        csv=f"{FIGURE_DIR}/figure6.csv",
+    log:
+        f"{FIGURE_DIR}/figure6.log",
+    benchmark:
+        f"{FIGURE_DIR}/figure6.benchmark.tsv"
+    conda:
+        "../envs/torch.yaml"
+    threads: resource("evaluate", "cpus")
+    resources:
+        gpu=resource("evaluate", "gpu"),
+        tasks_per_gpu=0,
+        runtime=runtime_per_attempt("evaluate"),
+        mem_mb=resource("evaluate", "mem_mb"),
+    params:
+        # results/<scale>, the folder above figures/
+        results_root=lambda wc, output: Path(output.png).parent.parent,
+        models=" ".join(FIGURES.get("figure6_models", [])),
+        k=" ".join(str(k) for k in FIGURES.get("figure6_sae_k", [])),
+        sae=FIGURES.get("figure6_sae"),
+        seed=config["seed"],
+    shell:
+        "python -m scripts.figure_6 --results-root {params.results_root} --models {params.models} --k {params.k}"
+        " --latents-per-dim {params.sae[latents_per_dim]} --steps {params.sae[steps]}"
+        " --batch-size {params.sae[batch_size]} --lr {params.sae[lr]} --seed {params.seed}"
+        " --threads {threads} --out-png {output.png} --out-pdf {output.pdf} --out-csv {output.csv} 2> {log}"
+
+
+rule figure8:
+    input:
+        accuracy=accuracy_files(figure8_cells()),
+        recipes=[f"{RESULTS}/{m}/recipe.yaml" for m in FIGURES.get("figure8_models", [])],
+    output:
+        png=report(f"{FIGURE_DIR}/figure8.png", category="Figures", labels={"figure": "8"}),
+        pdf=f"{FIGURE_DIR}/figure8.pdf",
+        csv=f"{FIGURE_DIR}/figure8.csv",
+    log:
+        f"{FIGURE_DIR}/figure8.log",
+    localrule: True
+    conda:
+        "../envs/analysis.yaml"
+    params:
+        # results/<scale>, the folder above figures/
+        results_root=lambda wc, output: Path(output.png).parent.parent,
+        baseline=FIGURES.get("figure8_baseline"),
+        models=" ".join(FIGURES.get("figure8_models", [])),
+    shell:
+        "python -m scripts.figure_8 --results-root {params.results_root} --baseline {params.baseline}"
+        " --models {params.models} --out-png {output.png} --out-pdf {output.pdf}"
+        " --out-csv {output.csv} 2> {log}"
+
+
+rule figure10:
+    input:
+        [
+            representation_of(pair[role])
+            for pair in FIGURES.get("figure10_pairs", [])
+            for role in ("aligned", "baseline")
+        ],
+    output:
+        png=report(f"{FIGURE_DIR}/figure10.png", category="Figures", labels={"figure": "10"}),
+        pdf=f"{FIGURE_DIR}/figure10.pdf",
+        csv=f"{FIGURE_DIR}/figure10.csv",
+    log:
+        f"{FIGURE_DIR}/figure10.log",
+    localrule: True
+    conda:
+        "../envs/analysis.yaml"
+    params:
+        # results/<scale>, the folder above figures/
+        results_root=lambda wc, output: Path(output.png).parent.parent,
+        pairs=" ".join(
+            f"--pair {pair['aligned']} {pair['baseline']}"
+            for pair in FIGURES.get("figure10_pairs", [])
+        ),
+    shell:
+        "python -m scripts.figure_10 --results-root {params.results_root} {params.pairs} --out-png {output.png}"
+        " --out-pdf {output.pdf} --out-csv {output.csv} 2> {log}"
+
+
+rule figure1_9:
+    input:
+        representations=[
+            representation_of(m)
+            for m in FIGURES.get("figure1_models", []) + [FIGURES.get("standard")]
+            if m
+        ],
+        accuracy=accuracy_files(FIGURES.get("figure1_models", [])),
+        diffusion=lambda wc: diffusion_representation_of(figure_dataset()),
+    output:
+        png=report(f"{FIGURE_DIR}/figure1.png", category="Figures", labels={"figure": "1"}),
+        pdf=f"{FIGURE_DIR}/figure1.pdf",
+        csv=f"{FIGURE_DIR}/figure1.csv",
+        png9=report(f"{FIGURE_DIR}/figure9.png", category="Figures", labels={"figure": "9"}),
+        pdf9=f"{FIGURE_DIR}/figure9.pdf",
+    log:
+        f"{FIGURE_DIR}/figure1_9.log",
+    localrule: True
+    conda:
+        "../envs/torch.yaml"
+    params:
+        # results/<scale>, the folder above figures/
+        results_root=lambda wc, output: Path(output.png).parent.parent,
+        models=" ".join(FIGURES.get("figure1_models", [])),
+        standard=FIGURES.get("standard"),
+        topk=FIGURES["cknna_topk"],
+    shell:
+        "python -m scripts.figure_1_9 --results-root {params.results_root} --models {params.models}"
+        " --standard {params.standard} --diffusion {input.diffusion} --topk {params.topk}"
+        " --out-png {output.png} --out-pdf {output.pdf} --out-csv {output.csv}"
+        " --out9-png {output.png9} --out9-pdf {output.pdf9} 2> {log}"
+
+
+rule all_figures:
+    input:
+        configured_figures(),

@@ -1,0 +1,53 @@
+# Names and input functions of rules/figures.smk (kept apart: Snakemake's lint wants rules and
+# functions in separate files).
+
+FIGURES = config["figures"]
+FIGURE_MODELS = cfg.figure_models(config)
+FIGURE_DIR = f"{RESULTS}/figures"
+
+# Figure cells that are no table row (the ST model, the lambda sweep) are cells all the same.
+CELLS_BY_ID.update({cell.id: cell for cell in cfg.figure_cells(config)})
+
+
+def representation_of(model):
+    return f"{RESULTS}/{model}/representation.npz"
+
+
+def figure_dataset():
+    return cfg.model_dataset(config, FIGURES["standard"])
+
+
+def diffusion_representation_of(dataset):
+    return f"{RESULTS}/{dataset}/figures/{diffusion_of(dataset)}/representation.npz"
+
+
+def eps_grid_255(dataset):
+    # the eps grid of Figure 3b is the feature-validation grid of the dataset's diffusion model
+    return " ".join(
+        str(e) for e in config["diffusion_models"][diffusion_of(dataset)]["validation"]["eps_255"]
+    )
+
+
+def accuracy_files(models):
+    return [f"{RESULTS}/{model}/autoattack.json" for model in models]
+
+
+def figure8_cells():
+    if "figure8_models" not in FIGURES:
+        return []
+    return FIGURES["figure8_models"] + [FIGURES["figure8_baseline"]]
+
+
+def configured_figures():
+    """The PNGs of every figure whose models the configuration lists."""
+    wanted = {
+        "figure3": "standard",
+        "figure4": "standard",
+        "figure5": "figure5_models",
+        "figure6": "figure6_models",
+        "figure8": "figure8_models",
+        "figure10": "figure10_pairs",
+        "figure1": "figure1_models",
+        "figure9": "figure1_models",
+    }
+    return [f"{FIGURE_DIR}/{name}.png" for name, key in wanted.items() if FIGURES.get(key)]
