@@ -109,9 +109,23 @@ def _check_references(config: dict) -> None:
         )
         if dataset["source"]["kind"] in ("cifar10", "cifar100"):
             _require("url" in dataset["source"], f"datasets.{name}.source.url", "a download URL is required")
+        if dataset["source"]["kind"] == "imagenet_folder":
+            for key in ("path", "train_images", "val_images", "eval_ids"):
+                _require(key in dataset["source"], f"datasets.{name}.source.{key}", "required for an ImageNet folder")
     for name, model in models.items():
         source = model["source"]
-        if source["kind"] == "edm_pickle":
+        is_edm = source["kind"] in ("edm_pickle", "train")
+        _require(
+            is_edm == isinstance(model["feature"]["layer"], str),
+            f"diffusion_models.{name}.feature",
+            "an EDM model takes {layer: model.dec.<block>, sigma}, a LightningDiT {layer: <block>, t, zero_channels}",
+        )
+        if is_edm:
+            _require("validation" in model, f"diffusion_models.{name}.validation", "required for an EDM model")
+        if source["kind"] == "lightningdit":
+            for key in ("url", "tokenizer", "latent_stats"):
+                _require(key in source, f"diffusion_models.{name}.source.{key}", "required for LightningDiT")
+        elif source["kind"] == "edm_pickle":
             _require("url" in source, f"diffusion_models.{name}.source.url", "a download URL is required")
         else:
             for key in ("dataset", "network", "training"):
@@ -295,6 +309,12 @@ def synthetic_size(config: dict, dataset: str, name: str) -> int:
     if "generate" in spec:
         return spec["generate"]["images_per_class"] * config["datasets"][dataset]["num_classes"]
     return sum(part["images"] for part in spec["parts"])
+
+
+def uses_edm(config: dict, dataset: str) -> bool:
+    """Whether a dataset's diffusion model is an EDM U-Net (CIFAR, mini) rather than LightningDiT."""
+    kind = config["diffusion_models"][config["datasets"][dataset]["diffusion"]]["source"]["kind"]
+    return kind in ("edm_pickle", "train")
 
 
 def split_store(config: dict, dataset: str, split: str) -> str:

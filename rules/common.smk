@@ -86,8 +86,23 @@ def synthetic_store_of(cell):
     return cfg.synthetic_store(config, cell.dataset, cell.synthetic)
 
 
+def imagenet_root(wildcards):
+    root = config["datasets"][wildcards.dataset]["source"]["path"]
+    if not root:
+        raise WorkflowError(
+            f"datasets.{wildcards.dataset}.source.path is not set: point it at your ILSVRC-2012 folder "
+            "(train/<wnid>/*.JPEG and val/<wnid>/*.JPEG, from image-net.org) in config.yaml or an overlay"
+        )
+    return root
+
+
 def all_data_targets():
-    targets = []
+    # ImageNet is indexed as soon as its folder is configured
+    targets = [
+        f"{DATA}/{name}/index"
+        for name in datasets_of_kind("imagenet_folder")
+        if config["datasets"][name]["source"]["path"]
+    ]
     for cell in CELLS:
         targets += [cfg.split_store(config, cell.dataset, split) for split in ("train", "test")]
         if cell.synthetic is not None:
@@ -138,11 +153,12 @@ def feature_targets():
 
 
 def generated_sets():
+    # sets sampled from an EDM by the generate_synthetic rule (LightningDiT sets are not wired yet)
     return [
         (dataset, name)
         for dataset, spec in config["datasets"].items()
         for name, synthetic in spec["synthetic"].items()
-        if "generate" in synthetic
+        if "generate" in synthetic and cfg.uses_edm(config, dataset)
     ]
 
 

@@ -50,6 +50,26 @@ rule prepare_digits:
         "python -m scripts.prepare_digits --train-out {output.train} --test-out {output.test} 2> {log}"
 
 
+rule prepare_imagenet:
+    output:
+        directory(f"{DATA}/{{dataset}}/index"),
+    log:
+        f"{DATA}/{{dataset}}/index.log",
+    wildcard_constraints:
+        dataset=_one_of(datasets_of_kind("imagenet_folder")),
+    localrule: True
+    conda:
+        "../envs/data.yaml"
+    params:
+        root=imagenet_root,
+        source=lambda wc: config["datasets"][wc.dataset]["source"],
+        num_classes=lambda wc: config["datasets"][wc.dataset]["num_classes"],
+    shell:
+        "python -m scripts.prepare_imagenet --root {params.root} --out {output}"
+        " --expected-train {params.source[train_images]} --expected-val {params.source[val_images]}"
+        " --num-classes {params.num_classes} --eval-ids {params.source[eval_ids]} 2> {log}"
+
+
 rule fetch_synthetic_part:
     output:
         temp(f"{DATA}/{{dataset}}/synthetic-parts/{{set}}/part{{index}}.npz"),

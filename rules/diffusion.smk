@@ -79,6 +79,8 @@ rule generate_synthetic:
         f"{DATA}/{{dataset}}/generated/{{set}}.log",
     benchmark:
         f"{DATA}/{{dataset}}/generated/{{set}}.generate_synthetic.benchmark.tsv"
+    wildcard_constraints:
+        dataset=_one_of(d for d in config["datasets"] if cfg.uses_edm(config, d)),
     conda:
         "../envs/torch.yaml"
     threads: 2

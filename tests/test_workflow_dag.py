@@ -1,6 +1,5 @@
 """The DAG as Snakemake plans it: dry runs of the paper, lint, format, env pins."""
 
-import os
 import re
 import subprocess
 import sys
@@ -11,15 +10,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parent.parent
+from workflow_helpers import ROOT, run_snakemake
 
 
 def snakemake(*args, check=True):
-    # the venv's bin first, so that Snakemake and the rules' `python` are this interpreter's
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
-    result = subprocess.run(
-        [sys.executable, "-m", "snakemake", *args], cwd=ROOT, env=env, capture_output=True, text=True
-    )
+    result = run_snakemake(ROOT, *args, timeout=600)
     if check and result.returncode != 0:
         raise AssertionError(f"snakemake {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
     return result
@@ -57,14 +52,20 @@ def test_all_tables_of_the_paper_plans_every_cell_once():
 
 
 def test_paper_training_job_asks_the_cluster_for_a_gpu():
+    # the slurm profile as users type it; --sdm env-modules only because this machine has no conda
     result = snakemake(
         "results/paper/cifar10/wrn-28-10/dm-at/syn1m-bs512-ep400/train/model.pt",
+        "--profile",
+        "slurm",
+        "--sdm",
+        "env-modules",
         "--dry-run",
         "--printshellcmds",
     )
     job = result.stdout.split("rule train_cell:")[1].split("Job stats")[0]
     # 72 h from config.yaml, in minutes as Snakemake resolves it; retries get attempt x 72 h
-    assert "gpu=1" in job and "tasks_per_gpu=0" in job and "runtime=4320" in job
+    for resource in ("gpu=1", "tasks_per_gpu=0", "runtime=4320", "mem_mb=64000", "slurm_partition=gpu"):
+        assert resource in job, resource
     assert "python -m scripts.train --recipe" in job
 
 

@@ -7,45 +7,19 @@ checkout's results/ is left alone) and reads what it produced.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import pandas as pd
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from workflow_helpers import copy_workflow, run_snakemake
+
 pytestmark = pytest.mark.slow
-
-
-def copy_workflow(destination: Path) -> Path:
-    ignore = shutil.ignore_patterns(".venv", "results", ".snakemake", ".git", "__pycache__", "*.egg-info")
-    for item in ROOT.iterdir():
-        if ignore(str(ROOT), [item.name]):
-            continue
-        if item.is_symlink():
-            (destination / item.name).symlink_to(os.readlink(item))
-        elif item.is_dir():
-            shutil.copytree(item, destination / item.name, ignore=ignore)
-        else:
-            shutil.copy2(item, destination / item.name)
-    return destination
 
 
 @pytest.fixture(scope="module")
 def mini(tmp_path_factory):
     work = copy_workflow(tmp_path_factory.mktemp("mini"))
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
-    result = subprocess.run(
-        [sys.executable, "-m", "snakemake", "all", "--cores", "2", "--configfile", "config/mini.yaml"],
-        cwd=work,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=2400,
-    )
+    result = run_snakemake(work, "all", "--cores", "2", "--configfile", "config/mini.yaml")
     assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-5000:]
     return work / "results" / "mini"
 
@@ -96,3 +70,13 @@ def test_mini_training_logs_show_the_dra_term(mini):
     assert log["loss_dra"].iloc[-1] < log["loss_dra"].iloc[0]
     plain = pd.read_csv(mini / "digits/wrn-10-1/dm-at/syn2k-bs128-ep30/train/log.csv")
     assert (plain["loss_dra"] == 0).all()
+
+
+def test_report_builds_from_the_mini_run(mini):
+    work = mini.parent.parent
+    result = run_snakemake(work, "--report", "report.html", "--configfile", "config/mini.yaml", timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    html = (work / "report.html").read_text(errors="replace")
+    # the tables, a figure and a resolved recipe are registered in it
+    for name in ("table2.csv", "figure5.png", "recipe.yaml"):
+        assert name in html, name
