@@ -174,10 +174,12 @@ def download(
             "check the network or the server and rerun."
         )
 
-    if sha256 is not None:
-        actual = _sha256_of(part)
-        if actual != sha256:
-            part.unlink()
-            raise ChecksumError(_checksum_message(dest, url, sha256, actual))
+    actual = _sha256_of(part)
+    if sha256 is not None and actual != sha256:
+        part.unlink()
+        raise ChecksumError(_checksum_message(dest, url, sha256, actual))
+    if sha256 is None:
+        # no published checksum: record what was downloaded, so it can be pinned in the config
+        print(f"sha256 {actual} {dest} (not checked: no checksum configured)", file=sys.stderr)
     os.replace(part, dest)
     return dest

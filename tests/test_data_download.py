@@ -123,3 +123,12 @@ def test_existing_verified_file_is_kept_without_request(tmp_path):
     with _Server([]) as server:
         download(server.url, dest, sha256=SHA256, backoff_s=0)
     assert server.requests == []
+
+
+def test_without_a_configured_checksum_the_hash_is_recorded(tmp_path, capsys):
+    dest = tmp_path / "file.bin"
+    with _Server(["full"]) as server:
+        download(server.url, dest, backoff_s=0)
+    assert dest.read_bytes() == BODY
+    # the rule log then holds the hash to pin in config.yaml
+    assert f"sha256 {SHA256} {dest}" in capsys.readouterr().err

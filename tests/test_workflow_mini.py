@@ -35,7 +35,7 @@ def test_mini_eps_breaks_standard_training_but_not_adversarial_training(mini):
     assert standard["clean_accuracy"] > 90
     assert standard["robust_accuracy"] < 20
     assert adversarial["robust_accuracy"] > 40
-    assert standard["n"] == adversarial["n"] == 200
+    assert standard["n"] == adversarial["n"] == 100
     assert adversarial["attacks"] == ["apgd-ce", "apgd-t", "fab-t", "square"]
 
 
