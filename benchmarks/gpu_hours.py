@@ -25,7 +25,7 @@ import yaml
 from snakemake.utils import update_config
 from torch.utils.flop_counter import FlopCounterMode
 
-from dra.config import table_cells
+from dra.config import resolve_arch, table_cells
 from dra.models import create_classifier
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -68,7 +68,13 @@ def main(argv=None):
         recipe = config["recipes"][cell.dataset][cell.arch]
         steps = math.ceil(dataset["epoch_reference_size"] / cell.batch_size) * cell.epochs
         images = steps * cell.batch_size
-        flops = forward_flops(config["archs"][cell.arch], dataset["num_classes"], dataset["image_size"])
+        arch = resolve_arch(config, cell.arch)
+        arch.pop("weights", None)  # FLOPs need the architecture only
+        if arch["family"] == "edm_encoder" and not Path(arch["network"]).is_file():
+            # the fine-tuned diffusion encoder (Section 5.6) is built from the diffusion model's json
+            print(f"{cell.id:<52}{steps:>9}{images / 1e6:>9.1f}  needs {arch['network']} (convert the EDM first)")
+            continue
+        flops = forward_flops(arch, dataset["num_classes"], dataset["image_size"])
         objective = config["methods"][cell.method]["objective"]
         total = images * flops * passes_per_image(objective, recipe["attack"]["steps"])
         hours = "-"

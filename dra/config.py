@@ -114,28 +114,44 @@ def _check_references(config: dict) -> None:
                 _require(key in dataset["source"], f"datasets.{name}.source.{key}", "required for an ImageNet folder")
     for name, model in models.items():
         source = model["source"]
-        is_edm = source["kind"] in ("edm_pickle", "train")
+        is_edm = source["kind"] in ("edm_pickle", "train", "noisy_classifier")
         _require(
             is_edm == isinstance(model["feature"]["layer"], str),
             f"diffusion_models.{name}.feature",
             "an EDM model takes {layer: model.dec.<block>, sigma}, a LightningDiT {layer: <block>, t, zero_channels}",
         )
-        if is_edm:
+        if source["kind"] in ("edm_pickle", "train"):
             _require("validation" in model, f"diffusion_models.{name}.validation", "required for an EDM model")
         if source["kind"] == "lightningdit":
             for key in ("url", "tokenizer", "latent_stats"):
                 _require(key in source, f"diffusion_models.{name}.source.{key}", "required for LightningDiT")
         elif source["kind"] == "edm_pickle":
             _require("url" in source, f"diffusion_models.{name}.source.url", "a download URL is required")
-        else:
+        elif source["kind"] == "train":
             for key in ("dataset", "network", "training"):
                 _require(key in source, f"diffusion_models.{name}.source.{key}", "required when kind is train")
+            _require(
+                "ema_half_life_images" in source["training"],
+                f"diffusion_models.{name}.source.training.ema_half_life_images",
+                "required when kind is train",
+            )
+        else:
+            _check_noisy_classifier(config, name)
+        if "dataset" in source:
             _require(
                 source["dataset"] in datasets,
                 f"diffusion_models.{name}.source.dataset",
                 f"'{source['dataset']}' is not in datasets",
             )
     for name, arch in archs.items():
+        if arch["family"] == "edm_encoder":
+            _require("diffusion" in arch, f"archs.{name}.diffusion", "the diffusion model whose encoder is fine-tuned")
+            _require(
+                arch["diffusion"] in models and models[arch["diffusion"]]["source"]["kind"] in ("edm_pickle", "train"),
+                f"archs.{name}.diffusion",
+                f"'{arch['diffusion']}' is not an EDM model of diffusion_models",
+            )
+            continue
         needed = ("depth", "width") if arch["family"] == "wrn" else ("name",)
         for key in needed:
             _require(key in arch, f"archs.{name}.{key}", f"required for family {arch['family']}")
@@ -157,6 +173,49 @@ def _check_references(config: dict) -> None:
     _check_figures(config)
 
 
+def _check_noisy_classifier(config: dict, name: str) -> None:
+    """Section 5.6: the diffusion model's U-Net, trained as a classifier on the same noisy inputs."""
+    models = config["diffusion_models"]
+    source = models[name]["source"]
+    key = f"diffusion_models.{name}.source"
+    for needed in ("dataset", "diffusion", "training"):
+        _require(needed in source, f"{key}.{needed}", "required when kind is noisy_classifier")
+    base = models.get(source["diffusion"])
+    _require(
+        base is not None and base["source"]["kind"] in ("edm_pickle", "train"),
+        f"{key}.diffusion",
+        f"'{source['diffusion']}' is not an EDM model of diffusion_models (its U-Net is the architecture)",
+    )
+    _require(
+        models[name]["feature"] == base["feature"],
+        f"diffusion_models.{name}.feature",
+        f"must equal diffusion_models.{source['diffusion']}.feature {base['feature']}: the ablation changes "
+        "only the training objective, not the layer or the noise",
+    )
+
+
+def dra_target_model(config: dict, dataset: str, target: str) -> str:
+    """The diffusion_models entry whose features a DRA method aligns to: the dataset's diffusion
+    model ('diffusion'), or the noisy classifier built on it ('noisy_classifier', Section 5.6)."""
+    diffusion = config["datasets"][dataset]["diffusion"]
+    if target == "diffusion":
+        return diffusion
+    found = [
+        name
+        for name, model in config["diffusion_models"].items()
+        if model["source"]["kind"] == "noisy_classifier"
+        and model["source"].get("diffusion") == diffusion
+        and model["source"].get("dataset") == dataset
+    ]
+    if len(found) != 1:
+        raise ConfigError(
+            f"config key diffusion_models: a method with dra_target: noisy_classifier on dataset '{dataset}' needs "
+            f"exactly one entry with source {{kind: noisy_classifier, dataset: {dataset}, diffusion: {diffusion}}}; "
+            f"found {found or 'none'}. {HOW_TO_FIX}"
+        )
+    return found[0]
+
+
 def _check_cell(config: dict, cell_id: str, key: str) -> Cell:
     """A cell named in a table or a figure: every part of its path must be configured."""
     datasets, archs, methods = config["datasets"], config["archs"], config["methods"]
@@ -169,6 +228,8 @@ def _check_cell(config: dict, cell_id: str, key: str) -> Cell:
         f"recipes.{cell.dataset}.{cell.arch}",
         f"no recipe for cell {cell.id}",
     )
+    if methods[cell.method]["dra"]:
+        dra_target_model(config, cell.dataset, methods[cell.method].get("dra_target", "diffusion"))
     wants_synthetic = methods[cell.method]["synthetic"]
     _require(
         wants_synthetic == (cell.synthetic is not None),
@@ -333,14 +394,31 @@ def feature_views(config: dict, cell: Cell) -> int:
     return 2 if synthetic_size(config, cell.dataset, cell.synthetic) > threshold else 1
 
 
-def feature_store(config: dict, dataset: str, store: str, views: int) -> str:
-    """``store`` is 'train' or 'synthetic-<set>'."""
-    diffusion = config["datasets"][dataset]["diffusion"]
+def feature_store(config: dict, dataset: str, store: str, views: int, diffusion: str | None = None) -> str:
+    """``store`` is 'train' or 'synthetic-<set>'; ``diffusion`` defaults to the dataset's model."""
+    diffusion = diffusion or config["datasets"][dataset]["diffusion"]
     return f"{results_dir(config)}/{dataset}/features/{diffusion}/{store}-v{views}"
 
 
 # ----------------------------------------------------------------------------------------------
 # the resolved recipe
+
+
+def resolve_arch(config: dict, arch: str) -> dict:
+    """The arch entry, with an edm_encoder's diffusion model expanded into files, layer and sigma."""
+    entry = copy.deepcopy(config["archs"][arch])
+    if entry["family"] != "edm_encoder":
+        return entry
+    model = entry.pop("diffusion")
+    weights = diffusion_checkpoint(config, model)
+    return {
+        **entry,
+        "network": str(Path(weights).with_suffix(".json")),
+        "weights": weights,
+        "layer": config["diffusion_models"][model]["feature"]["layer"],
+        "sigma": config["diffusion_models"][model]["feature"]["sigma"],
+        "noise_seed": config["seed"],
+    }
 
 
 def resolve_recipe(config: dict, cell: Cell) -> dict:
@@ -357,7 +435,7 @@ def resolve_recipe(config: dict, cell: Cell) -> dict:
     dra = None
     if method["dra"]:
         views = feature_views(config, cell)
-        diffusion_name = dataset["diffusion"]
+        diffusion_name = dra_target_model(config, cell.dataset, method.get("dra_target", "diffusion"))
         diffusion = config["diffusion_models"][diffusion_name]
         dra = {
             # a method may set its own strength (the lambda sweep of Figure 8)
@@ -366,9 +444,9 @@ def resolve_recipe(config: dict, cell: Cell) -> dict:
             "head_layers": config["dra"]["head_layers"],
             "target": config["dra"]["target"],
             "features": {
-                "real": feature_store(config, cell.dataset, "train", views),
+                "real": feature_store(config, cell.dataset, "train", views, diffusion_name),
                 "synthetic": (
-                    feature_store(config, cell.dataset, f"synthetic-{cell.synthetic}", views)
+                    feature_store(config, cell.dataset, f"synthetic-{cell.synthetic}", views, diffusion_name)
                     if synthetic
                     else None
                 ),
@@ -398,7 +476,7 @@ def resolve_recipe(config: dict, cell: Cell) -> dict:
             "std": dataset["std"],
             "augment": dataset["augment"],
         },
-        "arch": config["archs"][cell.arch],
+        "arch": resolve_arch(config, cell.arch),
         "attack": {
             "eps": attack["eps_255"] / 255,
             "step": attack["step_255"] / 255,

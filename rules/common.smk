@@ -131,10 +131,23 @@ def feature_source_store(wildcards):
 
 
 def feature_store_inputs(wildcards):
+    # the dataset's diffusion model, or a noisy classifier standing in for it (Section 5.6)
+    return {"images": feature_source_store(wildcards), **diffusion_files(wildcards.diffusion)}
+
+
+def noisy_classifier_inputs(wildcards):
+    source = config["diffusion_models"][wildcards.model]["source"]
     return {
-        "images": feature_source_store(wildcards),
-        **diffusion_files(diffusion_of(wildcards.dataset)),
+        "train": cfg.split_store(config, source["dataset"], "train"),
+        "test": cfg.split_store(config, source["dataset"], "test"),
+        "base_network": diffusion_files(source["diffusion"])["network"],
     }
+
+
+def noisy_classifier_augment(wildcards):
+    # the crop and flip of the dataset it learns, as JSON for the script
+    dataset = config["diffusion_models"][wildcards.model]["source"]["dataset"]
+    return json.dumps(config["datasets"][dataset]["augment"])
 
 
 def feature_targets():
@@ -178,6 +191,10 @@ def train_inputs(wildcards):
                 inputs["features_synthetic"] = recipe["dra"]["features"]["synthetic"]
         else:
             inputs["diffusion"] = recipe["dra"]["diffusion"]["checkpoint"]
+    if recipe["arch"]["family"] == "edm_encoder":
+        # the diffusion model whose encoder is fine-tuned (Section 5.6)
+        inputs["encoder_weights"] = recipe["arch"]["weights"]
+        inputs["encoder_network"] = recipe["arch"]["network"]
     return inputs
 
 

@@ -70,6 +70,41 @@ rule train_diffusion:
         " --out-network {output.network} --out-loss {output.loss} 2> {log}"
 
 
+rule train_noisy_classifier:
+    input:
+        unpack(noisy_classifier_inputs),
+    output:
+        weights=f"{DATA}/diffusion/{{model}}/model.safetensors",
+        network=f"{DATA}/diffusion/{{model}}/model.json",
+        loss=f"{DATA}/diffusion/{{model}}/loss.csv",
+        metrics=f"{DATA}/diffusion/{{model}}/metrics.json",
+    log:
+        f"{DATA}/diffusion/{{model}}/train.log",
+    benchmark:
+        f"{DATA}/diffusion/{{model}}/train_noisy_classifier.benchmark.tsv"
+    wildcard_constraints:
+        model=_one_of(diffusion_models_of_kind("noisy_classifier")),
+    conda:
+        "../envs/torch.yaml"
+    threads: 2
+    resources:
+        gpu=resource("diffusion", "gpu"),
+        runtime=runtime_per_attempt("diffusion"),
+        mem_mb=resource("diffusion", "mem_mb"),
+    params:
+        feature=lambda wc: config["diffusion_models"][wc.model]["feature"],
+        training=lambda wc: config["diffusion_models"][wc.model]["source"]["training"],
+        augment=noisy_classifier_augment,
+        seed=config["seed"],
+    shell:
+        "python -m scripts.train_noisy_classifier --train-store {input.train} --test-store {input.test}"
+        " --base-network {input.base_network} --layer {params.feature[layer]} --sigma {params.feature[sigma]}"
+        " --steps {params.training[steps]} --batch-size {params.training[batch_size]}"
+        " --lr {params.training[lr]} --augment '{params.augment}' --seed {params.seed} --threads {threads}"
+        " --out-weights {output.weights} --out-network {output.network} --out-loss {output.loss}"
+        " --out-metrics {output.metrics} 2> {log}"
+
+
 rule generate_synthetic:
     input:
         unpack(lambda wc: diffusion_files(diffusion_of(wc.dataset))),

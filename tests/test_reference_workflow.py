@@ -65,7 +65,7 @@ def test_reference_recipe_is_what_the_evaluation_reads(config):
     "change, message",
     [(("arch", "wrn-40-2"), "reference_models.models.cifar10_linf_wrn28-10.arch: 'wrn-40-2' is not in archs"),
      (("arch", "vit-b-2"), "reference_models.models.cifar10_linf_wrn28-10.arch: DM-AT checkpoints are WideResNets"),
-     (("dataset", "imagenet"), "reference_models.models.cifar10_linf_wrn28-10.dataset: 'imagenet' is not in datasets")],
+     (("dataset", "svhn"), "reference_models.models.cifar10_linf_wrn28-10.dataset: 'svhn' is not in datasets")],
 )
 def test_reference_entry_pointing_at_nothing_is_refused(config, change, message):
     bad = copy.deepcopy(config)

@@ -43,12 +43,14 @@ def test_all_data_of_the_paper_plans_every_download_once():
 
 def test_all_tables_of_the_paper_plans_every_cell_once():
     jobs = planned_jobs("all_tables")
-    assert jobs["train_cell"] == 18
-    assert jobs["resolve_recipe"] == 18
-    # Tables 1-2 cells are attacked; the two AT WRN-28-10 cells appear only in Table 3
-    assert jobs["autoattack"] == 16
+    # 18 cells of Tables 1-3 and the two ablation cells of Section 5.6 (noisy target, fine-tuned encoder)
+    assert jobs["train_cell"] == 20
+    assert jobs["resolve_recipe"] == 20
+    # Tables 1-2 and ablation cells are attacked; the two AT WRN-28-10 cells appear only in Table 3
+    assert jobs["autoattack"] == 18
     assert jobs["classification_dimension"] == 4
-    assert jobs["build_table"] == 3
+    assert jobs["build_table"] == 4
+    assert jobs["train_noisy_classifier"] == 1
 
 
 def test_paper_training_job_asks_the_cluster_for_a_gpu():
@@ -106,6 +108,7 @@ def test_mini_plans_every_rule_family():
     for rule in (
         "prepare_digits",
         "train_diffusion",
+        "train_noisy_classifier",
         "generate_synthetic",
         "synthetic_quality",
         "extract_features",
@@ -116,8 +119,9 @@ def test_mini_plans_every_rule_family():
         "build_table",
     ):
         assert jobs[rule] >= 1, rule
-    # five method cells, and two more lambdas of the Figure 8 sweep (config/mini.yaml figures)
-    assert jobs["train_cell"] == 7
+    # five method cells, two more lambdas of the Figure 8 sweep (config/mini.yaml figures) and the two
+    # ablation cells (noisy-input target, fine-tuned diffusion encoder)
+    assert jobs["train_cell"] == 9
 
 
 def test_lint_is_clean():

@@ -154,13 +154,13 @@ def build_table(rows: Sequence[dict], results_root: str | Path, kind: str) -> pd
             result = _read_result(cell_result_path(row, results_root, kind), metrics)
             missing_ours = PENDING
         for paper_key, _, column, _ in metrics:
-            record[f"Paper {column}"] = paper[paper_key] if paper is not None else NO_PAPER_VALUE
+            record[f"Paper {column}"] = NO_PAPER_VALUE if paper is None or paper[paper_key] is None else paper[paper_key]
         for _, result_key, column, _ in metrics:
             record[f"Ours {column}"] = result[result_key] if result is not None else missing_ours
         for paper_key, result_key, column, percentage in metrics:
             if result is None:
                 record[f"Diff {column}"] = missing_ours
-            elif paper is None:
+            elif paper is None or paper[paper_key] is None:
                 record[f"Diff {column}"] = NO_PAPER_VALUE
             else:
                 record[f"Diff {column}"] = _difference(result[result_key], paper[paper_key], percentage)

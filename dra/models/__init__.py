@@ -15,7 +15,9 @@ def create_classifier(arch: dict[str, Any], num_classes: int, mean: Sequence[flo
     """Build the classifier an `arch` config entry describes; inputs are images in [0, 1].
 
     {family: wrn, depth, width, activation} -> DM-AT's WideResNet;
-    {family: timm, name, kwargs} -> a timm model (randomly initialized unless kwargs ask otherwise).
+    {family: timm, name, kwargs} -> a timm model (randomly initialized unless kwargs ask otherwise);
+    {family: edm_encoder, network, weights, layer, sigma, noise_seed} -> the diffusion U-Net up to the
+    DRA layer plus a linear head (dra.models.edm_encoder; resolve_recipe fills in the paths).
     """
     family = arch.get("family")
     if family == "wrn":
@@ -30,7 +32,11 @@ def create_classifier(arch: dict[str, Any], num_classes: int, mean: Sequence[flo
         kwargs = dict(arch.get("kwargs") or {})
         pretrained = bool(arch.get("pretrained", kwargs.pop("pretrained", False)))
         return TimmClassifier(arch["name"], num_classes, mean, std, kwargs=kwargs, pretrained=pretrained)
-    raise ValueError(f"arch.family: expected 'wrn' or 'timm', got {family!r}")
+    if family == "edm_encoder":
+        from dra.models.edm_encoder import create_edm_encoder_classifier
+
+        return create_edm_encoder_classifier(arch, num_classes)
+    raise ValueError(f"arch.family: expected 'wrn', 'timm' or 'edm_encoder', got {family!r}")
 
 
 __all__ = ["create_classifier", "WideResNet", "TimmClassifier"]
