@@ -17,7 +17,7 @@ rule figure_representation:
     log:
         f"{RESULTS}/{{model}}/representation.log",
     benchmark:
-        f"{RESULTS}/{{model}}/representation.benchmark.tsv"
+        f"{RESULTS}/{{model}}/representation.figure_representation.benchmark.tsv"
     wildcard_constraints:
         model=_one_of(FIGURE_MODELS),
     conda:
@@ -50,7 +50,7 @@ rule figure_diffusion_representation:
     log:
         f"{RESULTS}/{{dataset}}/figures/{{diffusion}}/representation.log",
     benchmark:
-        f"{RESULTS}/{{dataset}}/figures/{{diffusion}}/representation.benchmark.tsv"
+        f"{RESULTS}/{{dataset}}/figures/{{diffusion}}/representation.figure_diffusion_representation.benchmark.tsv"
     wildcard_constraints:
         diffusion=_one_of(config["diffusion_models"]),
     conda:
