@@ -29,6 +29,7 @@ wildcard_constraints:
 
 include: "rules/data.smk"
 include: "rules/diffusion.smk"
+include: "rules/imagenet.smk"
 include: "rules/train.smk"
 include: "rules/evaluate.smk"
 include: "rules/reference.smk"

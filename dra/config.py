@@ -112,6 +112,14 @@ def _check_references(config: dict) -> None:
         if dataset["source"]["kind"] == "imagenet_folder":
             for key in ("path", "train_images", "val_images", "eval_ids"):
                 _require(key in dataset["source"], f"datasets.{name}.source.{key}", "required for an ImageNet folder")
+    for name, dataset in datasets.items():
+        for set_name, spec in dataset["synthetic"].items():
+            parts = spec.get("generate", {}).get("parts", 1)
+            _require(parts == 1 or models[dataset["diffusion"]]["source"]["kind"] == "lightningdit",
+                     f"datasets.{name}.synthetic.{set_name}.generate.parts",
+                     "only LightningDiT sets are sampled in parts; an EDM set is one resumable job")
+            _require(parts <= spec.get("generate", {}).get("images_per_class", 1) * dataset["num_classes"],
+                     f"datasets.{name}.synthetic.{set_name}.generate.parts", "more parts than images")
     for name, model in models.items():
         source = model["source"]
         is_edm = source["kind"] in ("edm_pickle", "train", "noisy_classifier")
@@ -152,6 +160,8 @@ def _check_references(config: dict) -> None:
                 f"'{arch['diffusion']}' is not an EDM model of diffusion_models",
             )
             continue
+        _require("pretrained" not in arch or arch["family"] == "timm", f"archs.{name}.pretrained",
+                 "pretrained weights are read for timm models only")
         needed = ("depth", "width") if arch["family"] == "wrn" else ("name",)
         for key in needed:
             _require(key in arch, f"archs.{name}.{key}", f"required for family {arch['family']}")
@@ -230,6 +240,9 @@ def _check_cell(config: dict, cell_id: str, key: str) -> Cell:
     )
     if methods[cell.method]["dra"]:
         dra_target_model(config, cell.dataset, methods[cell.method].get("dra_target", "diffusion"))
+        _require(config["dra"]["target"] == "stored" or uses_edm(config, cell.dataset), "dra.target",
+                 f"online targets are computed from EDM U-Nets; cell {cell.id} aligns to LightningDiT, whose "
+                 "features are stored (set dra.target: stored)")
     wants_synthetic = methods[cell.method]["synthetic"]
     _require(
         wants_synthetic == (cell.synthetic is not None),
@@ -378,8 +391,22 @@ def uses_edm(config: dict, dataset: str) -> bool:
     return kind in ("edm_pickle", "train")
 
 
+def reads_imagenet_folder(config: dict, dataset: str) -> bool:
+    return config["datasets"][dataset]["source"]["kind"] == "imagenet_folder"
+
+
 def split_store(config: dict, dataset: str, split: str) -> str:
+    """Where a split's images are read from: an image store, except ImageNet's training images,
+    which stay JPEGs in the user's folder and are read through its index (prepare_imagenet).
+    ImageNet's 'test' store holds RobustBench's 5000 evaluation images at 224x224."""
+    if split == "train" and reads_imagenet_folder(config, dataset):
+        return f"{config['data_dir']}/{dataset}/index"
     return f"{config['data_dir']}/{dataset}/{split}"
+
+
+def pretrained_weights(config: dict, arch: str) -> str:
+    """The pretrained weights file of a timm arch, written by the download_pretrained rule."""
+    return f"{config['data_dir']}/pretrained/{arch}/model.safetensors"
 
 
 def diffusion_checkpoint(config: dict, model: str) -> str:
@@ -407,6 +434,9 @@ def feature_store(config: dict, dataset: str, store: str, views: int, diffusion:
 def resolve_arch(config: dict, arch: str) -> dict:
     """The arch entry, with an edm_encoder's diffusion model expanded into files, layer and sigma."""
     entry = copy.deepcopy(config["archs"][arch])
+    if "pretrained" in entry:
+        # the download's URL stays in config; training reads the fetched file
+        entry["pretrained"], entry["weights"] = True, pretrained_weights(config, arch)
     if entry["family"] != "edm_encoder":
         return entry
     model = entry.pop("diffusion")
@@ -454,7 +484,7 @@ def resolve_recipe(config: dict, cell: Cell) -> dict:
             "diffusion": {
                 "checkpoint": diffusion_checkpoint(config, diffusion_name),
                 "layer": diffusion["feature"]["layer"],
-                "sigma": diffusion["feature"]["sigma"],
+                "sigma": diffusion["feature"].get("sigma"),   # EDM; LightningDiT features are stored (t, channels)
                 "extra_view": views == 2,
             },
         }
@@ -475,6 +505,10 @@ def resolve_recipe(config: dict, cell: Cell) -> dict:
             "mean": dataset["mean"],
             "std": dataset["std"],
             "augment": dataset["augment"],
+            # image_store: uint8 arrays, random crop with padding; imagenet_index: JPEGs through the
+            # index, RandomResizedCrop to image_size (dra.training.imagenet_batches)
+            "format": "imagenet_index" if reads_imagenet_folder(config, cell.dataset) else "image_store",
+            "image_size": dataset["image_size"],
         },
         "arch": resolve_arch(config, cell.arch),
         "attack": {

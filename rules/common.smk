@@ -97,16 +97,22 @@ def imagenet_root(wildcards):
 
 
 def all_data_targets():
-    # ImageNet is indexed as soon as its folder is configured
-    targets = [
-        f"{DATA}/{name}/index"
-        for name in datasets_of_kind("imagenet_folder")
-        if config["datasets"][name]["source"]["path"]
-    ]
+    """Everything the cells read that is downloaded or prepared from a download, so that a host
+    with internet can fetch it all before compute nodes (often offline) start. ImageNet is indexed
+    once its folder is configured; its synthetic set is sampled by GPU jobs, not fetched."""
+    targets = []
     for cell in CELLS:
-        targets += [cfg.split_store(config, cell.dataset, split) for split in ("train", "test")]
-        if cell.synthetic is not None:
-            targets.append(synthetic_store_of(cell))
+        if cfg.reads_imagenet_folder(config, cell.dataset):
+            if config["datasets"][cell.dataset]["source"]["path"]:
+                targets += [f"{DATA}/{cell.dataset}/index", f"{DATA}/{cell.dataset}/test"]
+        else:
+            targets += [cfg.split_store(config, cell.dataset, split) for split in ("train", "test")]
+            if cell.synthetic is not None:
+                targets.append(synthetic_store_of(cell))
+        if "pretrained" in config["archs"][cell.arch]:
+            targets.append(cfg.pretrained_weights(config, cell.arch))
+        if cell.dataset in lightningdit_datasets():
+            targets += lightningdit_files(diffusion_of(cell.dataset)).values()
     return sorted(set(targets))
 
 
@@ -150,6 +156,66 @@ def noisy_classifier_augment(wildcards):
     return json.dumps(config["datasets"][dataset]["augment"])
 
 
+def edm_datasets():
+    return [d for d in config["datasets"] if cfg.uses_edm(config, d)]
+
+
+def lightningdit_datasets():
+    return [
+        d
+        for d in config["datasets"]
+        if config["diffusion_models"][diffusion_of(d)]["source"]["kind"] == "lightningdit"
+    ]
+
+
+def pretrained_archs():
+    return [name for name, arch in config["archs"].items() if "pretrained" in arch]
+
+
+LIGHTNINGDIT_FILES = {"dit": "url", "vae": "tokenizer", "latents_stats": "latent_stats"}
+
+
+def lightningdit_download(wildcards):
+    # dit.pt is the model's own url; vae.pt and latents_stats.pt are the tokenizer's entries
+    source = config["diffusion_models"][wildcards.model]["source"]
+    key = LIGHTNINGDIT_FILES[wildcards.file]
+    return {"url": source["url"], "sha256": source["sha256"]} if key == "url" else source[key]
+
+
+def lightningdit_files(model):
+    return {name: f"{DATA}/diffusion/{model}/{name}.pt" for name in LIGHTNINGDIT_FILES}
+
+
+def lightningdit_config_flags(model):
+    # smaller networks than the release's XL/1 and f16d32 (the tests' mini ImageNet)
+    source = config["diffusion_models"][model]["source"]
+    flags = [
+        f"--{key.replace('_', '-')} '{json.dumps(source[key])}'"
+        for key in ("dit_config", "vae_config")
+        if key in source
+    ]
+    return " ".join(flags)
+
+
+def synthetic_part_stores(wildcards):
+    spec = config["datasets"][wildcards.dataset]["synthetic"][wildcards.set]["generate"]
+    return [
+        f"{DATA}/{wildcards.dataset}/generated-parts/{wildcards.set}/part{index}"
+        for index in range(spec.get("parts", 1))
+    ]
+
+
+def imagenet_feature_inputs(wildcards):
+    images = (
+        cfg.split_store(config, wildcards.dataset, "train")
+        if wildcards.store == "train"
+        else cfg.synthetic_store(
+            config, wildcards.dataset, wildcards.store.removeprefix("synthetic-")
+        )
+    )
+    return {"images": images, **lightningdit_files(wildcards.diffusion)}
+
+
 def feature_targets():
     """Feature stores of every DRA cell with a stored target, and the feature validation."""
     targets = set()
@@ -159,9 +225,10 @@ def feature_targets():
             targets.add(recipe["dra"]["features"]["real"])
             if recipe["dra"]["features"]["synthetic"]:
                 targets.add(recipe["dra"]["features"]["synthetic"])
-        targets.add(
-            f"{RESULTS}/{cell.dataset}/feature-validation/{diffusion_of(cell.dataset)}/probe.csv"
-        )
+        if cfg.uses_edm(config, cell.dataset):  # the linear probes of Section 3 read EDM U-Nets
+            targets.add(
+                f"{RESULTS}/{cell.dataset}/feature-validation/{diffusion_of(cell.dataset)}/probe.csv"
+            )
     return sorted(targets)
 
 
@@ -191,6 +258,8 @@ def train_inputs(wildcards):
                 inputs["features_synthetic"] = recipe["dra"]["features"]["synthetic"]
         else:
             inputs["diffusion"] = recipe["dra"]["diffusion"]["checkpoint"]
+    if recipe["arch"].get("weights") and recipe["arch"]["family"] == "timm":
+        inputs["pretrained"] = recipe["arch"]["weights"]
     if recipe["arch"]["family"] == "edm_encoder":
         # the diffusion model whose encoder is fine-tuned (Section 5.6)
         inputs["encoder_weights"] = recipe["arch"]["weights"]

@@ -161,6 +161,7 @@ rule extract_features:
     benchmark:
         f"{RESULTS}/{{dataset}}/features/{{diffusion}}/{{store}}-v{{views}}.extract_features.benchmark.tsv"
     wildcard_constraints:
+        dataset=_one_of(edm_datasets()),
         store=r"train|synthetic-[0-9a-z]+",
         views="1|2",
     conda:

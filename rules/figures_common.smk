@@ -22,10 +22,12 @@ def diffusion_representation_of(dataset):
 
 
 def eps_grid_255(dataset):
-    # the eps grid of Figure 3b is the feature-validation grid of the dataset's diffusion model
-    return " ".join(
-        str(e) for e in config["diffusion_models"][diffusion_of(dataset)]["validation"]["eps_255"]
-    )
+    # the eps grid of Figure 3b is the feature-validation grid of the dataset's diffusion model;
+    # LightningDiT has no probe grid (ImageNet, Figure 6): clean and the dataset's budget
+    validation = config["diffusion_models"][diffusion_of(dataset)].get("validation")
+    if validation is None:
+        return f"0 {config['datasets'][dataset]['eps_255']}"
+    return " ".join(str(e) for e in validation["eps_255"])
 
 
 def accuracy_files(models):

@@ -30,7 +30,7 @@ def main(argv=None) -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--workers", type=int, default=8, help="DataLoader workers decoding images")
     parser.add_argument("--state-dir", help="where finished shards wait (default: <out>.state)")
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast (GPU)")
     parser.add_argument("--dit-config", type=json.loads, help="JSON LightningDiT kwargs (default: XL/1 of the release)")
     parser.add_argument("--vae-config", type=json.loads, help="JSON VA-VAE kwargs (default: f16d32 of the release)")

@@ -27,10 +27,12 @@ def main(argv=None) -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0, help="first noise seed; seeds repeat for every class")
     parser.add_argument("--state-dir", help="where finished shards wait (default: <out>.state)")
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast (GPU)")
     parser.add_argument("--dit-config", type=json.loads, help="JSON LightningDiT kwargs (default: XL/1 of the release)")
     parser.add_argument("--vae-config", type=json.loads, help="JSON VA-VAE kwargs (default: f16d32 of the release)")
+    parser.add_argument("--part", type=int, default=0, help="which part of the set this job samples (0-based)")
+    parser.add_argument("--parts", type=int, default=1, help="how many independent jobs sample the set")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -39,7 +41,7 @@ def main(argv=None) -> None:
                               device=args.device, num_steps=args.num_steps, timestep_shift=args.timestep_shift,
                               cfg_scale=args.cfg_scale, cfg_interval_start=args.cfg_interval_start,
                               cfg_channels=args.cfg_channels, batch_size=args.batch_size, seed=args.seed,
-                              state_dir=args.state_dir, bf16=args.bf16)
+                              state_dir=args.state_dir, bf16=args.bf16, part=(args.part, args.parts))
 
 
 if __name__ == "__main__":

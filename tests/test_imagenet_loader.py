@@ -117,3 +117,55 @@ def test_missing_and_corrupt_files_are_named(index, tmp_path):
         broken.write_bytes(original)
     with pytest.raises(ValueError, match="train, eval or adm256"):
         imagenet_transform("center")
+
+
+def test_eval_store_holds_the_res256_crop224_images_in_list_order(index, tmp_path):
+    from dra.data.imagenet_loader import write_eval_store
+    from dra.data.store import open_image_store
+
+    _, dest = index
+    store = open_image_store(write_eval_store(dest, tmp_path / "test", num_classes=2, batch_size=1, num_workers=0))
+    expected = ImageNetIndexDataset(dest, "eval", imagenet_transform("eval"))
+    assert store.images.shape == (2, 224, 224, 3) and store.labels.tolist() == [1, 0]
+    for row in range(2):
+        np.testing.assert_array_equal(store.images[row], expected[row][0].permute(1, 2, 0).numpy())
+
+
+def synthetic_store(path, n=5, size=32):
+    from dra.data.store import ImageStoreWriter
+
+    rng = np.random.default_rng(3)
+    with ImageStoreWriter(path, n, size, size, 2, meta={"source": "test"}) as writer:
+        writer.write(0, rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8), np.arange(n) % 2)
+    return path
+
+
+def test_training_batches_mix_real_and_synthetic_and_do_not_depend_on_workers(index, tmp_path):
+    from dra.training.imagenet_batches import ImageNetBatches, batch_plan
+
+    _, dest = index
+    synthetic = synthetic_store(tmp_path / "syn")
+    plan = [(np.array([0, 4]), np.array([1, 3, 3])), (np.array([5, 2]), np.array([0, 4, 2]))]
+
+    def run(workers, first_step=0):
+        batches = ImageNetBatches(str(dest), str(synthetic), 24, seed=5, num_workers=workers)
+        return list(batches.epoch(2, first_step, plan[first_step:]))
+
+    in_process, with_workers = run(0), run(2)
+    assert len(in_process) == 2
+    for (index_a, syn_a, images_a, labels_a), (index_b, syn_b, images_b, labels_b) in zip(in_process, with_workers):
+        np.testing.assert_array_equal(index_a, index_b)
+        torch.testing.assert_close(images_a, images_b, rtol=0, atol=0)
+        assert images_a.shape == (5, 3, 24, 24) and images_a.dtype == torch.uint8
+        assert sorted(syn_a.tolist()) == [False, False, True, True, True]
+    # the order inside a batch is the plan's shuffle; labels follow the rows they came from
+    store_index, is_synthetic, _, labels = in_process[0]
+    expected_index, expected_synthetic, _ = batch_plan(5, 2, 0, *plan[0])
+    np.testing.assert_array_equal(store_index, expected_index)
+    real_labels = read_index(dest, "train")[2]
+    assert labels.tolist() == [int(i % 2) if s else int(real_labels[i]) for i, s in zip(store_index, is_synthetic)]
+    # resumed at step 1, the batch is the one the uninterrupted run saw
+    torch.testing.assert_close(run(0, first_step=1)[0][2], in_process[1][2], rtol=0, atol=0)
+    # another epoch crops differently
+    other = ImageNetBatches(str(dest), str(synthetic), 24, seed=5, num_workers=0)
+    assert not torch.equal(next(other.epoch(3, 0, plan))[2], in_process[0][2])

@@ -104,3 +104,22 @@ def test_pretrained_weights_load_from_the_cache_with_a_new_head(empty_hub_cache)
 
     with pytest.raises(ValueError, match="data.mean"):
         TimmClassifier(CONVNEXT, 10, (0.5, 0.5, 0.5), IMAGENET_STD, kwargs=TINY[CONVNEXT], pretrained=True)
+
+
+def test_pretrained_weights_load_from_the_download_rules_file(tmp_path, empty_hub_cache):
+    import timm
+
+    torch.manual_seed(2)
+    released = timm.create_model(VIT, pretrained=False, num_classes=0, **TINY[VIT])
+    weights = tmp_path / "pretrained" / "vit-b-16" / "model.safetensors"
+    weights.parent.mkdir(parents=True)
+    save_file({k: v.contiguous() for k, v in released.state_dict().items()}, weights)
+    arch = {"family": "timm", "name": VIT, "kwargs": TINY[VIT], "pretrained": True, "weights": str(weights)}
+    model = create_classifier(arch, 10, IMAGENET_MEAN, IMAGENET_STD)
+    ours = model.net.state_dict()
+    for key, value in released.state_dict().items():
+        torch.testing.assert_close(ours[key], value, rtol=0, atol=0)
+    assert ours["head.weight"].shape == (10, 64)  # a new 10-class head on the CLS token
+    weights.unlink()
+    with pytest.raises(PretrainedWeightsMissing, match=f"{weights} does not exist.*download_pretrained"):
+        create_classifier(arch, 10, IMAGENET_MEAN, IMAGENET_STD)

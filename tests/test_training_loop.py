@@ -65,7 +65,8 @@ def tiny_recipe(stores, objective="trades", dra=True, synthetic=True, arch=None,
         "data": {"train": str(stores / "train"), "synthetic": str(stores / "synthetic") if synthetic else None,
                  "val_size": 16, "epoch_reference_size": 48, "unsup_fraction": 0.5, "num_classes": NUM_CLASSES,
                  "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25],
-                 "augment": {"crop_padding": 1, "hflip": True, "rotate_degrees": 0}},
+                 "augment": {"crop_padding": 1, "hflip": True, "rotate_degrees": 0},
+                 "format": "image_store", "image_size": 8},
         "arch": arch or {"family": "wrn", "depth": 10, "width": 2, "activation": "silu"},
         "attack": {"eps": 8 / 255, "step": 2 / 255, "steps": 2},
         "objective": {"name": objective, "beta": 5.0, "label_smoothing": 0.1},
@@ -259,3 +260,65 @@ def test_online_targets_from_a_diffusion_checkpoint_with_bf16_and_channels_last(
     assert head.shape == (16, 16)  # target dim = channels of the chosen U-Net block (8 * 2)
     row = _read_log(tmp_path / "out" / "log.csv")[0]
     assert -1.0 <= float(row["loss_dra"]) <= 1.0 and np.isfinite(float(row["loss"]))
+
+
+@pytest.fixture(scope="module")
+def imagenet_folder(tmp_path_factory):
+    """An ILSVRC-style folder of JPEGs (4 classes), its index, a 24 px synthetic store and the
+    feature stores aligned to both."""
+    from PIL import Image
+
+    from dra.data.imagenet import index_imagenet
+
+    root = tmp_path_factory.mktemp("imagenet")
+    rng = np.random.default_rng(1)
+    for split, count in (("train", 6), ("val", 1)):
+        for label in range(NUM_CLASSES):
+            folder = root / split / f"n0000000{label}"
+            folder.mkdir(parents=True)
+            for k in range(count):
+                pixels = _class_images(rng, np.array([label]))[0]
+                Image.fromarray(pixels).resize((30 + 4 * k, 28)).save(folder / f"img{k}.JPEG", quality=90)
+    (root / "ids.txt").write_text("".join(f"n0000000{label}/img0.JPEG\n" for label in range(NUM_CLASSES)))
+    index_imagenet(root, root / "index", expected_train=24, expected_val=4, num_classes=NUM_CLASSES,
+                   eval_ids=root / "ids.txt")
+    labels = np.repeat(np.arange(NUM_CLASSES), 6)
+    with ImageStoreWriter(root / "synthetic", 16, 24, 24, NUM_CLASSES, meta={"source": "test fixture"}) as writer:
+        synthetic_labels = np.arange(16) % NUM_CLASSES
+        writer.write(0, np.repeat(np.repeat(_class_images(rng, synthetic_labels), 3, 1), 3, 2), synthetic_labels)
+    _write_feature_store(root / "features_train", labels, 1, rng, root / "index")
+    _write_feature_store(root / "features_synthetic", synthetic_labels, 1, rng, root / "synthetic")
+    return root
+
+
+def imagenet_recipe(root):
+    recipe = tiny_recipe(root, epochs=2, batch_size=8)
+    recipe["data"].update({"train": str(root / "index"), "format": "imagenet_index", "image_size": 16,
+                           "val_size": 0, "epoch_reference_size": 24})
+    recipe["dra"]["features"]["real"] = str(root / "features_train")
+    return recipe
+
+
+def test_imagenet_folder_training_resumes_bit_identical(imagenet_folder, tmp_path):
+    """JPEGs through the index plus synthetic images, cropped in DataLoader workers: a run
+    interrupted mid-epoch ends with the weights of one that was not."""
+    recipe = imagenet_recipe(imagenet_folder)
+    reference, log, _ = _final_weights(tmp_path, "uninterrupted", recipe)
+    assert [int(row["step"]) for row in log] == [3, 6] and log[0]["val_robust_acc"] == ""  # no validation split
+    resumed, _, _ = _final_weights(tmp_path, "killed_after_4", recipe, interrupt_after=4)
+    for key in reference:
+        assert torch.equal(reference[key], resumed[key]), key
+
+
+def test_imagenet_training_refuses_a_validation_split_and_small_synthetic_images(imagenet_folder, tmp_path):
+    from dra.training.loop import TrainingDataError
+
+    recipe = imagenet_recipe(imagenet_folder)
+    recipe["data"]["val_size"] = 4
+    recipe["checkpoint"]["select"] = "last"
+    with pytest.raises(TrainingDataError, match="data.val_size = 4: ImageNet training keeps no validation"):
+        train_cell(recipe, tmp_path / "out", tmp_path / "state", threads=1)
+    recipe = imagenet_recipe(imagenet_folder)
+    recipe["data"]["image_size"] = 32
+    with pytest.raises(TrainingDataError, match="24x24 images, smaller than the training crop data.image_size = 32"):
+        train_cell(recipe, tmp_path / "out", tmp_path / "state", threads=1)

@@ -63,8 +63,9 @@ def test_paper_numbers_are_in_config(paper):
 def test_cells_of_the_paper_each_once(paper):
     cells = table_cells(paper)
     ids = [cell.id for cell in cells]
-    # Tables 1-3 and the two ablation cells of Section 5.6
-    assert len(ids) == len(set(ids)) == 20
+    # Tables 1-3 (4 ImageNet cells in Table 1) and the two ablation cells of Section 5.6
+    assert len(ids) == len(set(ids)) == 24
+    assert sum(cell.dataset == "imagenet" for cell in cells) == 4
     # cells shared by Tables 1 and 2 are trained once
     assert ids.count("cifar10/wrn-28-10/dm-at/syn20m-bs2048-ep2400") == 1
 
@@ -128,6 +129,15 @@ BAD_CONFIGS = [
      "warmup_fraction x epochs is exactly 1"),
     ("malformed budget", ["tables", "table2", "rows", 0, "cell"], "cifar10/wrn-34-10/at/bs128-ep200",
      "tables.table2.rows[0].cell"),
+    ("pretrained weights for a WideResNet", ["archs", "wrn-28-10", "pretrained"],
+     {"url": "https://example.org/w.safetensors", "sha256": None}, "archs.wrn-28-10.pretrained"),
+    ("pretrained weights without a checksum entry", ["archs", "convnext-b", "pretrained"],
+     {"url": "https://example.org/w.safetensors"}, "archs.convnext-b.pretrained"),
+    ("an EDM set in parts", ["datasets", "cifar10", "synthetic", "1m"], {"generate": {"images_per_class": 10,
+     "num_steps": 18, "parts": 4}}, "datasets.cifar10.synthetic.1m.generate.parts"),
+    ("online targets from LightningDiT", ["dra", "target"], "online", "cell imagenet/convnext-b/dm-at+dra"),
+    ("LightningDiT without its tokenizer", ["diffusion_models", "lightningdit-xl", "source", "tokenizer"], DELETE,
+     "diffusion_models.lightningdit-xl.source.tokenizer"),
 ]
 
 

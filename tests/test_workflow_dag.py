@@ -32,6 +32,14 @@ def planned_jobs(*args):
     return counts
 
 
+@pytest.fixture(scope="module")
+def imagenet_overlay(tmp_path_factory):
+    """The paper's config with an ImageNet folder set (a dry run never reads it)."""
+    path = tmp_path_factory.mktemp("overlay") / "imagenet.yaml"
+    path.write_text("datasets:\n  imagenet:\n    source:\n      path: /data/ILSVRC2012\n")
+    return str(path)
+
+
 def test_all_data_of_the_paper_plans_every_download_once():
     jobs = planned_jobs("all_data")
     # CIFAR-10 and CIFAR-100 archives; synthetic parts 1M + 20M (2) + 50M (4) for CIFAR-10, 1M for CIFAR-100
@@ -39,18 +47,64 @@ def test_all_data_of_the_paper_plans_every_download_once():
     assert jobs["prepare_cifar"] == 2
     assert jobs["fetch_synthetic_part"] == 1 + 2 + 4 + 1
     assert jobs["prepare_synthetic"] == 4
+    # ImageNet: the DINOv3 weights of both archs and LightningDiT, VA-VAE, latent statistics; without
+    # an ImageNet folder configured nothing is indexed
+    assert jobs["download_pretrained"] == 2 and jobs["fetch_lightningdit"] == 3
+    assert jobs["prepare_imagenet"] == 0 and jobs["generate_imagenet_synthetic_part"] == 0
 
 
-def test_all_tables_of_the_paper_plans_every_cell_once():
-    jobs = planned_jobs("all_tables")
-    # 18 cells of Tables 1-3 and the two ablation cells of Section 5.6 (noisy target, fine-tuned encoder)
-    assert jobs["train_cell"] == 20
-    assert jobs["resolve_recipe"] == 20
+def test_all_tables_of_the_paper_plans_every_cell_once(imagenet_overlay):
+    jobs = planned_jobs("all_tables", "--configfile", imagenet_overlay)
+    # 22 cells of Tables 1-3 (4 on ImageNet) and the two ablation cells of Section 5.6
+    assert jobs["train_cell"] == 24
+    assert jobs["resolve_recipe"] == 24
     # Tables 1-2 and ablation cells are attacked; the two AT WRN-28-10 cells appear only in Table 3
-    assert jobs["autoattack"] == 18
+    assert jobs["autoattack"] == 22
     assert jobs["classification_dimension"] == 4
     assert jobs["build_table"] == 4
     assert jobs["train_noisy_classifier"] == 1
+    # ImageNet: 4M images in 100 sampling jobs joined once, LightningDiT features of the training
+    # JPEGs and of the synthetic set, the 5000 evaluation images; no EDM probe for LightningDiT
+    assert jobs["generate_imagenet_synthetic_part"] == 100 and jobs["assemble_imagenet_synthetic"] == 1
+    assert jobs["extract_imagenet_features"] == 2
+    assert jobs["prepare_imagenet"] == 1 and jobs["prepare_imagenet_test"] == 1
+    assert jobs["download_pretrained"] == 2 and jobs["fetch_lightningdit"] == 3
+    # the linear probes of Section 3 read EDM U-Nets: CIFAR-10 and CIFAR-100 only
+    assert planned_jobs("all_features", "--configfile", imagenet_overlay)["validate_features"] == 2
+
+
+def test_imagenet_cell_is_planned_with_its_recipe(imagenet_overlay):
+    from dra.config import parse_cell, resolve_recipe
+
+    cell = "imagenet/vit-b-16/dm-at+dra/syn4m-bs1024-ep100"
+    result = snakemake(f"results/paper/{cell}/autoattack.json", "--configfile", imagenet_overlay, "--dry-run",
+                       "--printshellcmds")
+    train = result.stdout.split("rule train_cell:")[1].split("\n\n")[0]
+    for path in ("resources/imagenet/index", "resources/imagenet/generated/4m",
+                 "results/paper/imagenet/features/lightningdit-xl/train-v1",
+                 "results/paper/imagenet/features/lightningdit-xl/synthetic-4m-v1",
+                 "resources/pretrained/vit-b-16/model.safetensors"):
+        assert path in train, path
+    attack = result.stdout.split("rule autoattack:")[1]
+    assert "resources/imagenet/test" in attack and "--eps 4/255 --n 5000" in attack
+    config = yaml.safe_load((ROOT / "config.yaml").read_text())
+    recipe = resolve_recipe(config, parse_cell(cell))
+    # Appendix B: Lion, 3-step TRADES with beta 10, 100 epochs; Section 5.1: eps 4/255 at 224x224
+    assert recipe["optimizer"]["name"] == "lion" and recipe["epochs"] == 100
+    assert recipe["attack"]["steps"] == 3 and recipe["attack"]["eps"] == pytest.approx(4 / 255)
+    assert recipe["objective"] == {"name": "trades", "beta": 10.0, "label_smoothing": 0.1}
+    assert recipe["data"]["format"] == "imagenet_index" and recipe["data"]["image_size"] == 224
+    assert recipe["data"]["val_size"] == 0 and recipe["checkpoint"]["select"] == "last"
+    assert recipe["arch"] == {"family": "timm", "name": "vit_base_patch16_dinov3.lvd1689m",
+                              "kwargs": {"global_pool": "token"}, "pretrained": True,
+                              "weights": "resources/pretrained/vit-b-16/model.safetensors"}
+    assert recipe["dra"]["lambda"] == 1.2 and recipe["dra"]["target"] == "stored"
+
+
+def test_all_tables_without_an_imagenet_folder_names_the_key():
+    result = snakemake("all_tables", "--dry-run", check=False)
+    assert result.returncode != 0
+    assert "datasets.imagenet.source.path is not set" in result.stdout + result.stderr
 
 
 def test_paper_training_job_asks_the_cluster_for_a_gpu():

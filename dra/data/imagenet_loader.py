@@ -130,3 +130,20 @@ def imagenet_loader(dataset: Dataset, batch_size: int, num_workers: int = 8, shu
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
                       generator=generator, drop_last=drop_last, pin_memory=torch.cuda.is_available(),
                       persistent_workers=False, prefetch_factor=4 if num_workers else None)
+
+
+def write_eval_store(index_dir: str | os.PathLike, out: str | os.PathLike, size: int = 224, num_classes: int = 1000,
+                     batch_size: int = 100, num_workers: int = 8) -> Path:
+    """The evaluation images (``eval.csv``: RobustBench's 5000) after Res256Crop224, as an image store.
+
+    Evaluation then reads ImageNet like every other test set: AutoAttack, the classification
+    dimension and the figures take ``<data_dir>/imagenet/test`` (750 MB at 224x224).
+    """
+    from dra.data.store import ImageStoreWriter
+
+    dataset = ImageNetIndexDataset(index_dir, "eval", imagenet_transform("eval", size))
+    meta = {"source": f"{index_dir}:eval", "transform": f"Resize({round(size / 0.875)}) + CenterCrop({size})"}
+    with ImageStoreWriter(out, len(dataset), size, size, num_classes, meta=meta) as writer:
+        for images, labels, indices in imagenet_loader(dataset, batch_size, num_workers=num_workers):
+            writer.write(int(indices[0]), images.permute(0, 2, 3, 1).numpy(), labels.numpy())
+    return Path(out)

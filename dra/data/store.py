@@ -11,6 +11,13 @@ Image store::
     labels.npy  int64  (N,)
     meta.json   {"n", "height", "width", "channels": 3, "num_classes", "source", ...}
 
+A store may instead be made of parts (the synthetic ImageNet set, sampled by independent jobs)::
+
+    meta.json   {"n", "height", "width", "channels": 3, "num_classes", "parts": ["part000", ...], ...}
+    part000/    an image store holding rows [0, n_0), part001/ the next rows, ...
+
+It reads as one store: ``images`` is a ``PartedRows`` view that indexes across the parts.
+
 Feature store (aligned index-for-index with one image store)::
 
     features.npy float16 (N, V, D)
@@ -138,8 +145,48 @@ def _open_npy(path: Path, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray
     return np.load(path, mmap_mode="r")
 
 
+class PartedRows:
+    """Rows of several (N_i, ...) arrays read as one (sum N_i, ...) array: an int, a slice or an
+    integer array selects rows, as numpy does; the result is an ordinary array."""
+
+    def __init__(self, parts: list[np.ndarray]):
+        self.parts = parts
+        self.offsets = np.cumsum([0] + [len(part) for part in parts])
+        self.shape = (int(self.offsets[-1]),) + tuple(parts[0].shape[1:])
+        self.dtype = parts[0].dtype
+        self.ndim = len(self.shape)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, index):
+        if isinstance(index, (int, np.integer)):
+            row = int(index) + (len(self) if index < 0 else 0)
+            if not 0 <= row < len(self):
+                raise IndexError(f"row {index} outside [0, {len(self)})")
+            part = int(np.searchsorted(self.offsets, row, side="right")) - 1
+            return self.parts[part][row - self.offsets[part]]
+        rows = np.arange(len(self))[index] if isinstance(index, slice) else np.asarray(index, dtype=np.int64)
+        if rows.ndim != 1:
+            raise IndexError("PartedRows takes an int, a slice or a 1-d integer array")
+        rows = np.where(rows < 0, rows + len(self), rows)
+        if rows.size and (rows.min() < 0 or rows.max() >= len(self)):
+            raise IndexError(f"rows outside [0, {len(self)})")
+        out = np.empty((len(rows),) + self.shape[1:], dtype=self.dtype)
+        which = np.searchsorted(self.offsets, rows, side="right") - 1
+        for part in np.unique(which):
+            selected = which == part
+            # sorted reads within a part keep memory-map access sequential
+            out[selected] = self.parts[part][rows[selected] - self.offsets[part]]
+        return out
+
+    def __array__(self, dtype=None, copy=None):
+        whole = np.concatenate([np.asarray(part) for part in self.parts])
+        return whole if dtype is None else whole.astype(dtype)
+
+
 def open_image_store(path: str | os.PathLike) -> ImageStore:
-    """Open an image store folder; its arrays are read-only memory maps."""
+    """Open an image store folder (one array or parts); its arrays are read-only memory maps."""
     folder = Path(path)
     if not folder.is_dir():
         raise StoreError(
@@ -153,8 +200,11 @@ def open_image_store(path: str | os.PathLike) -> ImageStore:
     num_classes = _meta_int(meta, "num_classes", meta_path)
     if meta.get("channels") != 3:
         raise StoreError(f"{meta_path}: 'channels' must be 3, found {meta.get('channels')!r}.")
-    images = _open_npy(folder / IMAGES_FILE, np.dtype(np.uint8), (n, height, width, 3))
-    labels = _open_npy(folder / LABELS_FILE, np.dtype(np.int64), (n,))
+    if "parts" in meta:
+        images, labels = _open_parts(folder, meta, n, height, width)
+    else:
+        images = _open_npy(folder / IMAGES_FILE, np.dtype(np.uint8), (n, height, width, 3))
+        labels = _open_npy(folder / LABELS_FILE, np.dtype(np.int64), (n,))
     if n:
         low, high = int(labels.min()), int(labels.max())
         if low < 0 or high >= num_classes:
@@ -163,6 +213,54 @@ def open_image_store(path: str | os.PathLike) -> ImageStore:
                 f"declared by {meta_path}."
             )
     return ImageStore(images=images, labels=labels, meta=meta, path=folder)
+
+
+def _open_parts(folder: Path, meta: dict[str, Any], n: int, height: int, width: int):
+    meta_path = folder / META_FILE
+    names = meta["parts"]
+    if not isinstance(names, list) or not names or not all(isinstance(name, str) for name in names):
+        raise StoreError(f"{meta_path}: 'parts' must be a non-empty list of part folder names.")
+    parts = [open_image_store(folder / name) for name in names]
+    for part in parts:
+        if (part.meta["height"], part.meta["width"]) != (height, width):
+            raise StoreError(f"{part.path} holds {part.meta['height']}x{part.meta['width']} images, but "
+                             f"{meta_path} says {height}x{width}; rebuild the store from its parts.")
+    total = sum(len(part) for part in parts)
+    if total != n:
+        raise StoreError(f"{meta_path} says n = {n}, but its parts hold {total} rows; rebuild the store.")
+    return PartedRows([part.images for part in parts]), np.concatenate([np.asarray(part.labels) for part in parts])
+
+
+def assemble_image_store(parts: list[str | os.PathLike], out: str | os.PathLike,
+                         meta: dict[str, Any] | None = None) -> Path:
+    """Join finished image stores, in order, into one store made of parts, without copying pixels:
+    the part files are hard-linked (copied only where the filesystem cannot link them), so the
+    sources may be deleted afterwards."""
+    import shutil
+
+    opened = [open_image_store(part) for part in parts]
+    if not opened:
+        raise ValueError(f"store {out}: no parts to assemble")
+    first = opened[0].meta
+    for part in opened[1:]:
+        for key in ("height", "width", "num_classes"):
+            if part.meta[key] != first[key]:
+                raise StoreError(f"{part.path}: {key} = {part.meta[key]} differs from {opened[0].path} "
+                                 f"({first[key]}); all parts of a store must agree.")
+    names = [f"part{index:04d}" for index in range(len(opened))]
+    structural = {"n": sum(len(part) for part in opened), "height": first["height"], "width": first["width"],
+                  "channels": 3, "num_classes": first["num_classes"], "parts": names}
+    with atomic_dir(out) as folder:
+        for name, part in zip(names, opened):
+            (folder / name).mkdir()
+            for file in (IMAGES_FILE, LABELS_FILE, META_FILE):
+                try:
+                    os.link(part.path / file, folder / name / file)
+                except OSError:  # another filesystem, or one without hard links
+                    shutil.copy2(part.path / file, folder / name / file)
+        with open(folder / META_FILE, "w") as handle:
+            handle.write(json.dumps({**(meta or {}), **structural}, indent=2, sort_keys=True) + "\n")
+    return Path(out)
 
 
 def open_feature_store(path: str | os.PathLike) -> FeatureStore:

@@ -77,6 +77,11 @@ def euler_sample(dit: LightningDiT, noise: torch.Tensor, labels: torch.Tensor, n
 
 
 @torch.no_grad()
+def part_rows(n: int, index: int, parts: int) -> tuple[int, int]:
+    """Rows [first, last) of part ``index`` when n rows are split into ``parts`` near-equal runs."""
+    return n * index // parts, n * (index + 1) // parts
+
+
 def decode_latents(vae: VAVAE, stats: LatentStats, latents: torch.Tensor, bf16: bool = False) -> np.ndarray:
     """Normalized latents -> uint8 (B, H, W, 3) images."""
     with torch.autocast(latents.device.type, dtype=torch.bfloat16, enabled=bf16):
@@ -89,9 +94,13 @@ def generate_imagenet_synthetic(dit: LightningDiT, vae: VAVAE, stats: LatentStat
                                 timestep_shift: float = 0.3, cfg_scale: float = 6.7, cfg_interval_start: float = 0.125,
                                 cfg_channels: int = 3, batch_size: int = 64, seed: int = 0,
                                 shard_size: int | None = None, state_dir: str | Path | None = None,
-                                meta: dict | None = None, device: str = "cpu", bf16: bool = False) -> Path:
+                                meta: dict | None = None, device: str = "cpu", bf16: bool = False,
+                                part: tuple[int, int] = (0, 1)) -> Path:
     """Sample ``n_per_class`` images per class into an ImageStore (H = W = VA-VAE resolution), resumable.
 
+    ``part = (k, parts)`` samples only the k-th of ``parts`` equal runs of rows of the class-major
+    plan, so that the set can be sampled by independent jobs and joined afterwards
+    (dra.data.store.assemble_image_store); image i is the same whichever job draws it.
     Finished shards wait in ``state_dir`` (default ``<out_store>.state/``); the store is assembled
     atomically once all are there, and the state folder is removed afterwards.
     """
@@ -106,11 +115,16 @@ def generate_imagenet_synthetic(dit: LightningDiT, vae: VAVAE, stats: LatentStat
         raise ValueError(f"cfg_channels must be in [1, {dit.in_channels}], got {cfg_channels}")
     out_store = Path(out_store)
     labels, seeds = generation_plan(n_per_class, num_classes, seed)
+    index, parts = part
+    if not 0 <= index < parts:
+        raise ValueError(f"part {index} of {parts} does not exist; parts are numbered 0 to {parts - 1}")
+    first, last = part_rows(len(labels), index, parts)
+    labels, seeds = labels[first:last], seeds[first:last]
     n = len(labels)
     shape = (dit.in_channels, dit.input_size, dit.input_size)
     settings = dict(n_per_class=n_per_class, num_classes=num_classes, num_steps=num_steps,
                     timestep_shift=timestep_shift, cfg_scale=cfg_scale, cfg_interval_start=cfg_interval_start,
-                    cfg_channels=cfg_channels, seed=seed, bf16=bf16)
+                    cfg_channels=cfg_channels, seed=seed, bf16=bf16, part=[index, parts], rows=[first, last])
     job = ShardedJob(state_dir or out_store.with_name(out_store.name + ".state"), n, shard_size or batch_size * 16,
                      fingerprint=dict(settings, resolution=vae.resolution, diffusion_model=(meta or {}).get(
                          "diffusion_model", "")))

@@ -331,7 +331,9 @@ def load_classifier(model_path: str | Path, recipe_path: str | Path, device: str
 
     recipe = read_yaml(recipe_path)
     try:
-        arch, data = recipe["arch"], recipe["data"]
+        # model.pt holds every weight: the pretrained starting point is not needed (nor read) here
+        arch = {key: value for key, value in recipe["arch"].items() if key not in ("pretrained", "weights")}
+        data = recipe["data"]
         model = create_classifier(arch, data["num_classes"], data["mean"], data["std"])
     except KeyError as error:
         raise AutoAttackInputError(f"recipe {recipe_path} lacks the key {error}; re-run resolve_recipe") from error

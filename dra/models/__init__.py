@@ -15,7 +15,8 @@ def create_classifier(arch: dict[str, Any], num_classes: int, mean: Sequence[flo
     """Build the classifier an `arch` config entry describes; inputs are images in [0, 1].
 
     {family: wrn, depth, width, activation} -> DM-AT's WideResNet;
-    {family: timm, name, kwargs} -> a timm model (randomly initialized unless kwargs ask otherwise);
+    {family: timm, name, kwargs, pretrained, weights} -> a timm model, randomly initialized, or with
+    pretrained: true from the weights file (the download rule's) or the Hugging Face cache;
     {family: edm_encoder, network, weights, layer, sigma, noise_seed} -> the diffusion U-Net up to the
     DRA layer plus a linear head (dra.models.edm_encoder; resolve_recipe fills in the paths).
     """
@@ -31,7 +32,8 @@ def create_classifier(arch: dict[str, Any], num_classes: int, mean: Sequence[flo
             raise ValueError("arch.name: missing for family 'timm' (e.g. name: vit_base_patch16_224)")
         kwargs = dict(arch.get("kwargs") or {})
         pretrained = bool(arch.get("pretrained", kwargs.pop("pretrained", False)))
-        return TimmClassifier(arch["name"], num_classes, mean, std, kwargs=kwargs, pretrained=pretrained)
+        return TimmClassifier(arch["name"], num_classes, mean, std, kwargs=kwargs, pretrained=pretrained,
+                              weights_file=arch.get("weights"))
     if family == "edm_encoder":
         from dra.models.edm_encoder import create_edm_encoder_classifier
 

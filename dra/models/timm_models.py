@@ -4,13 +4,15 @@ ViT-B/2 = timm's vit_base_patch16_224 with img_size=32, patch_size=2, pretrained
 (reference/evaluation.md 4: PatchEmbed Conv2d(3, 768, k=2, s=2), 256 patches, 85.27M parameters).
 
 ImageNet backbones start from pretrained weights (paper section 5: DINOv3 ConvNeXt-B and ViT-B/16
-released via timm, evaluation.md 4). Those weights are read from the Hugging Face cache only;
-training never downloads. The workflow's download step (on a machine with internet) fills the
-cache; here a missing cache stops with one message saying how to fill it.
+released via timm, evaluation.md 4). Training never downloads: the weights are read from a file
+the workflow's download rule fetched into the data folder (arch.weights of the recipe), or, outside
+the workflow, from the local Hugging Face cache. A missing file stops with one message saying how
+to get it.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any, Sequence
 
 import huggingface_hub
@@ -23,12 +25,12 @@ class TimmClassifier(nn.Module):
     """A timm model taking images in [0, 1]; normalization happens inside, like the WRN."""
 
     def __init__(self, name: str, num_classes: int, mean: Sequence[float], std: Sequence[float],
-                 kwargs: dict[str, Any] | None = None, pretrained: bool = False):
+                 kwargs: dict[str, Any] | None = None, pretrained: bool = False, weights_file: str | None = None):
         super().__init__()
         if not timm.is_model(name):
             raise ValueError(f"arch.name: {name!r} is not a timm model name (see timm.list_models())")
         if pretrained:
-            self.net = create_pretrained(name, num_classes, mean, std, kwargs)
+            self.net = create_pretrained(name, num_classes, mean, std, kwargs, weights_file)
         else:
             self.net = timm.create_model(name, pretrained=False, num_classes=num_classes, **(kwargs or {}))
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
@@ -81,14 +83,21 @@ def cached_pretrained_file(name: str) -> str:
 
 
 def create_pretrained(name: str, num_classes: int, mean: Sequence[float], std: Sequence[float],
-                      kwargs: dict[str, Any] | None = None) -> nn.Module:
-    """timm model ``name`` with its cached pretrained weights and a new ``num_classes`` head.
+                      kwargs: dict[str, Any] | None = None, weights_file: str | None = None) -> nn.Module:
+    """timm model ``name`` with its pretrained weights and a new ``num_classes`` head.
 
-    The weights are loaded from the cached file itself (timm's ``file`` source), so nothing
-    reaches the network. ``mean``/``std`` must be the normalization the weights were trained
+    The weights are loaded from ``weights_file`` (the download rule's file) or else from the
+    Hugging Face cache, through timm's ``file`` source, so nothing reaches the network. ``mean``/``std`` must be the normalization the weights were trained
     with: fine-tuning with another one silently starts from a shifted input distribution.
     """
-    path = cached_pretrained_file(name)
+    if weights_file is not None:
+        if not os.path.isfile(weights_file):
+            raise PretrainedWeightsMissing(
+                f"pretrained weights of timm model {name!r} are missing: {weights_file} does not exist. It is "
+                f"written by the workflow's download_pretrained rule (on a host with internet): snakemake {weights_file}")
+        path = weights_file
+    else:
+        path = cached_pretrained_file(name)
     cfg = timm.models.get_pretrained_cfg(name)
     for key, given in (("mean", mean), ("std", std)):
         expected = cfg.to_dict().get(key)

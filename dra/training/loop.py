@@ -72,7 +72,7 @@ class TrainingModule(nn.Module):
 
 @dataclass
 class TrainingData:
-    train_images: np.ndarray     # memmap (N, H, W, 3) uint8; the first val_size are validation
+    train_images: np.ndarray | None  # memmap (N, H, W, 3) uint8, the first val_size validation; None for ImageNet JPEGs
     train_labels: np.ndarray
     synthetic_images: np.ndarray | None
     synthetic_labels: np.ndarray | None
@@ -124,6 +124,8 @@ def open_training_data(recipe: dict) -> TrainingData:
     from dra.data.store import open_image_store
 
     data = recipe["data"]
+    if data["format"] == "imagenet_index":
+        return open_imagenet_training_data(data)
     train = open_image_store(data["train"])
     if data["val_size"] >= len(train.labels):
         raise TrainingDataError(f"recipe key data.val_size = {data['val_size']} leaves no training image in "
@@ -137,6 +139,28 @@ def open_training_data(recipe: dict) -> TrainingData:
                         synthetic.labels if synthetic else None, data["val_size"])
 
 
+def open_imagenet_training_data(data: dict) -> TrainingData:
+    """ImageNet: labels of the index's training rows (the JPEGs are read by dra.training.imagenet_batches)
+    and the synthetic store, whose images must be at least as large as the training crop."""
+    from dra.data.imagenet_loader import read_index
+    from dra.data.store import open_image_store
+
+    if data["val_size"] != 0:
+        raise TrainingDataError(f"recipe key data.val_size = {data['val_size']}: ImageNet training keeps no "
+                                "validation images (RobustBench evaluates on val); set it to 0")
+    _, _, labels = read_index(data["train"], "train")
+    synthetic = open_image_store(data["synthetic"]) if data["synthetic"] else None
+    if synthetic is not None and min(synthetic.meta["height"], synthetic.meta["width"]) < data["image_size"]:
+        raise TrainingDataError(f"{data['synthetic']} holds {synthetic.meta['height']}x{synthetic.meta['width']} "
+                                f"images, smaller than the training crop data.image_size = {data['image_size']}")
+    for name, found in ((data["train"], labels), (data["synthetic"], synthetic.labels if synthetic else None)):
+        if found is not None and int(found.max(initial=0)) >= data["num_classes"]:
+            raise TrainingDataError(f"{name}: labels reach {int(found.max())} but recipe key data.num_classes "
+                                    f"is {data['num_classes']}")
+    return TrainingData(None, labels, synthetic.images if synthetic else None,
+                        synthetic.labels if synthetic else None, 0)
+
+
 def build_targets(dra: dict, data: TrainingData, device: torch.device):
     """The DRA target provider and the target dimension."""
     if dra["target"] == "stored":
@@ -144,10 +168,10 @@ def build_targets(dra: dict, data: TrainingData, device: torch.device):
 
         real = open_feature_store(dra["features"]["real"])
         synthetic = open_feature_store(dra["features"]["synthetic"]) if data.synthetic_images is not None else None
-        for store, images, key in ((real, data.train_images, "real"), (synthetic, data.synthetic_images, "synthetic")):
-            if store is not None and len(store.features) != len(images):
-                raise TrainingDataError(f"{dra['features'][key]}: {len(store.features)} feature rows but its image store "
-                                        f"has {len(images)} images (recipe key dra.features.{key}); re-extract the features")
+        for store, rows, key in ((real, len(data.train_labels), "real"), (synthetic, data.n_synthetic, "synthetic")):
+            if store is not None and len(store.features) != rows:
+                raise TrainingDataError(f"{dra['features'][key]}: {len(store.features)} feature rows but its images "
+                                        f"are {rows} (recipe key dra.features.{key}); re-extract the features")
         provider = StoredTargets(real.features, synthetic.features if synthetic else None)
         return provider, provider.dim
     from dra.diffusion.checkpoint import load_edm
@@ -285,20 +309,32 @@ def train_cell(recipe: dict, out_dir: str | Path, state_dir: str | Path, threads
     if precision["compile"]:
         train_forward, attack_forward = torch.compile(train_forward), torch.compile(classifier)
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if precision["bf16"] else contextlib.nullcontext
-    val_images = images_to_tensor(data.train_images[:data.val_size], device).contiguous(memory_format=memory_format)
-    val_labels = torch.as_tensor(np.array(data.train_labels[:data.val_size]), device=device)
+    if data.val_size:
+        val_images = images_to_tensor(data.train_images[:data.val_size], device).contiguous(memory_format=memory_format)
+        val_labels = torch.as_tensor(np.array(data.train_labels[:data.val_size]), device=device)
     augment = data_cfg["augment"]
+    imagenet = None
+    if data_cfg["format"] == "imagenet_index":
+        from dra.training.imagenet_batches import ImageNetBatches
+
+        imagenet = ImageNetBatches(data_cfg["train"], data_cfg["synthetic"], data_cfg["image_size"], recipe["seed"],
+                                   num_workers=threads)
 
     bar = tqdm(total=epochs * steps_per_epoch, initial=progress.global_step, disable=not context.is_main,
                desc="train", unit="step", dynamic_ncols=True)
     while progress.epoch < epochs:
         epoch = progress.epoch
-        batches = sampler.epoch(epoch)
-        for real_idx, synthetic_idx in batches[progress.step_in_epoch:]:
+        batches = sampler.epoch(epoch)[progress.step_in_epoch:]
+        decoded = imagenet.epoch(epoch, progress.step_in_epoch, batches) if imagenet else None
+        for real_idx, synthetic_idx in batches:
             started = time.perf_counter()
-            store_index, is_synthetic, images, labels = gather_batch(data, real_idx, synthetic_idx, randomness.host)
-            x = random_crop_flip_rotate(images_to_tensor(images, device), randomness.host, augment["crop_padding"],
-                                        augment["hflip"], augment["rotate_degrees"])
+            if imagenet is not None:  # decoded, cropped and flipped by the DataLoader workers
+                store_index, is_synthetic, images, labels = next(decoded)
+                x = images.to(device, non_blocking=True).float().div_(255.0)
+            else:
+                store_index, is_synthetic, images, labels = gather_batch(data, real_idx, synthetic_idx, randomness.host)
+                x = random_crop_flip_rotate(images_to_tensor(images, device), randomness.host, augment["crop_padding"],
+                                            augment["hflip"], augment["rotate_degrees"])
             y = torch.from_numpy(labels).to(device)
             start_noise = uniform_ball_noise(x.shape, attack["eps"], randomness.device, device)
             view = torch.randint(targets.views, (len(y),), generator=randomness.host).numpy() if targets else None

@@ -56,6 +56,8 @@ _CHECKS: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "data.augment.crop_padding": ("an integer >= 0", lambda v: _is_int(v) and v >= 0),
     "data.augment.hflip": ("true or false", lambda v: isinstance(v, bool)),
     "data.augment.rotate_degrees": ("a number >= 0", lambda v: _is_number(v) and v >= 0),
+    "data.format": ("'image_store' or 'imagenet_index'", lambda v: v in ("image_store", "imagenet_index")),
+    "data.image_size": ("an integer >= 1 (the training crop)", lambda v: _is_int(v) and v >= 1),
     "arch.family": ("'wrn', 'timm' or 'edm_encoder'", lambda v: v in ("wrn", "timm", "edm_encoder")),
     "attack.eps": ("a number in (0, 1] (a fraction of 1, e.g. 0.031372549 for 8/255)", lambda v: _is_number(v) and 0 < v <= 1),
     "attack.step": ("a number in (0, 1]", lambda v: _is_number(v) and 0 < v <= 1),

@@ -1,0 +1,151 @@
+# The ImageNet track (Section 5.1, Appendix D): DINOv3 weights, LightningDiT + VA-VAE checkpoints,
+# the 4M synthetic set sampled by independent jobs, LightningDiT representations, and the 5000
+# RobustBench evaluation images. The ILSVRC-2012 folder itself is the user's (prepare_imagenet).
+
+
+rule download_pretrained:
+    output:
+        f"{DATA}/pretrained/{{arch}}/model.safetensors",
+    log:
+        f"{DATA}/pretrained/{{arch}}/download.log",
+    wildcard_constraints:
+        arch=_one_of(pretrained_archs()),
+    localrule: True
+    conda:
+        "../envs/data.yaml"
+    params:
+        url=lambda wc: config["archs"][wc.arch]["pretrained"]["url"],
+        checksum=lambda wc: checksum_flag(config["archs"][wc.arch]["pretrained"]["sha256"]),
+    shell:
+        "python -m scripts.download --url {params.url} {params.checksum} --dest {output} 2> {log}"
+
+
+rule fetch_lightningdit:
+    output:
+        f"{DATA}/diffusion/{{model}}/{{file}}.pt",
+    log:
+        f"{DATA}/diffusion/{{model}}/{{file}}.fetch.log",
+    wildcard_constraints:
+        model=_one_of(diffusion_models_of_kind("lightningdit")),
+        file=_one_of(LIGHTNINGDIT_FILES),
+    localrule: True
+    conda:
+        "../envs/data.yaml"
+    params:
+        url=lambda wc: lightningdit_download(wc)["url"],
+        checksum=lambda wc: checksum_flag(lightningdit_download(wc)["sha256"]),
+    shell:
+        "python -m scripts.download --url {params.url} {params.checksum} --dest {output} 2> {log}"
+
+
+rule prepare_imagenet_test:
+    input:
+        f"{DATA}/{{dataset}}/index",
+    output:
+        directory(f"{DATA}/{{dataset}}/test"),
+    log:
+        f"{DATA}/{{dataset}}/test.log",
+    wildcard_constraints:
+        dataset=_one_of(datasets_of_kind("imagenet_folder")),
+    conda:
+        "../envs/torch.yaml"
+    threads: 4
+    params:
+        size=lambda wc: config["datasets"][wc.dataset]["image_size"],
+        num_classes=lambda wc: config["datasets"][wc.dataset]["num_classes"],
+    shell:
+        "python -m scripts.prepare_imagenet_test --index {input} --out {output} --size {params.size}"
+        " --num-classes {params.num_classes} --workers {threads} 2> {log}"
+
+
+rule generate_imagenet_synthetic_part:
+    input:
+        unpack(lambda wc: lightningdit_files(diffusion_of(wc.dataset))),
+    output:
+        temp(directory(f"{DATA}/{{dataset}}/generated-parts/{{set}}/part{{part}}")),
+    log:
+        f"{DATA}/{{dataset}}/generated-parts/{{set}}/part{{part}}.log",
+    benchmark:
+        f"{DATA}/{{dataset}}/generated-parts/{{set}}/part{{part}}.benchmark.tsv"
+    wildcard_constraints:
+        dataset=_one_of(lightningdit_datasets()),
+        part="[0-9]+",
+    conda:
+        "../envs/torch.yaml"
+    threads: resource("diffusion", "cpus")
+    resources:
+        gpu=resource("diffusion", "gpu"),
+        tasks_per_gpu=0,
+        runtime=runtime_per_attempt("diffusion"),
+        mem_mb=resource("diffusion", "mem_mb"),
+    params:
+        spec=lambda wc: config["datasets"][wc.dataset]["synthetic"][wc.set]["generate"],
+        parts=lambda wc: config["datasets"][wc.dataset]["synthetic"][wc.set]["generate"].get(
+            "parts", 1
+        ),
+        num_classes=lambda wc: config["datasets"][wc.dataset]["num_classes"],
+        networks=lambda wc: lightningdit_config_flags(diffusion_of(wc.dataset)),
+        # resumable shards of an interrupted job, not a declared output
+        state=f"{RESULTS}/state/{{dataset}}/generated-{{set}}/part{{part}}",
+        seed=config["seed"],
+    shell:
+        "python -m scripts.generate_imagenet_synthetic --dit {input.dit} --vae {input.vae}"
+        " --latent-stats {input.latents_stats} --images-per-class {params.spec[images_per_class]}"
+        " --num-classes {params.num_classes} --num-steps {params.spec[num_steps]}"
+        " --part {wildcards.part} --parts {params.parts} --seed {params.seed} {params.networks}"
+        " --state-dir {params.state} --threads {threads} --out {output} 2> {log}"
+
+
+rule assemble_imagenet_synthetic:
+    input:
+        synthetic_part_stores,
+    output:
+        directory(f"{DATA}/{{dataset}}/generated/{{set}}"),
+    log:
+        f"{DATA}/{{dataset}}/generated/{{set}}.log",
+    wildcard_constraints:
+        dataset=_one_of(lightningdit_datasets()),
+    localrule: True
+    conda:
+        "../envs/data.yaml"
+    shell:
+        "python -m scripts.assemble_synthetic --parts {input} --out {output} 2> {log}"
+
+
+rule extract_imagenet_features:
+    input:
+        unpack(imagenet_feature_inputs),
+    output:
+        directory(f"{RESULTS}/{{dataset}}/features/{{diffusion}}/{{store}}-v1"),
+    log:
+        f"{RESULTS}/{{dataset}}/features/{{diffusion}}/{{store}}-v1.log",
+    benchmark:
+        f"{RESULTS}/{{dataset}}/features/{{diffusion}}/{{store}}-v1.extract_imagenet_features.benchmark.tsv"
+    wildcard_constraints:
+        dataset=_one_of(lightningdit_datasets()),
+        diffusion=_one_of(diffusion_models_of_kind("lightningdit")),
+        store=r"train|synthetic-[0-9a-z]+",
+    conda:
+        "../envs/torch.yaml"
+    threads: resource("diffusion", "cpus")
+    resources:
+        gpu=resource("diffusion", "gpu"),
+        tasks_per_gpu=0,
+        runtime=runtime_per_attempt("diffusion"),
+        mem_mb=resource("diffusion", "mem_mb"),
+    params:
+        # training JPEGs through the index (ADM center crop), synthetic images from their store
+        source=lambda wc: "--imagenet-index" if wc.store == "train" else "--images",
+        feature=lambda wc: config["diffusion_models"][wc.diffusion]["feature"],
+        zero=lambda wc: " ".join(
+            str(c) for c in config["diffusion_models"][wc.diffusion]["feature"]["zero_channels"]
+        ),
+        networks=lambda wc: lightningdit_config_flags(wc.diffusion),
+        state=f"{RESULTS}/state/{{dataset}}/features/{{diffusion}}/{{store}}-v1",
+        seed=config["seed"],
+    shell:
+        "python -m scripts.extract_imagenet_features --dit {input.dit} --vae {input.vae}"
+        " --latent-stats {input.latents_stats} {params.source} {input.images}"
+        " --layer {params.feature[layer]} --t {params.feature[t]} --zero-channels {params.zero}"
+        " --seed {params.seed} {params.networks} --workers {threads} --threads {threads}"
+        " --state-dir {params.state} --out {output} 2> {log}"
