@@ -123,3 +123,11 @@ def test_pretrained_weights_load_from_the_download_rules_file(tmp_path, empty_hu
     weights.unlink()
     with pytest.raises(PretrainedWeightsMissing, match=f"{weights} does not exist.*download_pretrained"):
         create_classifier(arch, 10, IMAGENET_MEAN, IMAGENET_STD)
+
+
+def test_corrupt_weights_file_names_the_file(tmp_path):
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not a header")  # a cut download
+    arch = {"family": "timm", "name": CONVNEXT, "kwargs": TINY[CONVNEXT], "pretrained": True, "weights": str(weights)}
+    with pytest.raises(PretrainedWeightsMissing, match=f"{weights} of timm model .* cannot be loaded.*delete the file"):
+        create_classifier(arch, 10, IMAGENET_MEAN, IMAGENET_STD)

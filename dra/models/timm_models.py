@@ -16,6 +16,7 @@ import os
 from typing import Any, Sequence
 
 import huggingface_hub
+from safetensors import SafetensorError
 import timm
 import torch
 from torch import nn
@@ -105,5 +106,12 @@ def create_pretrained(name: str, num_classes: int, mean: Sequence[float], std: S
                                      or any(abs(float(a) - float(b)) > 1e-6 for a, b in zip(given, expected))):
             raise ValueError(f"data.{key} {list(given)} differs from the {key} {list(expected)} the pretrained "
                              f"weights of {name!r} expect; set data.{key} to it")
-    return timm.create_model(name, pretrained=True, num_classes=num_classes,
-                             pretrained_cfg_overlay={"file": path}, **(kwargs or {}))
+    try:
+        return timm.create_model(name, pretrained=True, num_classes=num_classes,
+                                 pretrained_cfg_overlay={"file": path}, **(kwargs or {}))
+    except (RuntimeError, OSError, ValueError, SafetensorError) as error:
+        # a truncated or foreign file (no checksum is published for the DINOv3 weights), or weights
+        # of another architecture: say which file and how to get the right one
+        raise PretrainedWeightsMissing(
+            f"pretrained weights {path} of timm model {name!r} cannot be loaded ({str(error)[:300]}); delete the "
+            "file and fetch it again (the download_pretrained rule, or timm's download into the cache)") from None
