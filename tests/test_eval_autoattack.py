@@ -247,21 +247,9 @@ def test_script_evaluates_a_store_end_to_end(tmp_path):
 
     eps = 0.5 is large enough that APGD-CE breaks every point, so the other attacks are skipped
     and the test stays fast; the JSON must agree with the per-example flags."""
-    from dra.data.store import ImageStoreWriter
-    from dra.io import write_yaml
-    from dra.models import create_classifier
+    from model_fixtures import tiny_wrn_with_test_store
 
-    recipe = {"arch": {"family": "wrn", "depth": 10, "width": 1, "activation": "silu"},
-              "data": {"num_classes": 10, "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}}
-    torch.manual_seed(0)
-    model = create_classifier(recipe["arch"], 10, recipe["data"]["mean"], recipe["data"]["std"]).eval()
-    torch.save(model.state_dict(), tmp_path / "model.pt")
-    write_yaml(tmp_path / "recipe.yaml", recipe)
-    images = np.random.default_rng(0).integers(0, 256, (6, 8, 8, 3), dtype=np.uint8)
-    with torch.no_grad():
-        predicted = model(torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255).argmax(1).numpy()
-    with ImageStoreWriter(tmp_path / "test", n=6, height=8, width=8, num_classes=10) as writer:
-        writer.write(0, images, predicted.astype(np.int64))
+    tiny_wrn_with_test_store(tmp_path, 6)
 
     command = [sys.executable, "scripts/evaluate_autoattack.py", "--model", str(tmp_path / "model.pt"),
                "--recipe", str(tmp_path / "recipe.yaml"), "--test-store", str(tmp_path / "test"),

@@ -145,6 +145,13 @@ def _open_npy(path: Path, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray
     return np.load(path, mmap_mode="r")
 
 
+def _open_folder(path: str | os.PathLike, what: str, fix: str) -> tuple[Path, dict[str, Any], Path]:
+    folder = Path(path)
+    if not folder.is_dir():
+        raise StoreError(f"{what} {folder} does not exist; {fix}.")
+    return folder, _read_meta(folder), folder / META_FILE
+
+
 class PartedRows:
     """Rows of several (N_i, ...) arrays read as one (sum N_i, ...) array: an int, a slice or an
     integer array selects rows, as numpy does; the result is an ordinary array."""
@@ -187,13 +194,7 @@ class PartedRows:
 
 def open_image_store(path: str | os.PathLike) -> ImageStore:
     """Open an image store folder (one array or parts); its arrays are read-only memory maps."""
-    folder = Path(path)
-    if not folder.is_dir():
-        raise StoreError(
-            f"image store {folder} does not exist; run the step that prepares it first."
-        )
-    meta = _read_meta(folder)
-    meta_path = folder / META_FILE
+    folder, meta, meta_path = _open_folder(path, "image store", "run the step that prepares it first")
     n = _meta_int(meta, "n", meta_path)
     height = _meta_int(meta, "height", meta_path)
     width = _meta_int(meta, "width", meta_path)
@@ -265,13 +266,7 @@ def assemble_image_store(parts: list[str | os.PathLike], out: str | os.PathLike,
 
 def open_feature_store(path: str | os.PathLike) -> FeatureStore:
     """Open a feature store folder; ``features`` is a read-only float16 memory map."""
-    folder = Path(path)
-    if not folder.is_dir():
-        raise StoreError(
-            f"feature store {folder} does not exist; run the feature extraction step first."
-        )
-    meta = _read_meta(folder)
-    meta_path = folder / META_FILE
+    folder, meta, meta_path = _open_folder(path, "feature store", "run the feature extraction step first")
     n = _meta_int(meta, "n", meta_path)
     views = _meta_int(meta, "views", meta_path)
     dim = _meta_int(meta, "dim", meta_path)
