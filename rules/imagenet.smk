@@ -62,7 +62,9 @@ rule generate_imagenet_synthetic_part:
     input:
         unpack(lambda wc: lightningdit_files(diffusion_of(wc.dataset))),
     output:
-        temp(directory(f"{DATA}/{{dataset}}/generated-parts/{{set}}/part{{part}}")),
+        # kept: the joined store hard-links these files, so they cost no second copy, and a
+        # re-join (after an edit to the assemble rule) needs no GPU job
+        directory(f"{DATA}/{{dataset}}/generated-parts/{{set}}/part{{part}}"),
     log:
         f"{DATA}/{{dataset}}/generated-parts/{{set}}/part{{part}}.log",
     benchmark:

@@ -169,3 +169,19 @@ def test_training_batches_mix_real_and_synthetic_and_do_not_depend_on_workers(in
     # another epoch crops differently
     other = ImageNetBatches(str(dest), str(synthetic), 24, seed=5, num_workers=0)
     assert not torch.equal(next(other.epoch(3, 0, plan))[2], in_process[0][2])
+
+
+def test_each_rank_decodes_only_its_share_of_a_batch(index, tmp_path):
+    from dra.training.imagenet_batches import ImageNetBatches
+
+    _, dest = index
+    synthetic = synthetic_store(tmp_path / "syn")
+    plan = [(np.array([0, 4]), np.array([1, 3, 3]))]
+    batches = ImageNetBatches(str(dest), str(synthetic), 24, seed=5, num_workers=0)
+    whole = next(batches.epoch(0, 0, plan))
+    # two ranks: rows [0, 3) and [3, 5), as dra.training.distributed shards a global batch of 5
+    shares = [next(batches.epoch(0, 0, plan, shard=lambda size, r=r: [slice(0, 3), slice(3, 5)][r])) for r in (0, 1)]
+    for share, rows in zip(shares, (slice(0, 3), slice(3, 5))):
+        np.testing.assert_array_equal(share[0], whole[0])  # indices stay whole (DRA targets, noise)
+        torch.testing.assert_close(share[2], whole[2][rows], rtol=0, atol=0)
+        np.testing.assert_array_equal(share[3], whole[3][rows])

@@ -215,8 +215,12 @@ TINY_VIT = {"family": "timm", "name": "vit_tiny_patch16_224",
 
 
 @pytest.mark.slow
-def test_two_gloo_processes_match_one_process(stores, tmp_path):
-    recipe = tiny_recipe(stores, arch=TINY_VIT, epochs=2)
+@pytest.mark.parametrize("data", ["image_store", "imagenet_index"])
+def test_two_gloo_processes_match_one_process(stores, imagenet_folder, tmp_path, data):
+    # ImageNet: each rank decodes only its half of every batch, and the run still equals one process
+    recipe = tiny_recipe(stores, arch=TINY_VIT, epochs=2) if data == "image_store" else imagenet_recipe(imagenet_folder)
+    recipe["arch"] = copy.deepcopy(TINY_VIT)
+    recipe["arch"]["kwargs"]["img_size"] = recipe["data"]["image_size"]
     single, single_log, _ = _final_weights(tmp_path, "one_process", recipe)
     write_yaml(tmp_path / "recipe.yaml", recipe)
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
@@ -229,7 +233,8 @@ def test_two_gloo_processes_match_one_process(stores, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     ddp = torch.load(tmp_path / "ddp" / "out" / "model.pt", weights_only=True)
     torch.manual_seed(recipe["seed"])
-    initial = create_classifier(TINY_VIT, NUM_CLASSES, [0.5] * 3, [0.25] * 3).state_dict()
+    initial = create_classifier(recipe["arch"], NUM_CLASSES, [0.5] * 3, [0.25] * 3).state_dict()
+    assert single.keys() == initial.keys()
     moved = max((single[key] - initial[key]).abs().max().item() for key in single)
     assert moved > 1e-3  # training changed the weights far more than the tolerance below
     for key in single:

@@ -182,8 +182,10 @@ def test_synthetic_set_is_two_jobs_joined_class_major(run):
     assert store.labels.tolist() == [label for label in range(10) for _ in range(2)]
     assert [open_image_store(store.path / part).meta["rows"] for part in store.meta["parts"]] == [[0, 10], [10, 20]]
     assert store.images[np.arange(20)].std() > 1  # decoded images, not a constant
-    # the parts' own folders were temporary: only the joined store remains
-    assert not (workdir / "results/imagenet-mini/data/imagenet/generated-parts/tiny/part0").exists()
+    # the joined store links the parts' files: the same inodes, no second copy of the pixels
+    for index, part in enumerate(store.meta["parts"]):
+        sampled = workdir / f"results/imagenet-mini/data/imagenet/generated-parts/tiny/part{index}/images.npy"
+        assert (store.path / part / "images.npy").stat().st_ino == sampled.stat().st_ino
 
 
 def test_features_cover_every_training_and_synthetic_image(run):

@@ -14,7 +14,7 @@ Batches leave the workers as uint8 (B, 3, S, S) tensors.
 
 from __future__ import annotations
 
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -75,13 +75,16 @@ class ImageNetBatches:
         self.dataset = MixedImageNet(index_dir, synthetic_store, image_size)
         self.seed, self.num_workers = seed, num_workers
 
-    def epoch(self, epoch: int, first_step: int, batches: Sequence[tuple[np.ndarray, np.ndarray]]
+    def epoch(self, epoch: int, first_step: int, batches: Sequence[tuple[np.ndarray, np.ndarray]],
+              shard: Callable[[int], slice] | None = None
               ) -> Iterator[tuple[np.ndarray, np.ndarray, torch.Tensor, np.ndarray]]:
         """(store_index, is_synthetic, uint8 images, labels) of ``batches``, the epoch's batches from
-        ``first_step`` on."""
+        ``first_step`` on. ``shard(batch_size)`` is this rank's slice of a batch (data parallel): only
+        those images are decoded and returned, with their labels; the indices stay whole."""
         plans = [batch_plan(self.seed, epoch, first_step + k, real, synthetic)
                  for k, (real, synthetic) in enumerate(batches)]
-        keys = [[(bool(s), int(i), int(a)) for i, s, a in zip(*plan)] for plan in plans]
+        shard = shard or (lambda size: slice(0, size))
+        keys = [[(bool(s), int(i), int(a)) for i, s, a in zip(*plan)][shard(len(plan[0]))] for plan in plans]
         loader = DataLoader(self.dataset, batch_sampler=keys, num_workers=self.num_workers, collate_fn=_collate,
                             pin_memory=torch.cuda.is_available(), prefetch_factor=4 if self.num_workers else None)
         for (store_index, is_synthetic, _), (images, labels) in zip(plans, loader):

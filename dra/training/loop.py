@@ -325,21 +325,26 @@ def train_cell(recipe: dict, out_dir: str | Path, state_dir: str | Path, threads
     while progress.epoch < epochs:
         epoch = progress.epoch
         batches = sampler.epoch(epoch)[progress.step_in_epoch:]
-        decoded = imagenet.epoch(epoch, progress.step_in_epoch, batches) if imagenet else None
+        decoded = imagenet.epoch(epoch, progress.step_in_epoch, batches, context.shard) if imagenet else None
         for real_idx, synthetic_idx in batches:
             started = time.perf_counter()
-            if imagenet is not None:  # decoded, cropped and flipped by the DataLoader workers
+            # x, y: this rank's share of the global batch; store_index, is_synthetic: the whole batch
+            if imagenet is not None:  # only this rank's share is decoded, cropped and flipped, by the workers
                 store_index, is_synthetic, images, labels = next(decoded)
+                mine = context.shard(len(store_index))
                 x = images.to(device, non_blocking=True).float().div_(255.0)
+                y = torch.from_numpy(labels).to(device)
             else:
                 store_index, is_synthetic, images, labels = gather_batch(data, real_idx, synthetic_idx, randomness.host)
+                mine = context.shard(len(labels))
                 x = random_crop_flip_rotate(images_to_tensor(images, device), randomness.host, augment["crop_padding"],
-                                            augment["hflip"], augment["rotate_degrees"])
-            y = torch.from_numpy(labels).to(device)
-            start_noise = uniform_ball_noise(x.shape, attack["eps"], randomness.device, device)
-            view = torch.randint(targets.views, (len(y),), generator=randomness.host).numpy() if targets else None
-            mine = context.shard(len(y))
-            x, y, start_noise = x[mine].contiguous(memory_format=memory_format), y[mine], start_noise[mine]
+                                            augment["hflip"], augment["rotate_degrees"])[mine]
+                y = torch.from_numpy(labels[mine]).to(device)
+            # drawn for the whole batch, then sliced: any number of ranks sees the noise of one process
+            batch_shape = (len(store_index),) + tuple(x.shape[1:])
+            start_noise = uniform_ball_noise(batch_shape, attack["eps"], randomness.device, device)[mine]
+            view = torch.randint(targets.views, (len(store_index),), generator=randomness.host).numpy() if targets else None
+            x = x.contiguous(memory_format=memory_format)
 
             set_batchnorm_momentum(classifier, FIRST_STEP_BATCHNORM_MOMENTUM if progress.global_step == 0
                                    else TRAINING_BATCHNORM_MOMENTUM)
