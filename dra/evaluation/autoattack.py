@@ -321,7 +321,7 @@ def load_test_images(test_store: str | Path, n: int | None) -> tuple[torch.Tenso
     if not 0 < n <= total:
         raise AutoAttackInputError(f"--n {n} must lie in [1, {total}] for the store {test_store}")
     images = torch.from_numpy(np.array(store.images[:n])).permute(0, 3, 1, 2).float().div_(255.0)  # a writable copy
-    labels = torch.from_numpy(np.asarray(store.labels[:n], dtype=np.int64))
+    labels = torch.from_numpy(np.array(store.labels[:n], dtype=np.int64))
     return images.contiguous(), labels
 
 
