@@ -13,8 +13,8 @@ Image store::
 
 A store may instead be made of parts (the synthetic ImageNet set, sampled by independent jobs)::
 
-    meta.json   {"n", "height", "width", "channels": 3, "num_classes", "parts": ["part000", ...], ...}
-    part000/    an image store holding rows [0, n_0), part001/ the next rows, ...
+    meta.json   {"n", "height", "width", "channels": 3, "num_classes", "parts": ["part0000", ...], ...}
+    part0000/   an image store holding rows [0, n_0), part0001/ the next rows, ...
 
 It reads as one store: ``images`` is a ``PartedRows`` view that indexes across the parts.
 
@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -237,8 +238,6 @@ def assemble_image_store(parts: list[str | os.PathLike], out: str | os.PathLike,
     """Join finished image stores, in order, into one store made of parts, without copying pixels:
     the part files are hard-linked (copied only where the filesystem cannot link them), so the
     sources may be deleted afterwards."""
-    import shutil
-
     opened = [open_image_store(part) for part in parts]
     if not opened:
         raise ValueError(f"store {out}: no parts to assemble")

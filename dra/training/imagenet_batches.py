@@ -20,9 +20,8 @@ import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
-from torchvision import transforms
 
-from dra.data.imagenet_loader import ImageNetIndexDataset
+from dra.data.imagenet_loader import ImageNetIndexDataset, imagenet_transform
 
 
 def batch_plan(seed: int, epoch: int, step: int, real_idx: np.ndarray, synthetic_idx: np.ndarray):
@@ -44,10 +43,7 @@ class MixedImageNet(Dataset):
             from dra.data.store import open_image_store
 
             self.synthetic = open_image_store(synthetic_store)
-        self.augment = transforms.Compose([
-            transforms.RandomResizedCrop(image_size, interpolation=transforms.InterpolationMode.BILINEAR),
-            transforms.RandomHorizontalFlip(),
-        ])
+        self.augment = imagenet_transform("train", image_size)  # PIL image -> uint8 (3, S, S)
 
     def __len__(self) -> int:  # the keys are tuples; the length is the real set's, for information
         return len(self.real)
@@ -61,8 +57,7 @@ class MixedImageNet(Dataset):
         # the crop and flip draw from torch's global generator: seed it for this image only
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(seed))
-            image = self.augment(image)
-        pixels = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1)
+            pixels = self.augment(image)
         return pixels, label
 
 
