@@ -55,15 +55,17 @@ def workdir(tmp_path_factory):
 
 def test_training_killed_at_its_time_limit_is_retried_and_resumes(cluster, workdir):
     target = f"results/slurm-test/{CELL}/autoattack.json"
-    # one minute per attempt: SLURM cancels the first training attempt (TIMEOUT), Snakemake
-    # resubmits it, and the second attempt continues from the saved state
+    # a one-minute first attempt: SLURM cancels it (TIMEOUT), Snakemake resubmits it, and the
+    # second attempt continues from the saved state. Later attempts get 3 and 5 minutes, so
+    # that the test does not depend on how fast this machine trains while other tests run
+    # beside it (at one minute each, four attempts did not suffice on a loaded CI runner)
     result = run_snakemake(
         workdir,
         target,
         "--profile",
         "slurm",
         "--set-resources",
-        "train_cell:runtime=1",
+        "train_cell:runtime=2*attempt-1",
         "--retries",
         "3",
         "--configfile",
