@@ -69,7 +69,9 @@ def main(argv=None):
         steps = math.ceil(dataset["epoch_reference_size"] / cell.batch_size) * cell.epochs
         images = steps * cell.batch_size
         arch = resolve_arch(config, cell.arch)
-        arch.pop("weights", None), arch.pop("pretrained", None)  # FLOPs need the architecture only
+        # FLOPs need the architecture only, not its (pretrained or encoder) weights
+        arch.pop("weights", None)
+        arch.pop("pretrained", None)
         if arch["family"] == "edm_encoder" and not Path(arch["network"]).is_file():
             # the fine-tuned diffusion encoder (Section 5.6) is built from the diffusion model's json
             print(f"{cell.id:<52}{steps:>9}{images / 1e6:>9.1f}  needs {arch['network']} (convert the EDM first)")

@@ -180,3 +180,20 @@ def test_parts_sampled_by_separate_jobs_assemble_into_the_single_run(tmp_path):
     np.testing.assert_array_equal(open_image_store(tmp_path / "joined").images[np.arange(8)], reference.images)
     with pytest.raises(ValueError, match="part 3 of 3 does not exist"):
         generate(parts, tmp_path / "bad", part=(3, 3))
+
+
+def test_decoding_builds_no_autograd_graph_even_for_trainable_weights():
+    # decode_latents runs under no_grad itself: a VA-VAE built without the loader's
+    # requires_grad_(False) must not keep the decoder's activations for a backward pass
+    from dra.diffusion.lightningdit_sampler import decode_latents
+
+    torch.manual_seed(0)
+    vae = VAVAE(**TINY_VAE).eval()
+    assert all(p.requires_grad for p in vae.parameters())
+    grad_enabled = []
+    original = vae.decode
+    vae.decode = lambda z: (grad_enabled.append(torch.is_grad_enabled()), original(z))[1]
+    stats = LatentStats(torch.zeros(1, 4, 1, 1), torch.ones(1, 4, 1, 1))
+    images = decode_latents(vae, stats, torch.randn(2, 4, 8, 8))  # 16 px images, one downsampling
+    assert images.shape == (2, 16, 16, 3) and images.dtype == np.uint8
+    assert grad_enabled and not any(grad_enabled)

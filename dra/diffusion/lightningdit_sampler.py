@@ -76,12 +76,12 @@ def euler_sample(dit: LightningDiT, noise: torch.Tensor, labels: torch.Tensor, n
     return x
 
 
-@torch.no_grad()
 def part_rows(n: int, index: int, parts: int) -> tuple[int, int]:
     """Rows [first, last) of part ``index`` when n rows are split into ``parts`` near-equal runs."""
     return n * index // parts, n * (index + 1) // parts
 
 
+@torch.no_grad()
 def decode_latents(vae: VAVAE, stats: LatentStats, latents: torch.Tensor, bf16: bool = False) -> np.ndarray:
     """Normalized latents -> uint8 (B, H, W, 3) images."""
     with torch.autocast(latents.device.type, dtype=torch.bfloat16, enabled=bf16):

@@ -88,8 +88,9 @@ def create_pretrained(name: str, num_classes: int, mean: Sequence[float], std: S
     """timm model ``name`` with its pretrained weights and a new ``num_classes`` head.
 
     The weights are loaded from ``weights_file`` (the download rule's file) or else from the
-    Hugging Face cache, through timm's ``file`` source, so nothing reaches the network. ``mean``/``std`` must be the normalization the weights were trained
-    with: fine-tuning with another one silently starts from a shifted input distribution.
+    Hugging Face cache, through timm's ``file`` source, so nothing reaches the network.
+    ``mean``/``std`` must be the normalization the weights were trained with: fine-tuning with
+    another one silently starts from a shifted input distribution.
     """
     if weights_file is not None:
         if not os.path.isfile(weights_file):
