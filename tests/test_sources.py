@@ -68,3 +68,17 @@ def test_relative_links_in_readme_and_docs_resolve():
                 broken.append(f"{page.relative_to(ROOT)} -> {target}")
     assert broken == []
 
+
+
+def test_sources_table_names_the_commit_of_every_upstream_repository():
+    table = (ROOT / "docs" / "sources.md").read_text(encoding="utf-8")
+    # repository -> commit its facts were read at (the same commits the module docstrings name)
+    for repo, commit in {
+        "wzekai99/DM-Improves-AT": "b390f25",
+        "NVlabs/edm": "008a4e5",
+        "hustvl/LightningDiT": "2725fed",
+        "fra31/auto-attack": "a392200",
+        "RobustBench/robustbench": "78fcc9e",
+    }.items():
+        rows = [line for line in table.splitlines() if repo in line and line.startswith("|")]
+        assert rows and any(commit in row for row in rows), f"{repo} @ {commit} missing in docs/sources.md"
