@@ -82,3 +82,21 @@ def test_sources_table_names_the_commit_of_every_upstream_repository():
     }.items():
         rows = [line for line in table.splitlines() if repo in line and line.startswith("|")]
         assert rows and any(commit in row for row in rows), f"{repo} @ {commit} missing in docs/sources.md"
+
+
+def test_citation_file_and_readme_cite_the_same_paper():
+    import yaml
+
+    citation = yaml.safe_load((ROOT / "CITATION.cff").read_text(encoding="utf-8"))
+    # the keys CFF 1.2.0 requires (cffconvert --validate checks the full schema)
+    assert citation["cff-version"] == "1.2.0"
+    assert citation["message"] and citation["title"] and citation["authors"]
+    (paper,) = [ref for ref in citation["references"] if "Robust Classifier Training" in ref["title"]]
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    citing = readme[readme.index("## Citing"):]
+    assert paper["title"] in citing.replace("\n", " ").replace("*", "")
+    for author in paper["authors"]:
+        assert f"{author['given-names']} {author['family-names']}" in citing
+        assert author["family-names"] in citing[citing.index("@article"):]
+    arxiv = paper["identifiers"][0]["value"]
+    assert arxiv == "arXiv:2602.19931" and arxiv in citing and paper["url"].endswith(arxiv.split(":")[1])
