@@ -6,7 +6,7 @@ cluster needs around it:
 
 - The model runs in eval mode and fp32, on inputs in [0, 1] (fra31/auto-attack README.md).
 - Robust flags are recomputed from the returned adversarial examples, and every adversarial
-  example is checked to lie in the eps ball and in [0, 1] (auto-attack's own check, autoattack.py).
+  example is checked to lie in the eps ball and in [0, 1] (auto-attack's autoattack.py only logs the largest perturbation).
 - The evaluation set is split into chunks, each a separate ``run_standard_evaluation`` call.
   After each chunk its per-example flags are saved atomically to ``state_path``, so a killed
   job loses at most one chunk and a resumed run gives exactly the flags an uninterrupted run
