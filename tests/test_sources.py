@@ -20,6 +20,7 @@ OUTSIDE_DOCUMENTS = [
     "snakemake" + ".md",
     "dra-paper" + ".md",
     ".." + "/shared",
+    "DESIGN" + ".md",
 ]
 
 

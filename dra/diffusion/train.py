@@ -1,7 +1,7 @@
 """The mini diffusion model: a small EDMPrecond trained with EDM's loss on the mini dataset.
 
 Same classes, preconditioning, loss and sampler as the paper's EDM (NVlabs/edm training/, generate.py), at a
-size that trains on two CPU cores in minutes (DESIGN.md 'Scales'). The saved files are the
+size that trains on two CPU cores in minutes (README.md 'Scales'). The saved files are the
 same safetensors + json as a converted official checkpoint, so every downstream step loads
 either with ``checkpoint.load_edm``. Label dropout makes the same net usable unconditionally
 (all-zero label vector), which the linear probes need.
