@@ -5,7 +5,7 @@
     python benchmarks/gpu_hours.py --configfile config/short.yaml
 
 Method: a cell trains ceil(epoch_reference_size / batch) * epochs steps of `batch` images
-(DM-AT's epoch length, recipe.md 1.4). Per image, a TRADES-k step costs k attack forward+backward
+(DM-AT's epoch length, core/data/semisup.py). Per image, a TRADES-k step costs k attack forward+backward
 passes, one forward of p_nat, and two forward+backward passes of the outer loss; PGD-AT has no
 clean pass. A backward pass is counted as twice a forward. Forward FLOPs per image come from
 torch's FlopCounterMode on each architecture (on the meta device: nothing is computed). The

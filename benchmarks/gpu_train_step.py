@@ -88,7 +88,7 @@ def main() -> None:
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise SystemExit("no CUDA device here; run with --device cpu --batch-size 8 --steps 2 for a smoke check")
-        torch.backends.cudnn.benchmark = True  # as DM-AT (recipe.md 1.10)
+        torch.backends.cudnn.benchmark = True  # as DM-AT (train-wa.py)
         name = torch.cuda.get_device_name(device)
     else:
         name = "cpu"

@@ -2,12 +2,12 @@
 
 Builds a synthetic npz in DM-AT's format (np.savez layout, written in chunks) of 1M random
 images (and 5M with --with-5m), converts it to a store, then in separate subprocesses draws
-the same DM-AT batches (batch 512, unsup fraction 0.7, recipe.md 1.4) two ways, timing two
+the same DM-AT batches (batch 512, unsup fraction 0.7, DM-AT README.md) two ways, timing two
 passes of --batches different batches (the first maps store pages for the first time):
 
   ours : open_image_store (read-only memmaps) for the 50k real and the synthetic store,
          DMATBatchSampler indices, gather each batch.
-  dmat : DM-AT's way (recipe.md 1.13): np.load the npz fully, np.concatenate with a 50k real
+  dmat : DM-AT's way (core/data/semisup.py): np.load the npz fully, np.concatenate with a 50k real
          array in RAM, labels extended into a Python list, index the combined array.
 
 Each child reports its peak RSS (getrusage ru_maxrss; this includes file-backed pages of the
@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-REAL_SIZE = 50_000  # CIFAR train; the first 1024 are DM-AT's validation images (recipe.md 1.5)
+REAL_SIZE = 50_000  # CIFAR train; the first 1024 are DM-AT's validation images (core/data/semisup.py)
 VALIDATION = 1024
 IMAGE_SHAPE = (32, 32, 3)
 
@@ -255,7 +255,7 @@ def main() -> None:
         timings = _build_in_child(args.workdir, sizes)
         rows = []
         for n in sizes:
-            # DM-AT holds the npz pixels twice during np.concatenate (recipe.md 1.13).
+            # DM-AT holds the npz pixels twice during np.concatenate (DM-AT core/data/semisup.py).
             needed_mb = 2 * n * 3080 / 2**20 + 1024
             run_dmat = needed_mb < 0.8 * _available_mb()
             if not run_dmat:

@@ -1,8 +1,8 @@
 """Reference cells: released checkpoints evaluated by our AutoAttack rule beside their published numbers.
 
 Before training anything, the evaluation has to reproduce a published number: DM-AT's
-released l_inf WideResNets (config ``reference_models``; reference/recipe.md 1.15 and
-evaluation.md 2.2) are converted to our model layout (dra.models.dmat_checkpoint) and
+released l_inf WideResNets (config ``reference_models``; DM-AT README.md and
+RobustBench model_info/) are converted to our model layout (dra.models.dmat_checkpoint) and
 attacked exactly as a trained cell is. Paths and recipes are computed here, for the workflow
 (rules/reference.smk) and the tests alike.
 """

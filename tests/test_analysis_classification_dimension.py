@@ -1,4 +1,4 @@
-"""dra.analysis.classification_dimension (paper Section 5.5, Table 3; evaluation.md 3.4)."""
+"""dra.analysis.classification_dimension (paper Section 5.5, Table 3; Feng et al. 2022, run_cls_dim.py)."""
 
 from __future__ import annotations
 
@@ -78,7 +78,7 @@ def test_pca_is_centred_covariance_in_descending_order():
 def test_running_sum_equals_float64_projection_of_uncentered_features():
     generator = torch.Generator().manual_seed(1)
     n, dim, classes = 300, 12, 5
-    # Offset mean: the projection is of the uncentered X (evaluation.md 3.4), so it matters here.
+    # Offset mean: the projection is of the uncentered X (Rank-Diminishing core/pca.py), so it matters here.
     features = torch.randn(n, dim, generator=generator) * torch.linspace(3, 0.2, dim) + 1.5
     head = nn.Linear(dim, classes)
     with torch.no_grad():

@@ -1,4 +1,4 @@
-"""dra.analysis.representation_metrics against closed-form cases (evaluation.md 3.1-3.3, 3.5)."""
+"""dra.analysis.representation_metrics against closed-form cases (sources in docs/sources.md)."""
 
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ def test_alignment_of_pairs_at_a_known_angle():
 def test_cknna_identical_and_rotated_features_is_one():
     features = torch.randn(64, 16, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     q, _ = torch.linalg.qr(torch.randn(16, 16, generator=torch.Generator().manual_seed(1), dtype=torch.float64))
-    # 1 up to the +1e-6 in the denominator (evaluation.md 3.1), relative to an HSIC of about 0.02.
+    # 1 up to the +1e-6 in the denominator (platonic-rep metrics.py), relative to an HSIC of about 0.02.
     assert cknna(features, features, topk=10) == pytest.approx(1.0, abs=1e-4)
     # Linear kernels do not change under a rotation of the features.
     assert cknna(features, features @ q, topk=10) == pytest.approx(cknna(features, features, topk=10), abs=1e-9)

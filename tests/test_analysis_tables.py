@@ -1,6 +1,6 @@
 """dra.analysis.tables: paper vs ours vs difference, pending cells, reported rows.
 
-Paper numbers are Table 1, 2 and 3 of the paper (dra-paper.md)."""
+Paper numbers are Table 1, 2 and 3 of the paper (arXiv:2602.19931)."""
 
 from __future__ import annotations
 

@@ -160,7 +160,7 @@ def test_official_counts_are_enforced(tmp_path):
     rng = np.random.default_rng(3)
     archive = tmp_path / "cifar-10-python.tar.gz"
     _cifar10_archive(archive, rng)
-    # default expectation is the official 50,000 / 10,000 (recipe.md 1.12 archive)
+    # default expectation is the official 50,000 / 10,000 (the cifar-10-python.tar.gz archive)
     with pytest.raises(CifarArchiveError, match="100 images, expected 50000"):
         convert_cifar(archive, "cifar10", tmp_path / "train", tmp_path / "test")
     assert not (tmp_path / "train").exists() and not (tmp_path / "test").exists()

@@ -118,7 +118,7 @@ def test_eval_image_absent_from_val(tmp_path):
 
 
 def test_shipped_robustbench_ids_are_intact():
-    # evaluation.md 2.1: RobustBench evaluates ImageNet on 5000 fixed validation images.
+    # robustbench/data.py: RobustBench evaluates ImageNet on 5000 fixed validation images.
     ids = check_robustbench_eval_ids()
     assert len(ids) == 5000 == len(set(ids))
     assert len({image_id.split("/")[0] for image_id in ids}) == 997

@@ -1,11 +1,11 @@
-"""DM-AT batch sampler (recipe.md 1.4): batch composition, coverage, determinism, resume."""
+"""DM-AT batch sampler (core/data/semisup.py): batch composition, coverage, determinism, resume."""
 
 import numpy as np
 import pytest
 
 from dra.data.sampler import DMATBatchSampler
 
-# recipe.md 1.4/1.5: 48,976 real training images after the 1024 validation images are removed,
+# DM-AT core/data/semisup.py: 48,976 real training images after the 1024 validation images are removed,
 # epoch length fixed by the 50,000 CIFAR images, batch 512, unsup fraction 0.7.
 N_REAL = 48_976
 

@@ -1,4 +1,4 @@
-"""DM-AT npz parts (np.savez: uncompressed image.npy / label.npy, recipe.md 1.12) streamed into a store."""
+"""DM-AT npz parts (np.savez: uncompressed image.npy / label.npy, DM-AT README.md) streamed into a store."""
 
 import tracemalloc
 import zipfile

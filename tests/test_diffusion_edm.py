@@ -1,4 +1,4 @@
-"""EDM U-Net and preconditioning against recipe.md section 2 (names, shapes, formulas)."""
+"""EDM U-Net and preconditioning against NVlabs/edm training/networks.py (names, shapes, formulas)."""
 
 import math
 
@@ -13,7 +13,7 @@ torch.set_num_threads(1)
 
 
 def block_params(cin, cout, emb, attention=False, resample=False):
-    """Parameters of one DDPM++ UNetBlock (recipe.md 2.5), counted from its layer shapes."""
+    """Parameters of one DDPM++ UNetBlock (NVlabs/edm networks.py), counted from its layer shapes."""
     n = 2 * cin + (9 * cin * cout + cout) + (emb * cout + cout) + 2 * cout + (9 * cout * cout + cout)
     if cin != cout or resample:
         n += cin * cout + cout  # 1x1 skip (resample_proj=True)
@@ -23,7 +23,7 @@ def block_params(cin, cout, emb, attention=False, resample=False):
 
 
 def cifar10_param_count(label_dim=10, augment_dim=9):
-    """The CIFAR-10 DDPM++ net of recipe.md 2.3/2.4, block by block."""
+    """The CIFAR-10 DDPM++ net of NVlabs/edm train.py --arch=ddpmpp, block by block."""
     emb, noise = 512, 128
     n = (label_dim * noise + noise if label_dim else 0) + augment_dim * noise
     n += noise * emb + emb + emb * emb + emb
@@ -55,7 +55,7 @@ def test_cifar10_parameter_count_matches_module_shapes(cifar_net):
 
 
 def test_cifar10_module_names_and_channels(cifar_net):
-    # recipe.md 2.4: encoder/decoder keys in order, with (in, out) channels.
+    # networks.py SongUNet: encoder/decoder keys in order, with (in, out) channels.
     enc, dec = cifar_net.model.enc, cifar_net.model.dec
     assert list(enc) == (["32x32_conv"] + [f"32x32_block{i}" for i in range(4)]
                          + ["16x16_down"] + [f"16x16_block{i}" for i in range(4)]
@@ -89,14 +89,14 @@ def test_output_shape_and_feature_shapes(cifar_net):
         out = cifar_net(x, torch.tensor([0.1, 2.0]), one_hot_labels(torch.tensor([3, 7]), 10))
     handle.remove()
     assert out.shape == (2, 3, 32, 32) and out.dtype == torch.float32
-    assert seen["mid"] == (2, 256, 8, 8)  # recipe.md 2.4: bottleneck is B x 256 x 8 x 8
+    assert seen["mid"] == (2, 256, 8, 8)  # SongUNet: bottleneck is B x 256 x 8 x 8
 
 
 def test_preconditioning_coefficients_hand_computed():
     net = EDMPrecond(img_resolution=8, img_channels=3, model_channels=16, channel_mult=[1], num_blocks=1,
                      attn_resolutions=[])
     c_skip, c_out, c_in, c_noise = net.coefficients(torch.tensor([0.5, 2.0], dtype=torch.float64))
-    # sigma_data = 0.5 (recipe.md 2.6): sigma 0.5 -> 0.25/0.5, 0.25/sqrt(0.5), 1/sqrt(0.5), ln(0.5)/4.
+    # sigma_data = 0.5 (EDMPrecond): sigma 0.5 -> 0.25/0.5, 0.25/sqrt(0.5), 1/sqrt(0.5), ln(0.5)/4.
     torch.testing.assert_close(c_skip, torch.tensor([0.5, 0.25 / 4.25], dtype=torch.float64))
     torch.testing.assert_close(c_out, torch.tensor([0.25 / math.sqrt(0.5), 1.0 / math.sqrt(4.25)], dtype=torch.float64))
     torch.testing.assert_close(c_in, torch.tensor([1 / math.sqrt(0.5), 1 / math.sqrt(4.25)], dtype=torch.float64))
@@ -116,7 +116,7 @@ def test_forward_combines_skip_and_network_output():
     net.model = Recorder()
     x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
     sigma = torch.tensor([0.3, 5.0], dtype=torch.float64)
-    out = net(x, sigma)  # labels None on a conditional net -> zero label vector (recipe.md 2.5)
+    out = net(x, sigma)  # labels None on a conditional net -> zero label vector (EDMPrecond)
     s = sigma.reshape(-1, 1, 1, 1)
     expected = 0.25 / (s ** 2 + 0.25) * x + s * 0.5 / (s ** 2 + 0.25).sqrt() * 3.0
     torch.testing.assert_close(out.double(), expected, rtol=1e-6, atol=1e-6)

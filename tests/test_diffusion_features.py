@@ -89,7 +89,7 @@ def test_extra_view_sigma_follows_edm_training_distribution(net):
     extractor = DiffusionFeatureExtractor(net, "model.dec.4x4_in1", 0.1, extra_view=True, seed=0)
     sigmas, _ = extractor.noise(range(4000), 1, (1, 1, 1))
     log_sigma = sigmas.double().log()
-    # ln(sigma) ~ N(-1.2, 1.2^2) (recipe.md 2.7): standard errors 0.019 (mean), 0.013 (std).
+    # ln(sigma) ~ N(-1.2, 1.2^2) (edm training/loss.py): standard errors 0.019 (mean), 0.013 (std).
     assert abs(log_sigma.mean().item() - P_MEAN) < 0.06
     assert abs(log_sigma.std().item() - P_STD) < 0.04
     again, _ = extractor.noise([17], 1, (1, 1, 1))

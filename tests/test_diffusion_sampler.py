@@ -1,4 +1,4 @@
-"""EDM Heun sampler (recipe.md 2.8) and resumable synthetic-data generation."""
+"""EDM Heun sampler (NVlabs/edm generate.py) and resumable synthetic-data generation."""
 
 import math
 
@@ -27,7 +27,7 @@ def tiny_net(label_dim=2):
 
 
 def test_18_step_sigma_grid_matches_recipe():
-    # recipe.md 2.8, values computed there from the formula (rounded to 3-4 digits).
+    # NVlabs/edm generate.py edm_sampler: values computed from its step formula (rounded to 3-4 digits).
     listed = [80, 57.59, 40.79, 28.37, 19.35, 12.91, 8.40, 5.32, 3.26, 1.92, 1.09, 0.585, 0.296, 0.140, 0.0599,
               0.0229, 0.0075, 0.002, 0]
     grid = edm_sigma_steps(18)
@@ -59,7 +59,7 @@ def test_heun_solves_the_probability_flow_ode_of_a_gaussian():
     for steps in (18, 50, 200):
         net = GaussianDenoiser(s)
         out = edm_heun_sample(net, latents, num_steps=steps)
-        assert net.calls == 2 * steps - 1  # Euler + Heun on all but the last step: NFE 35 at 18 (recipe.md 2.8)
+        assert net.calls == 2 * steps - 1  # Euler + Heun on all but the last step: NFE 35 at 18 (EDM README.md)
         errors[steps] = ((out - exact).abs() / exact.abs()).max().item()
     assert errors[200] < 1e-3
     assert 10 < errors[50] / errors[200] < 20  # second order: 4x the steps, ~16x less error
@@ -80,7 +80,7 @@ def test_samples_do_not_depend_on_batch_composition():
 def test_uint8_conversion_truncates_like_dmat():
     x = torch.tensor([-1.0, -0.999, 0.0, 0.5, 0.999, 1.0, 3.0]).reshape(1, 1, 1, 7).expand(1, 3, 1, 7)
     pixels = to_uint8_hwc(x)
-    # clip(x * 127.5 + 128, 0, 255) truncated (recipe.md 1.14): -0.999 -> 0.6275 -> 0; 0.5 -> 191.75 -> 191.
+    # clip(x * 127.5 + 128, 0, 255) truncated (DM-AT edm/generate.py): -0.999 -> 0.6275 -> 0; 0.5 -> 191.75 -> 191.
     assert pixels.shape == (1, 1, 7, 3) and pixels.dtype == np.uint8
     assert pixels[0, 0, :, 0].tolist() == [0, 0, 128, 191, 255, 255, 255]
 

@@ -1,4 +1,4 @@
-"""DM-AT's per-class selection of generated images (recipe.md 1.14)."""
+"""DM-AT's per-class selection of generated images (DM-AT edm/select_1M.py)."""
 
 import numpy as np
 import pytest

@@ -29,7 +29,7 @@ def test_edm_loss_matches_formula():
     images = torch.rand(4, 3, 8, 8) * 2 - 1
     generator = torch.Generator().manual_seed(0)
     loss = edm_loss(net, images, None, generator)
-    # Replay the same draws: ln sigma ~ N(-1.2, 1.2^2), weight (s^2 + 0.25)/(0.5 s)^2 (recipe.md 2.7).
+    # Replay the same draws: ln sigma ~ N(-1.2, 1.2^2), weight (s^2 + 0.25)/(0.5 s)^2 (edm training/loss.py).
     replay = torch.Generator().manual_seed(0)
     sigma = (torch.randn(4, 1, 1, 1, generator=replay) * 1.2 - 1.2).exp()
     noise = torch.randn(images.shape, generator=replay) * sigma

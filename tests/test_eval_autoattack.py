@@ -30,7 +30,7 @@ from dra.evaluation.autoattack import (
     write_autoattack_outputs,
 )
 
-NUM_CLASSES = 10  # APGD-T and FAB-T attack the 9 top other classes (evaluation.md 1.2)
+NUM_CLASSES = 10  # APGD-T and FAB-T attack the 9 top other classes (autoattack.py set_version)
 SHAPE = (3, 4, 4)
 
 
@@ -115,7 +115,7 @@ def test_model_mode_gradients_and_caller_rng_are_restored(monkeypatch):
     def identity_attack(self, x, y, *, batch_size, state_path=None):
         seen["training"] = self.model.training
         seen["requires_grad"] = [p.requires_grad for p in self.model.parameters()]
-        torch.manual_seed(12345)  # pyautoattack reseeds the global RNG (evaluation.md 1.3)
+        torch.manual_seed(12345)  # pyautoattack reseeds the global RNG (autopgd_base.py)
         return x.clone(), self.model(x).argmax(1)
 
     monkeypatch.setattr("pyautoattack.AutoAttack.run_standard_evaluation", identity_attack)
@@ -139,7 +139,7 @@ def test_outputs_hold_flags_and_summary(tmp_path):
     assert stored == summary
     assert stored["clean_accuracy"] == 75.0 and stored["robust_accuracy"] == 25.0
     assert stored["n"] == 4 and stored["eps_255"] == "8/255" and stored["version"] == "standard"
-    assert stored["attacks"] == ["apgd-ce", "apgd-t", "fab-t", "square"]  # evaluation.md 1.2
+    assert stored["attacks"] == ["apgd-ce", "apgd-t", "fab-t", "square"]  # autoattack.py set_version
     assert stored["seed"] == 3 and stored["model"] == "m/model.pt"
     assert stored["package_versions"]["pyautoattack"] == "0.2.0"
     with np.load(tmp_path / "a.npz") as flags:

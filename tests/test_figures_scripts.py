@@ -181,7 +181,7 @@ def test_figures1_and_9(results):
     assert_drawn(paths)
     assert_drawn(nine)
     table = pd.read_csv(paths["csv"]).set_index("model")
-    # CKNNA of a representation with itself is s / (s + 1e-6), s its HSIC with itself (evaluation.md 3.1)
+    # CKNNA of a representation with itself is s / (s + 1e-6), s its HSIC with itself (platonic-rep metrics.py)
     assert table.loc[cell("st"), "cknna_standard"] == pytest.approx(1.0, abs=1e-4)
     assert table.loc[cell("at"), "cknna_standard"] < 0.999
     assert table["cknna_diffusion"].between(-1, 1).all()

@@ -101,7 +101,7 @@ def test_time_convention_t1_clean_t0_noise(parts):
     finally:
         for hook in hooks:
             hook.remove()
-    # x_t = t z + (1 - t) n (recipe.md 5): for standardized z, corr = t / sqrt(t^2 + (1 - t)^2)
+    # x_t = t z + (1 - t) n (LightningDiT transport/path.py): for standardized z, corr = t / sqrt(t^2 + (1 - t)^2)
     assert corr[1.0] == pytest.approx(1.0, abs=1e-6)
     assert corr[0.8] == pytest.approx(0.8 / np.hypot(0.8, 0.2), abs=0.03) and corr[0.8] > 0.9
     assert abs(corr[0.0]) < 0.05

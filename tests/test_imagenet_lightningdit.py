@@ -1,4 +1,4 @@
-"""LightningDiT-XL/1 and the VA-VAE f16d32 tokenizer (recipe.md 5): sizes, release key names,
+"""LightningDiT-XL/1 and the VA-VAE f16d32 tokenizer (hustvl/LightningDiT): sizes, release key names,
 checkpoint loading, and known answers for the position encodings."""
 
 import math
@@ -24,7 +24,7 @@ def meta_state_shapes(module_class, config):
 
 
 def test_xl1_parameter_count_follows_the_architecture():
-    # recipe.md 5: depth 28, hidden 1152, 16 heads, patch 1, 32 latent channels, 256 tokens,
+    # LightningDiT's 800ep_cfg.yaml: depth 28, hidden 1152, 16 heads, patch 1, 32 latent channels, 256 tokens,
     # SwiGLU hidden int(2/3 * 4608) = 3072, RMSNorm weights, 6-way adaLN, 1000 classes + null.
     d, c, tokens, freq, hidden, depth = 1152, 32, 256, 256, 3072, 28
     embed = (c * d + d) + tokens * d + (freq * d + d + d * d + d) + 1001 * d

@@ -1,4 +1,4 @@
-"""DINOv3 classifiers for the ImageNet track (paper section 5; evaluation.md 4), built through
+"""DINOv3 classifiers for the ImageNet track (paper section 5; timm 1.0.31 eva.py), built through
 dra.models.create_classifier, and their pretrained weights read from the Hugging Face cache only."""
 
 import huggingface_hub
@@ -27,7 +27,7 @@ def build(name, kwargs, pretrained=False, num_classes=1000, device="cpu"):
 
 @pytest.mark.parametrize("name, kwargs, params, dim", [
     # Counted with timm 1.0.31 (pretrained=False, num_classes=1000); ConvNeXt-B is the known 88.6M,
-    # ViT-B/16 DINOv3 86.4M (4 register tokens, no QKV bias, evaluation.md 4).
+    # ViT-B/16 DINOv3 86.4M (4 register tokens, no QKV bias, timm eva.py).
     (CONVNEXT, {}, 88_591_464, 1024),
     (VIT, {"global_pool": "token"}, 86_410_216, 768),
 ])

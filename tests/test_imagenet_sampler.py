@@ -1,4 +1,4 @@
-"""LightningDiT Euler ODE sampler with the release's settings (recipe.md 5) and the resumable
+"""LightningDiT Euler ODE sampler with the release's settings (LightningDiT configs/) and the resumable
 synthetic ImageNet generation."""
 
 import json
@@ -23,7 +23,7 @@ TINY_VAE = dict(embed_dim=4, ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_resol
 
 
 def test_release_settings():
-    # recipe.md 5: Euler, 250 steps, shift 0.3, cfg 6.7 (800ep), interval start 0.125, first 3 channels.
+    # lightningdit_xl_vavae_f16d32_800ep_cfg.yaml: Euler, 250 steps, shift 0.3, cfg 6.7 (800ep), interval start 0.125, first 3 channels.
     assert RELEASE_SAMPLING == dict(num_steps=250, timestep_shift=0.3, cfg_scale=6.7, cfg_interval_start=0.125,
                                     cfg_channels=3)
 

@@ -1,12 +1,12 @@
 """DM-AT checkpoints -> our WideResNet: identical logits, and refusals that name the keys.
 
 The DM-AT side is written here from the documented layout, independently of dra.models:
-- reference/recipe.md 1.11: module names (init_conv, layer.N.block.M.{batchnorm_0, conv_0,
+- DM-AT core/models/wideresnetwithswish.py: module names (init_conv, layer.N.block.M.{batchnorm_0, conv_0,
   batchnorm_1, conv_1, shortcut}, batchnorm, logits), widths 16/16k/32k/64k, (depth-4)/6 blocks
   per group, strides 1/2/2, pre-activation blocks whose 1x1 shortcut (only when the channel
   count changes) reads the pre-activated tensor, "SAME" padding (stride 1: 1 all round;
   stride 2: 0 before, 1 after), SiLU, avg_pool(8), normalization constants outside the state dict;
-- reference/recipe.md 1.15: checkpoint/<name>.pt is evaluated through 'model_state_dict';
+- DM-AT eval-aa.py: checkpoint/<name>.pt is evaluated through 'model_state_dict';
   DM-AT's create_model wraps Sequential(WideResNet) in DataParallel, hence 'module.0.'.
 """
 
@@ -30,7 +30,7 @@ from dra.models.dmat_checkpoint import (
 )
 from scripts import convert_dmat_checkpoint as convert_script
 
-CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)  # recipe.md 1.11
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)  # DM-AT wideresnetwithswish.py
 CIFAR10_STD = (0.2471, 0.2435, 0.2616)
 
 
@@ -39,7 +39,7 @@ def wrn(depth: int, width: int) -> dict:
 
 
 def dmat_layout(depth: int, width: int, num_classes: int, prefix: str = "module.0.") -> dict[str, tuple]:
-    """Key -> shape of DM-AT's saved WideResNet (recipe.md 1.11), in saving order."""
+    """Key -> shape of DM-AT's saved WideResNet (wideresnetwithswish.py), in saving order."""
     widths = [16, 16 * width, 32 * width, 64 * width]
     shapes: dict[str, tuple] = {"init_conv.weight": (16, 3, 3, 3)}
 
@@ -86,7 +86,7 @@ def random_state(layout: dict[str, tuple], seed: int) -> dict[str, torch.Tensor]
 
 
 def dmat_forward(state: dict[str, torch.Tensor], x: torch.Tensor, mean, std) -> torch.Tensor:
-    """DM-AT's forward (recipe.md 1.11) in float64, straight from its keyed state dict."""
+    """DM-AT's forward (wideresnetwithswish.py) in float64, straight from its keyed state dict."""
     s = {key.removeprefix("module.0."): value.double() for key, value in state.items()}
 
     def bn(name, t):

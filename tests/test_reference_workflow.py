@@ -1,7 +1,7 @@
 """Reference cells: DM-AT's released checkpoints in config, in the DAG, and in the reference table.
 
-Published numbers: DM-AT README "Pre-trained checkpoints" (reference/recipe.md 1.15), the same
-as RobustBench's Wang2023Better entries (reference/evaluation.md 2.2).
+Published numbers: DM-AT README "Pre-trained checkpoints" (at b390f25), the same
+as RobustBench's Wang2023Better entries (model_info/, at 78fcc9e).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from dra.reference import check_reference_models, reference_recipe, reference_ta
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# name -> (dataset, arch, RobustBench name, clean, AutoAttack); evaluation.md 2.2, recipe.md 1.15
+# name -> (dataset, arch, RobustBench name, clean, AutoAttack); RobustBench model_info, DM-AT README.md
 PUBLISHED = {
     "cifar10_linf_wrn28-10": ("cifar10", "wrn-28-10", "Wang2023Better_WRN-28-10", 92.44, 67.31),
     "cifar10_linf_wrn70-16": ("cifar10", "wrn-70-16", "Wang2023Better_WRN-70-16", 93.25, 70.69),
@@ -55,7 +55,7 @@ def test_reference_cells_are_dmat_releases_with_published_numbers(config):
 
 def test_reference_recipe_is_what_the_evaluation_reads(config):
     recipe = reference_recipe(config, "cifar100_linf_wrn70-16")
-    # DM-AT's WRN-70-16 with SiLU and CIFAR-100 normalization inside the model (recipe.md 1.11)
+    # DM-AT's WRN-70-16 with SiLU and CIFAR-100 normalization inside the model (DM-AT wideresnetwithswish.py)
     assert recipe["arch"] == {"family": "wrn", "depth": 70, "width": 16, "activation": "silu"}
     assert recipe["data"] == {"num_classes": 100, "mean": [0.5071, 0.4865, 0.4409], "std": [0.2673, 0.2564, 0.2762]}
     assert recipe["reference"]["dataset_kind"] == "cifar100"

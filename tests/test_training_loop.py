@@ -109,9 +109,9 @@ def test_train_cell_writes_loadable_ema_model_and_log(stores, tmp_path, objectiv
             assert -1.0 <= float(row["loss_dra"]) <= 1.0
         else:
             assert float(row["loss_dra"]) == 0.0 and row["clean_batch_acc"] == ""  # PGD-AT has no clean forward
-    # OneCycleLR stepped per epoch over 2 epochs: epoch 2 runs at the final lr = lr / 25 / 1e4 (recipe.md 1.7)
+    # OneCycleLR stepped per epoch over 2 epochs: epoch 2 runs at the final lr = lr / 25 / 1e4 (DM-AT core/utils/train.py)
     assert float(rows[1]["lr"]) == pytest.approx(0.05 / 25 / 1e4)
-    # EMA BatchNorm buffers are the raw model's at the end of the last epoch (recipe.md 1.6)
+    # EMA BatchNorm buffers are the raw model's at the end of the last epoch (DM-AT watrain.py update_bn)
     state = torch.load(tmp_path / "state" / "state.pt", weights_only=True)
     raw = {k[len("classifier."):]: v for k, v in state["trainable"].items() if k.startswith("classifier.")}
     for key, value in weights.items():

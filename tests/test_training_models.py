@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from dra.models import create_classifier
 
-CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616)  # recipe.md 1.11
+CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616)  # DM-AT wideresnetwithswish.py
 
 
 def wrn(depth, width, classes=10):
@@ -17,7 +17,7 @@ def wrn(depth, width, classes=10):
 
 
 def wrn_parameter_count(depth, width, classes):
-    """Count from the layer shapes of recipe.md 1.11, independently of the module code."""
+    """Count from the layer shapes of DM-AT's wideresnetwithswish.py, independently of the module code."""
     n = (depth - 4) // 6
     widths = [16, 16 * width, 32 * width, 64 * width]
     total = 3 * 16 * 9  # init_conv, bias-free
@@ -49,7 +49,7 @@ def test_wrn_28_10_is_36_5m_and_has_dmat_names():
     assert "layer.0.block.1.shortcut.weight" not in keys  # 1x1 shortcut only where channels change
     assert "mean" not in keys and "std" not in keys  # normalization constants are not checkpoint keys
     assert model.feature_dim == 640
-    assert all(m.momentum == 0.01 for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))  # recipe.md 1.8
+    assert all(m.momentum == 0.01 for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))  # DM-AT wideresnetwithswish.py
 
 
 def test_tiny_wrn_shapes_and_features_on_8x8():
@@ -66,7 +66,7 @@ def test_same_padding_and_stride_two_geometry():
     block = model.layer[1].block[0]  # first block of group 2: stride 2, 16 -> 32 channels
     x = torch.randn(1, 16, 8, 8)
     pre = block.relu_0(block.batchnorm_0(x))
-    # "SAME" for stride 2: pad 0 before, 1 after, convolution without padding (recipe.md 1.11)
+    # "SAME" for stride 2: pad 0 before, 1 after, convolution without padding (DM-AT wideresnetwithswish.py)
     expected = F.conv2d(F.pad(pre, (0, 1, 0, 1)), block.conv_0.weight, stride=2)
     expected = F.conv2d(block.relu_1(block.batchnorm_1(expected)), block.conv_1.weight, padding=1)
     expected = expected + F.conv2d(pre, block.shortcut.weight, stride=2)
@@ -90,7 +90,7 @@ def test_normalization_inside_the_model():
     x = torch.rand(2, 3, 8, 8)
     mean = torch.tensor(CIFAR10_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(CIFAR10_STD).view(1, 3, 1, 1)
-    # images in [0, 1] go in; (x - mean) / std happens inside (recipe.md 1.11)
+    # images in [0, 1] go in; (x - mean) / std happens inside (DM-AT wideresnetwithswish.py)
     torch.testing.assert_close(model(x), plain((x - mean) / std))
     assert not torch.allclose(model(x), plain(x), atol=1e-3)
 
@@ -109,7 +109,7 @@ def test_vit_b2_for_32x32():
     with torch.device("meta"):
         model = create_classifier({"family": "timm", "name": "vit_base_patch16_224",
                                    "kwargs": {"img_size": 32, "patch_size": 2}}, 10, CIFAR10_MEAN, CIFAR10_STD)
-    # evaluation.md 4: 85.27M parameters, patch embedding Conv2d(3, 768, k=2, s=2), 256 patches
+    # timm 1.0.31: 85.27M parameters, patch embedding Conv2d(3, 768, k=2, s=2), 256 patches
     assert sum(p.numel() for p in model.parameters()) == 85_271_818
     assert model.net.patch_embed.proj.kernel_size == (2, 2) and model.net.patch_embed.num_patches == 256
     assert model.feature_dim == 768

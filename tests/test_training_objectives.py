@@ -57,7 +57,7 @@ def test_trades_attack_matches_float64_reference():
     rng = np.random.default_rng(1)
     x = rng.uniform(0, 1, (6, 1, 3, 4))
     noise = rng.uniform(-EPS, EPS, x.shape)
-    p_nat = _softmax(x.reshape(6, -1) @ W.T + b)  # fixed during the attack (recipe.md 1.3)
+    p_nat = _softmax(x.reshape(6, -1) @ W.T + b)  # fixed during the attack (DM-AT trades.py)
     # d/dz_adv of KL_batchmean(p_nat || softmax(z_adv)) = (softmax(z_adv) - p_nat) / B
     expected = _reference_pgd(x, noise, lambda z: (_softmax(z) - p_nat) / len(x), W, b, steps=10)
     x_adv = adversarial_examples("trades", model, torch.from_numpy(x), torch.zeros(6, dtype=torch.long), EPS, STEP, 10,
@@ -95,7 +95,7 @@ def test_attack_uses_batch_statistics_and_leaves_running_statistics_unchanged():
     with frozen_batchnorm_statistics(model):
         during = model(x)
     reference = copy.deepcopy(model).train()
-    torch.testing.assert_close(during, reference(x))  # train-mode batch statistics (DM-AT, recipe.md 1.3)
+    torch.testing.assert_close(during, reference(x))  # train-mode batch statistics (DM-AT gowal21uncovering/utils/trades.py)
     assert not torch.allclose(during, copy.deepcopy(model).eval()(x))
     adversarial_examples("trades", model, x, torch.zeros(8, dtype=torch.long), EPS, STEP, 3,
                          uniform_ball_noise(x.shape, EPS, torch.Generator().manual_seed(0)))
@@ -114,7 +114,7 @@ def test_smooth_cross_entropy_and_trades_loss_against_float64_formula():
     z_nat, z_adv = rng.normal(size=(5, 10)) * 3, rng.normal(size=(5, 10)) * 3
     y = rng.integers(0, 10, 5)
     log_p_nat = np.log(_softmax(z_nat))
-    # recipe.md 1.3: 0.9 NLL(y) + 0.1 mean over classes of -log p; beta KL(p_nat || p_adv) batchmean
+    # DM-AT trades.py, SmoothCrossEntropyLoss: 0.9 NLL(y) + 0.1 mean over classes of -log p; beta KL(p_nat || p_adv) batchmean
     ce = np.mean(0.9 * -log_p_nat[np.arange(5), y] + 0.1 * -log_p_nat.mean(1))
     kl = np.sum(_softmax(z_nat) * (log_p_nat - np.log(_softmax(z_adv)))) / 5
     total, robust = trades_outer_loss(torch.from_numpy(z_nat), torch.from_numpy(z_adv), torch.from_numpy(y), 5.0, 0.1)
@@ -128,7 +128,7 @@ def test_trades_outer_loss_does_not_detach_the_natural_branch():
     z_adv = torch.randn(4, 5)
     _, robust = trades_outer_loss(z_nat, z_adv, torch.zeros(4, dtype=torch.long), 5.0, 0.1)
     robust.backward()
-    assert z_nat.grad.abs().sum() > 0  # gradient flows through softmax(logits_nat) (recipe.md 1.3)
+    assert z_nat.grad.abs().sum() > 0  # gradient flows through softmax(logits_nat) (DM-AT trades.py)
 
 
 def test_cw_margin_objective_against_float64_formula():
@@ -164,7 +164,7 @@ def test_dra_gradient_reaches_classifier_and_head_but_not_target():
 def test_projection_head_is_repa_mlp():
     head = ProjectionHead(640, 2048, 256)
     kinds = [type(m).__name__ for m in head.mlp]
-    assert kinds == ["Linear", "SiLU", "Linear", "SiLU", "Linear"]  # recipe.md 4
+    assert kinds == ["Linear", "SiLU", "Linear", "SiLU", "Linear"]  # REPA models/sit.py build_mlp
     assert [m.out_features for m in head.mlp if isinstance(m, nn.Linear)] == [2048, 2048, 256]
     assert all(torch.all(m.bias == 0) for m in head.mlp if isinstance(m, nn.Linear))
     bound = np.sqrt(6 / (640 + 2048))  # xavier uniform

@@ -24,12 +24,12 @@ def test_dmat_onecycle_per_epoch_lr_and_momentum_facts():
     schedule = build_schedule({"name": "dmat_onecycle", "warmup_fraction": 0.025}, optimizer, 0.2, 400, 98)
     assert schedule.per == "epoch"
     lr, momentum = [], []
-    for _ in range(400):  # one scheduler step per EPOCH (recipe.md 1.7)
+    for _ in range(400):  # one scheduler step per EPOCH (DM-AT core/utils/train.py)
         optimizer.step()
         lr.append(optimizer.param_groups[0]["lr"])
         momentum.append(optimizer.param_groups[0]["momentum"])
         schedule.scheduler.step()
-    # recipe.md 1.7: start 0.2/25 = 0.008, 0.2 at the end of the 10-epoch warm-up, 0.2/25/1e4 = 8e-7 at the end;
+    # DM-AT core/utils/train.py: start 0.2/25 = 0.008, 0.2 at the end of the 10-epoch warm-up, 0.2/25/1e4 = 8e-7 at the end;
     # momentum cycled 0.95 -> 0.85 (warm-up end) -> 0.95
     assert lr[0] == pytest.approx(0.2 / 25) and momentum[0] == pytest.approx(0.95)
     assert lr[9] == pytest.approx(0.2) and momentum[9] == pytest.approx(0.85)
@@ -71,7 +71,7 @@ def test_lion_from_timm_with_no_decay_for_1d_parameters():
 
 
 def test_ema_decay_rule():
-    warmup = 0.025 * 400 * 98  # 980 steps for 400 epochs of 98 steps (recipe.md 1.6)
+    warmup = 0.025 * 400 * 98  # 980 steps for 400 epochs of 98 steps (DM-AT watrain.py)
     assert ema_decay(0, 0.995, warmup) == 0.0 and ema_decay(979, 0.995, warmup) == 0.0
     assert ema_decay(980, 0.995, warmup) == pytest.approx(1 / 10)
     assert ema_decay(990, 0.995, warmup) == pytest.approx(11 / 20)
@@ -142,7 +142,7 @@ def test_rotation_matches_torchvision_rotate():
     assert angles.abs().max() <= 15 and angles.abs().max() > 10
     agreement = []
     for i in range(32):
-        # torchvision's RandomRotation(15): nearest, zero fill, about the centre (recipe.md 1.9)
+        # torchvision's RandomRotation(15): nearest, zero fill, about the centre (DM-AT core/data/cifar100s.py)
         expected = TF.rotate(images[i], angles[i].item(), interpolation=TF.InterpolationMode.NEAREST)
         agreement.append((out[i] == expected).float().mean().item())
     assert min(agreement) == 1.0

@@ -55,7 +55,7 @@ def test_paper_numbers_are_in_config(paper):
     ]
     assert paper["dra"]["lambda"] == 1.2
     assert paper["diffusion_models"]["edm-cifar10-cond"]["feature"]["sigma"] == 0.1
-    # 50M set: four parts of 12.5M images (recipe.md 1.12)
+    # 50M set: four parts of 12.5M images (Hugging Face file sizes of P2333/DM-Improves-AT)
     parts = paper["datasets"]["cifar10"]["synthetic"]["50m"]["parts"]
     assert [p["images"] for p in parts] == [12_500_000] * 4
 

@@ -3,7 +3,7 @@
 PCA of the clean penultimate features (centred by their mean, covariance X^T X / n, eigenvectors
 by descending eigenvalue). For k = 1..D the UNCENTERED features are projected onto the top-k
 eigenvectors, X V_k V_k^T, and passed through the model's own final linear layer; acc(k) is the
-resulting accuracy (evaluation.md 3.4). CLS-95 / CLS-99 is the smallest k with
+resulting accuracy (Feng et al. 2022, run_cls_dim.py; docs/sources.md). CLS-95 / CLS-99 is the smallest k with
 acc(k) >= 0.95 / 0.99 * acc(full). The robust-aware variant projects the features of PGD
 adversarial examples (made against the full model) onto the same clean eigenvectors; the robust
 dimension is the k where that robust accuracy peaks (the smallest such k).

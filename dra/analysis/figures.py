@@ -214,7 +214,7 @@ def fold_spectrum(centred: np.ndarray | torch.Tensor) -> np.ndarray:
 
 
 def alignment_uniformity(record: dict[str, np.ndarray]) -> dict[str, float]:
-    """Wang & Isola's metrics (evaluation.md 3.2) on L2-normalised features: alignment (alpha 2)
+    """Wang & Isola's metrics (SsnL/align_uniform) on L2-normalised features: alignment (alpha 2)
     of the (clean, adversarial) pairs; uniformity (t 2) as the mean of the two views' values, as
     in the reference's STL-10 example."""
     clean = torch.from_numpy(record["clean_features"])
@@ -225,8 +225,8 @@ def alignment_uniformity(record: dict[str, np.ndarray]) -> dict[str, float]:
 
 def held_out_sae_loss(features: np.ndarray, k: int, latents: int, steps: int, batch_size: int, lr: float,
                       seed: int, held_out_fraction: float = 0.2) -> float:
-    """Normalized reconstruction loss MSE(recon, x) / MSE(mean of x, x) (evaluation.md 3.3,
-    definition (2)) of a TopK SAE on the last ``held_out_fraction`` of the rows, after training
+    """Normalized reconstruction loss MSE(recon, x) / MSE(mean of x, x) (openai/sparse_autoencoder
+    kernels.py normalized_mse) of a TopK SAE on the last ``held_out_fraction`` of the rows, after training
     on the others. Rows are layer-normalised as train_topk_sae does."""
     x = torch.from_numpy(np.asarray(features, dtype=np.float32))
     n_test = max(2, int(round(held_out_fraction * x.shape[0])))

@@ -1,4 +1,4 @@
-"""Representation metrics of Figures 5, 6 and Appendix E (evaluation.md 3.1-3.3, 3.5).
+"""Representation metrics of Figures 5, 6 and Appendix E (sources: docs/sources.md).
 
 - alignment / uniformity (Wang & Isola 2020) of L2-normalised features (Figure 5);
 - CKNNA, CKA restricted to mutual nearest neighbours (Huh et al. 2024);
@@ -26,7 +26,7 @@ def uniformity(x: torch.Tensor, t: float = 2.0) -> float:
 
 
 def _hsic_unbiased(k: torch.Tensor, l: torch.Tensor) -> torch.Tensor:
-    """Song et al. 2012, Eq. 5, with the diagonals zeroed (evaluation.md 3.1)."""
+    """Song et al. 2012, Eq. 5, with the diagonals zeroed (platonic-rep metrics.py)."""
     m = k.shape[0]
     k = k - torch.diag(torch.diag(k))
     l = l - torch.diag(torch.diag(l))
@@ -68,7 +68,7 @@ def cknna(a: torch.Tensor, b: torch.Tensor, topk: int = 10, normalize: bool = Tr
 
 class TopKSAE(nn.Module):
     """latents = ReLU(TopK(W_enc (x - b_pre) + b_lat)); recon = W_dec latents + b_pre,
-    decoder columns kept at unit norm (evaluation.md 3.3)."""
+    decoder columns kept at unit norm (openai/sparse_autoencoder model.py)."""
 
     def __init__(self, dim: int, latents: int, k: int):
         super().__init__()
@@ -94,7 +94,7 @@ class TopKSAE(nn.Module):
 
 def normalized_mse(reconstruction: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """MSE(recon, x) / MSE(mean of x, x): 0 for perfect reconstruction, 1 for always predicting
-    the mean activation (definition (2) of evaluation.md 3.3)."""
+    the mean activation (openai/sparse_autoencoder kernels.py)."""
     return F.mse_loss(reconstruction, x) / F.mse_loss(x.mean(0, keepdim=True).expand_as(x), x)
 
 
@@ -123,7 +123,7 @@ def train_topk_sae(features: torch.Tensor, k: int, latents: int, steps: int, bat
 
 def fourier_magnitude(images: torch.Tensor) -> torch.Tensor:
     """Mean over images and channels of |FFT2|, shifted so the zero frequency sits at
-    (H // 2, W // 2) (evaluation.md 3.5). images: (N, C, H, W) perturbations or gradients."""
+    (H // 2, W // 2) (torch.fft.fftshift). images: (N, C, H, W) perturbations or gradients."""
     if images.ndim != 4:
         raise ValueError(f"fourier_magnitude expects (N, C, H, W); got shape {tuple(images.shape)}")
     spectrum = torch.fft.fftshift(torch.fft.fft2(images.double()), dim=(-2, -1)).abs()

@@ -1,6 +1,6 @@
 """CIFAR-10/100 from the official python archives into image stores.
 
-The archives (cifar-10-python.tar.gz, cifar-100-python.tar.gz; sha256 in recipe.md 1.12) hold
+The archives (cifar-10-python.tar.gz, cifar-100-python.tar.gz; sha256 in config.yaml; docs/sources.md) hold
 pickled dicts with ``b'data'`` (N, 3072) uint8 as three 1024-byte colour planes (CHW) and
 ``b'labels'`` (CIFAR-10) or ``b'fine_labels'`` (CIFAR-100). Members are read straight from
 the tar stream; nothing is extracted to disk. The stores hold (N, 32, 32, 3) HWC uint8, the

@@ -8,7 +8,7 @@ user points ``imagenet_dir`` at a folder laid out as::
 
 The index written here lists relative paths and labels (classes sorted by wnid, the order of
 torchvision's ImageFolder and of RobustBench's class map), plus the 5000 validation images
-RobustBench evaluates ImageNet models on (evaluation.md 2.1), selected by its fixed id list.
+RobustBench evaluates ImageNet models on (robustbench/data.py), selected by its fixed id list.
 """
 
 from __future__ import annotations

@@ -9,9 +9,9 @@ model divides by 255 (classifiers take images in [0, 1], normalization inside).
 Transforms:
 - ``train``: RandomResizedCrop(224) (scale (0.08, 1), ratio (3/4, 4/3), bilinear) + horizontal flip,
   torchvision's ImageNet training recipe.
-- ``eval``: Resize(256) + CenterCrop(224), RobustBench's ``Res256Crop224`` (evaluation.md 2.1).
+- ``eval``: Resize(256) + CenterCrop(224), RobustBench's ``Res256Crop224`` (robustbench/data.py).
 - ``adm256``: ADM's center_crop_arr to 256x256, the input LightningDiT/VA-VAE saw in training
-  (tokenizer/vavae.py img_transform, recipe.md 5); used for the diffusion representations.
+  (tokenizer/vavae.py img_transform, hustvl/LightningDiT); used for the diffusion representations.
 """
 
 from __future__ import annotations

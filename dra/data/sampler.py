@@ -1,6 +1,6 @@
 """DM-AT's real + synthetic batch sampler, deterministic per (seed, epoch).
 
-Behaviour of DM-AT's SemiSupervisedSampler (recipe.md 1.4): a batch of ``batch_size`` holds
+Behaviour of DM-AT's SemiSupervisedSampler (core/data/semisup.py): a batch of ``batch_size`` holds
 ``int(batch_size * unsup_fraction)`` synthetic images drawn uniformly with replacement and
 real images taken in order from a fresh permutation of the real set; when a permutation runs
 out within an epoch a new one is drawn, and its last, shorter chunk is topped up with extra

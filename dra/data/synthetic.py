@@ -1,9 +1,9 @@
 """DM-AT's synthetic npz files into one image store, streamed.
 
-DM-AT ships its generated sets as ``np.savez`` archives (recipe.md 1.12): a zip whose
+DM-AT ships its generated sets as ``np.savez`` archives (DM-AT README.md): a zip whose
 members ``image.npy`` (N, 32, 32, 3) uint8 and ``label.npy`` (N,) int64 are stored
 uncompressed; the 50M sets come as four parts of 12.5M images (38.5 GB each). DM-AT loads
-a file whole and concatenates it with CIFAR (recipe.md 1.13), which needs RAM for twice the
+a file whole and concatenates it with CIFAR (DM-AT core/data/semisup.py), which needs RAM for twice the
 pixels. Here each member's npy header is parsed inside the zip and the pixels are copied in
 fixed-size chunks into the store's memory map, so memory stays at one chunk whatever the size.
 """

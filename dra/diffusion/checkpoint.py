@@ -3,7 +3,7 @@
 NVIDIA's ``torch_utils.persistence`` pickles every decorated object as a call of
 ``torch_utils.persistence._reconstruct_persistent_obj(meta)`` where ``meta`` is a dict
 ``{type: 'class', version, module_src, class_name, state}``; loading it normally would exec()
-``module_src`` (recipe.md 2.2). Tensors inside are plain-pickled torch tensors:
+``module_src`` (NVlabs/edm torch_utils/persistence.py). Tensors inside are plain-pickled torch tensors:
 ``torch._utils._rebuild_tensor_v2(torch.storage._load_from_bytes(<legacy torch.save bytes>), ...)``.
 
 ``SafeEDMUnpickler`` resolves only a short whitelist of globals, each mapped to a function of

@@ -1,7 +1,7 @@
 """EDM's DDPM++ U-Net (SongUNet) and EDM preconditioning, written for this project.
 
 Module names, parameter shapes and the forward math follow NVIDIA's EDM networks
-(reference/recipe.md sections 2.3-2.6) so that the state dicts of the official CIFAR-10
+(NVlabs/edm training/networks.py, train.py) so that the state dicts of the official CIFAR-10
 checkpoints and of DM-AT's CIFAR-100 model load by name into these classes. Only the DDPM++
 variant is implemented (positional noise embedding, 'standard' encoder and decoder), the one
 behind every "-vp" checkpoint the paper uses.
@@ -146,7 +146,7 @@ class UNetBlock(nn.Module):
             batch, channels, height, width = x.shape
             heads = self.num_heads
             q, k, v = self.qkv(self.norm2(x)).reshape(batch * heads, channels // heads, 3, height * width).unbind(2)
-            # The softmax runs in fp32 whatever the activation dtype (recipe.md 2.5).
+            # The softmax runs in fp32 whatever the activation dtype (NVlabs/edm networks.py).
             logits = torch.einsum("ncq,nck->nqk", q.float(), k.float() / math.sqrt(k.shape[1]))
             weights = logits.softmax(dim=2).to(q.dtype)
             attended = torch.einsum("nqk,nck->ncq", weights, v)
@@ -261,7 +261,7 @@ class SongUNet(nn.Module):
             elif name.endswith("aux_conv"):
                 x = block(F.silu(hidden))
             else:
-                # A skip is concatenated exactly when the channel counts disagree (recipe.md 2.4).
+                # A skip is concatenated exactly when the channel counts disagree (edm networks.py SongUNet).
                 if x.shape[1] != block.in_channels:
                     x = torch.cat([x, skips.pop()], dim=1)
                 x = block(x, emb)
@@ -269,7 +269,7 @@ class SongUNet(nn.Module):
 
 
 class EDMPrecond(nn.Module):
-    """D(x; sigma) = c_skip x + c_out F(c_in x, c_noise, labels) with EDM's coefficients (recipe.md 2.6)."""
+    """D(x; sigma) = c_skip x + c_out F(c_in x, c_noise, labels) with EDM's coefficients (networks.py EDMPrecond)."""
 
     def __init__(self, img_resolution: int, img_channels: int, label_dim: int = 0, use_fp16: bool = False,
                  sigma_min: float = 0.0, sigma_max: float = float("inf"), sigma_data: float = 0.5,
@@ -327,7 +327,7 @@ def one_hot_labels(labels: torch.Tensor, label_dim: int) -> torch.Tensor | None:
     return F.one_hot(labels, label_dim).to(torch.float32)
 
 
-#: NVIDIA's CIFAR-10 DDPM++ configuration (recipe.md 2.3), the init kwargs of its EDMPrecond.
+#: NVIDIA's CIFAR-10 DDPM++ configuration (NVlabs/edm train.py --arch=ddpmpp), the init kwargs of its EDMPrecond.
 CIFAR10_DDPMPP_KWARGS = dict(
     img_resolution=32, img_channels=3, label_dim=10, use_fp16=False, sigma_min=0, sigma_max=float("inf"),
     sigma_data=0.5, model_type="SongUNet", model_channels=128, channel_mult=[2, 2, 2], channel_mult_emb=4,

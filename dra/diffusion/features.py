@@ -1,12 +1,12 @@
 """Diffusion representations: pooled activations of a named EDM block on a noised image.
 
-Following the paper (Appendix D) and DDAE (recipe.md section 3): the image in [0, 1] goes to
+Following the paper (Appendix D) and DDAE (FutureXiang/ddae model/EDM.py): the image in [0, 1] goes to
 EDM's data space [-1, 1], Gaussian noise of a fixed sigma is added, the preconditioned
 denoiser runs, a forward hook takes the output of the named block (e.g. 'model.dec.8x8_in1',
 the bottleneck) and it is average-pooled over space. The noise of image ``index`` in view
 ``view`` comes from its own generator seeded by (seed, index, view): a feature does not
 depend on which batch the image was in. View 1 is the paper's extra timestep: a sigma drawn
-per image from EDM's training distribution, ln(sigma) ~ N(-1.2, 1.2^2) (recipe.md 2.7).
+per image from EDM's training distribution, ln(sigma) ~ N(-1.2, 1.2^2) (NVlabs/edm training/loss.py).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from tqdm import tqdm
 from dra.diffusion.edm import EDMPrecond, one_hot_labels
 from dra.diffusion.shards import ShardedJob
 
-#: EDM's training noise distribution (recipe.md 2.7): ln(sigma) ~ N(P_MEAN, P_STD^2).
+#: EDM's training noise distribution (training/loss.py EDMLoss): ln(sigma) ~ N(P_MEAN, P_STD^2).
 P_MEAN, P_STD = -1.2, 1.2
 
 

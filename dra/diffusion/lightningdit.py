@@ -1,12 +1,12 @@
 """LightningDiT (Yao et al. 2025), the ImageNet 256x256 latent diffusion transformer, written here.
 
 Module names, parameter shapes and the forward math follow hustvl/LightningDiT
-models/lightningdit.py (read at 2725fed; recipe.md section 5), so the released checkpoints
+models/lightningdit.py (read at 2725fed; docs/sources.md), so the released checkpoints
 (``lightningdit-xl-imagenet256-{64,800}ep.pt``: a dict with 'model', 'ema', 'opt', 'config')
 load by name with ``torch.load(weights_only=True)``. Only the inference path is here: no
 label dropout, no gradient checkpointing, no torch.compile.
 
-Conventions (recipe.md 5): the time t runs from 0 (pure noise) to 1 (clean data),
+Conventions (transport/path.py ICPlan): the time t runs from 0 (pure noise) to 1 (clean data),
 x_t = t * x_data + (1 - t) * noise, the network predicts the velocity x_data - noise, and t
 enters the sinusoidal embedding unscaled. Class ``num_classes`` (1000) is the null class used
 for classifier-free guidance.
@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 #: configs/reproductions/lightningdit_xl_vavae_f16d32_800ep_cfg.yaml + LightningDiT_XL_1
-#: (recipe.md 5): 256x256 images -> VA-VAE f16d32 latents 16x16x32 -> 256 tokens.
+#: (that config and models/lightningdit.py): 256x256 images -> VA-VAE f16d32 latents 16x16x32 -> 256 tokens.
 LIGHTNINGDIT_XL_1: dict[str, Any] = dict(
     input_size=16, patch_size=1, in_channels=32, hidden_size=1152, depth=28, num_heads=16, mlp_ratio=4.0,
     num_classes=1000, class_dropout_prob=0.1, learn_sigma=False, use_qknorm=False, use_swiglu=True,
@@ -347,8 +347,8 @@ def count_parameters(config: dict[str, Any]) -> int:
 def load_torch_file(path: str | Path, what: str) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"{what} checkpoint {path} does not exist; download it (recipe.md 5 lists the "
-                              "Hugging Face files) and point the config at it")
+        raise CheckpointError(f"{what} checkpoint {path} does not exist; download it (config.yaml's diffusion_models lists "
+                              "its Hugging Face files) and point the config at it")
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as error:  # a truncated download or a foreign file: say which file

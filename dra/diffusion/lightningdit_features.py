@@ -3,7 +3,7 @@
 Per image: 256x256 RGB in [0, 1] -> [-1, 1] -> VA-VAE posterior -> latent z (a posterior
 *sample*, as the release encodes its training latents, tokenizer/vavae.py encode_images; the
 sample noise is seeded, so it is reproducible) -> normalized with latents_stats -> noised to
-x_t = t z + (1 - t) n at t = 0.8 (LightningDiT time: t = 0 noise, t = 1 clean; recipe.md 5)
+x_t = t z + (1 - t) n at t = 0.8 (LightningDiT time: t = 0 noise, t = 1 clean; transport/path.py)
 -> LightningDiT with the image's class -> the hidden state after ``layer`` = 14 blocks ->
 channels 1053 and 259 (massive activations) zeroed -> the AdaLN modulation of the block that
 reads that state -> mean over the 256 tokens -> (B, 1152).

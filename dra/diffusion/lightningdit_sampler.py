@@ -1,6 +1,6 @@
 """Synthetic ImageNet 256x256 from LightningDiT + VA-VAE with the release's Euler ODE sampler.
 
-Settings of configs/reproductions/lightningdit_xl_vavae_f16d32_800ep_cfg.yaml (recipe.md 5):
+Settings of configs/reproductions/lightningdit_xl_vavae_f16d32_800ep_cfg.yaml (hustvl/LightningDiT @ 2725fed):
 Euler on the probability-flow ODE of the linear path from t = 0 (noise) to t = 1 (data) over
 a grid of ``num_steps`` = 250 times (torchdiffeq 'euler' on that grid: 249 updates),
 each time warped by the timestep shift s = 0.3, t' = s t / (1 + (s - 1) t), which spends more
@@ -28,7 +28,7 @@ from dra.diffusion.sampler import generation_plan, seeded_latents
 from dra.diffusion.shards import ShardedJob
 from dra.diffusion.vavae import VAVAE, LatentStats, to_uint8_hwc
 
-#: The release's sampling settings for the 800-epoch XL/1 checkpoint (recipe.md 5).
+#: The release's sampling settings for the 800-epoch XL/1 checkpoint (that yaml file).
 RELEASE_SAMPLING = dict(num_steps=250, timestep_shift=0.3, cfg_scale=6.7, cfg_interval_start=0.125, cfg_channels=3)
 
 

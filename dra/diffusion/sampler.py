@@ -1,7 +1,7 @@
 """EDM's deterministic Heun sampler and the synthetic-data generation built on it.
 
 Sigma schedule, float64 latents and the Euler step with a Heun correction on all but the
-last step follow recipe.md 2.8; the pixel conversion follows DM-AT (recipe.md 1.14).
+last step follow NVlabs/edm generate.py; the pixel conversion follows DM-AT (edm/generate.py).
 Every image has its own random generator, so image i is the same whatever the batch.
 """
 
@@ -61,7 +61,7 @@ def edm_heun_sample(net: EDMPrecond, latents: torch.Tensor, class_labels: torch.
 
 
 def to_uint8_hwc(images: torch.Tensor) -> np.ndarray:
-    """EDM data space -> uint8 HWC: clip(x * 127.5 + 128, 0, 255) truncated (recipe.md 1.14)."""
+    """EDM data space -> uint8 HWC: clip(x * 127.5 + 128, 0, 255) truncated (DM-AT edm/generate.py)."""
     pixels = (images * 127.5 + 128).clip(0, 255).to(torch.uint8)
     return pixels.permute(0, 2, 3, 1).cpu().numpy()
 
@@ -70,7 +70,7 @@ def generation_plan(n_per_class: int, num_classes: int, seed: int) -> tuple[np.n
     """(labels, latent seeds) of every image: class-major order, seeds re-used for each class.
 
     DM-AT generated class c with seeds 0..n-1 for every c and concatenated the classes
-    (recipe.md 1.14); image i is class i // n_per_class with seed ``seed + i % n_per_class``.
+    (DM-AT edm/generate.py); image i is class i // n_per_class with seed ``seed + i % n_per_class``.
     """
     index = np.arange(n_per_class * num_classes, dtype=np.int64)
     return index // n_per_class, seed + index % n_per_class

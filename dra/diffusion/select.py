@@ -1,7 +1,7 @@
 """DM-AT's 1M selection: keep, per class, the generated images a classifier finds most typical.
 
 DM-AT scored every generated CIFAR image by a standard classifier's softmax probability of
-its conditioning class and kept the top 20% per class (10% for CIFAR-100) (recipe.md 1.14).
+its conditioning class and kept the top 20% per class (10% for CIFAR-100) (DM-AT edm/select_1M.py).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The mini diffusion model: a small EDMPrecond trained with EDM's loss on the mini dataset.
 
-Same classes, preconditioning, loss and sampler as the paper's EDM (recipe.md 2.3-2.8), at a
-size that trains on two CPU cores in minutes (DESIGN.md 'Scales'). The saved files are the
+Same classes, preconditioning, loss and sampler as the paper's EDM (NVlabs/edm training/, generate.py), at a
+size that trains on two CPU cores in minutes (README.md 'Scales'). The saved files are the
 same safetensors + json as a converted official checkpoint, so every downstream step loads
 either with ``checkpoint.load_edm``. Label dropout makes the same net usable unconditionally
 (all-zero label vector), which the linear probes need.
@@ -37,7 +37,7 @@ MINI_EDM_KWARGS = dict(
 
 def edm_loss(net: EDMPrecond, images: torch.Tensor, class_labels: torch.Tensor | None,
              generator: torch.Generator) -> torch.Tensor:
-    """EDM's weighted denoising loss, averaged (recipe.md 2.7).
+    """EDM's weighted denoising loss, averaged (NVlabs/edm training/loss.py).
 
     ln(sigma) ~ N(-1.2, 1.2^2); weight (sigma^2 + sd^2) / (sigma * sd)^2; images in [-1, 1].
     """
@@ -108,7 +108,7 @@ def label_agreement(net: EDMPrecond, judge: LogisticRegression, n_per_class: int
 
 
 def ema_decay_per_step(batch_size: int, half_life_images: float) -> float:
-    """EDM's EMA parametrisation (half-life in images, recipe.md 2.7) as a per-step decay."""
+    """EDM's EMA parametrisation (half-life in images, edm training_loop.py) as a per-step decay."""
     return 0.5 ** (batch_size / half_life_images)
 
 

@@ -1,7 +1,7 @@
 """VA-VAE f16d32, LightningDiT's tokenizer: an LDM AutoencoderKL, written here.
 
 Module names and the math follow hustvl/LightningDiT tokenizer/autoencoder.py and
-tokenizer/configs/vavae_f16d32.yaml (read at 2725fed; recipe.md section 5): embed_dim 32,
+tokenizer/configs/vavae_f16d32.yaml (read at 2725fed; docs/sources.md): embed_dim 32,
 ch 128, ch_mult (1, 1, 2, 2, 4), 2 res blocks per level, attention at resolution 16, images
 in [-1, 1]. The released ``vavae-imagenet256-f16d32-dinov2.pt`` is a Lightning checkpoint
 whose 'state_dict' also holds the training-only DINOv2 ``foundation_model.*``, its
@@ -25,7 +25,7 @@ from torch import nn
 
 from dra.diffusion.lightningdit import CheckpointError, load_torch_file, load_state_dict_strict
 
-#: tokenizer/configs/vavae_f16d32.yaml ddconfig (recipe.md 5).
+#: tokenizer/configs/vavae_f16d32.yaml ddconfig (hustvl/LightningDiT @ 2725fed).
 VAVAE_F16D32: dict[str, Any] = dict(embed_dim=32, ch=128, ch_mult=(1, 1, 2, 2, 4), num_res_blocks=2,
                                     attn_resolutions=(16,), resolution=256, in_channels=3, out_ch=3)
 

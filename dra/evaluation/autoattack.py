@@ -1,12 +1,12 @@
 """AutoAttack (standard, Linf) evaluation of a classifier, resumable chunk by chunk.
 
 The attacks are fra31's AutoAttack as repackaged on PyPI by ``pyautoattack`` 0.2.0 (the same
-attack code; evaluation.md 1.5-1.6). This module adds what a long evaluation on a shared
+attack code as fra31/auto-attack @ a392200). This module adds what a long evaluation on a shared
 cluster needs around it:
 
-- The model runs in eval mode and fp32, on inputs in [0, 1] (evaluation.md 1.4).
+- The model runs in eval mode and fp32, on inputs in [0, 1] (fra31/auto-attack README.md).
 - Robust flags are recomputed from the returned adversarial examples, and every adversarial
-  example is checked to lie in the eps ball and in [0, 1] (evaluation.md 1.10).
+  example is checked to lie in the eps ball and in [0, 1] (auto-attack's autoattack.py only logs the largest perturbation).
 - The evaluation set is split into chunks, each a separate ``run_standard_evaluation`` call.
   After each chunk its per-example flags are saved atomically to ``state_path``, so a killed
   job loses at most one chunk and a resumed run gives exactly the flags an uninterrupted run
@@ -14,7 +14,7 @@ cluster needs around it:
   the points that were still robust mid-attack, which changes the random starts (so the
   result differs from an uninterrupted run), and it writes its JSON in place, so a kill during
   a write leaves a file that cannot be read back.
-- The global torch RNG is restored afterwards (each attack reseeds it, evaluation.md 1.3).
+- The global torch RNG is restored afterwards (each attack reseeds it, autopgd_base.py).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from torch import nn
 
 from dra.io import atomic_file, package_versions, read_yaml, write_json
 
-# The attacks of version='standard' for Linf, in the order they run (evaluation.md 1.2).
+# The attacks of version='standard' for Linf, in the order they run (autoattack.py set_version).
 STANDARD_ATTACKS = ("apgd-ce", "apgd-t", "fab-t", "square")
 VERSION = "standard"
 NORM = "Linf"
@@ -116,7 +116,7 @@ def _check_inputs(model: nn.Module, images01: torch.Tensor, labels: torch.Tensor
     if low_precision:
         raise AutoAttackInputError(
             f"the model must be evaluated in fp32 (AutoAttack does not support mixed precision, "
-            f"evaluation.md 1.4); it has parameters in {low_precision}"
+            f"fra31/auto-attack issue 51); it has parameters in {low_precision}"
         )
 
 
@@ -140,8 +140,8 @@ def _evaluation_mode(model: nn.Module) -> Iterator[None]:
 
 @contextlib.contextmanager
 def _attack_log_to_progress() -> Iterator[None]:
-    """pyautoattack reports per-attack progress at DEBUG on logger 'auto-attack' (evaluation.md
-    1.6); send it to stderr, which the workflow rule redirects to the step's log."""
+    """pyautoattack reports per-attack progress at DEBUG on logger 'auto-attack' (pyautoattack
+    0.2.0); send it to stderr, which the workflow rule redirects to the step's log."""
     logger = logging.getLogger("auto-attack")
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("auto-attack: %(message)s"))
@@ -311,7 +311,7 @@ def write_autoattack_outputs(result: AutoAttackResult, eps: float, seed: int, mo
 
 def load_test_images(test_store: str | Path, n: int | None) -> tuple[torch.Tensor, torch.Tensor]:
     """The first n images of a store (RobustBench evaluates the first n test points,
-    evaluation.md 2.1) as float32 NCHW in [0, 1]."""
+    robustbench/data.py) as float32 NCHW in [0, 1]."""
     from dra.data.store import open_image_store
 
     store = open_image_store(test_store)

@@ -1,7 +1,7 @@
 """DM-AT's released checkpoints (wzekai99/DM-Improves-AT) as plain state dicts of our WideResNet.
 
 Facts (DM-AT's train-wa.py, watrain.py, core/models/__init__.py, wideresnetwithswish.py;
-reference/recipe.md 1.11 and 1.15):
+at b390f25, docs/sources.md):
 
 - a checkpoint is ``torch.save({'model_state_dict': <weight-averaged model>,
   'unaveraged_model_state_dict': <raw model>})``; eval-aa.py evaluates ``model_state_dict``;

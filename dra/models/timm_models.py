@@ -1,10 +1,10 @@
 """timm classifiers (ViT-B/2 for 32x32, ImageNet backbones) behind the interface of dra.models.
 
 ViT-B/2 = timm's vit_base_patch16_224 with img_size=32, patch_size=2, pretrained=False
-(reference/evaluation.md 4: PatchEmbed Conv2d(3, 768, k=2, s=2), 256 patches, 85.27M parameters).
+(timm 1.0.31, vision_transformer.py: PatchEmbed Conv2d(3, 768, k=2, s=2), 256 patches, 85.27M parameters).
 
 ImageNet backbones start from pretrained weights (paper section 5: DINOv3 ConvNeXt-B and ViT-B/16
-released via timm, evaluation.md 4). Training never downloads: the weights are read from a file
+released via timm 1.0.31, eva.py and convnext.py). Training never downloads: the weights are read from a file
 the workflow's download rule fetched into the data folder (arch.weights of the recipe), or, outside
 the workflow, from the local Hugging Face cache. A missing file stops with one message saying how
 to get it.

@@ -1,6 +1,6 @@
 """DM-AT's WideResNet (DeepMind's pre-activation WRN with SiLU), for any depth and width.
 
-Facts from reference/recipe.md 1.11 and 1.8: normalization (x - mean) / std inside the model,
+Facts from DM-AT core/models/wideresnetwithswish.py: normalization (x - mean) / std inside the model,
 pre-activation blocks, explicit "SAME" padding (stride 1: 1 on every side; stride 2: 0 before
 and 1 after, with padding=0 convolutions), bias-free convolutions, BatchNorm momentum 0.01,
 conv init N(0, sqrt(2 / (k * k * out_channels))), and the module names init_conv,
@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-BATCHNORM_MOMENTUM = 0.01  # recipe.md 1.8 (PyTorch convention: running = 0.99 running + 0.01 batch)
+BATCHNORM_MOMENTUM = 0.01  # DM-AT wideresnetwithswish.py (PyTorch convention: running = 0.99 running + 0.01 batch)
 
 ACTIVATIONS = {"silu": nn.SiLU, "swish": nn.SiLU, "relu": nn.ReLU}
 

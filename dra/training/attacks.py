@@ -1,4 +1,4 @@
-"""L-inf PGD as DM-AT runs it (reference/recipe.md 1.3, 1.5).
+"""L-inf PGD as DM-AT runs it (gowal21uncovering/utils/trades.py, watrain.py).
 
 The attack starts uniformly in the eps-ball, takes sign-of-gradient steps, and projects onto
 the ball and onto [0, 1] after every step. The objective (what the attack maximizes) is a
@@ -91,7 +91,7 @@ def robust_accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor
                     generator: torch.Generator) -> tuple[float, float]:
     """(clean accuracy, PGD-`steps` CW-margin robust accuracy) of `model` in eval mode.
 
-    DM-AT's per-epoch validation: 40 steps, CW margin loss, uniform start (recipe.md 1.5).
+    DM-AT's per-epoch validation: 40 steps, CW margin loss, uniform start (watrain.py, core/attacks/utils.py).
     """
     was_training = model.training
     model.eval()

@@ -1,4 +1,4 @@
-"""DM-AT's 'base' augmentation on a batch tensor (reference/recipe.md 1.9).
+"""DM-AT's 'base' augmentation on a batch tensor (DM-AT core/data/cifar10s.py, cifar100s.py).
 
 Random crop of the size of the image after zero padding of 4 on each side, horizontal flip
 with probability 0.5, and for CIFAR-100 a random rotation in [-15, 15] degrees (nearest, zero

@@ -1,7 +1,7 @@
 """Diffusion Representation Alignment: projection head, loss, and where targets come from.
 
 Paper eq. 3-4: L = L_AT + lambda * L_DRA, L_DRA = -sim(g_proj(h_CLS(x_adv)), h_DR(x)), with
-sim = cosine similarity, lambda = 1.2, g_proj a 3-layer MLP as in REPA (reference/recipe.md 4:
+sim = cosine similarity, lambda = 1.2, g_proj a 3-layer MLP as in REPA (sihyun-yu/REPA models/sit.py:
 Linear(D -> 2048) SiLU Linear(2048 -> 2048) SiLU Linear(2048 -> target dim), xavier-uniform
 weights and zero biases). The classifier representation is the one of the ADVERSARIAL image,
 taken from the same forward that yields the adversarial logits; the target is detached.

@@ -1,4 +1,4 @@
-"""DM-AT's weight averaging (reference/recipe.md 1.6).
+"""DM-AT's weight averaging (gowal21uncovering/utils/watrain.py).
 
 After every optimizer step, on parameters only: avg = decay * avg + (1 - decay) * raw, with
 decay 0 during the warm-up (0.025 * epochs * steps per epoch steps), then

@@ -191,7 +191,7 @@ def gather_batch(data: TrainingData, real_idx: np.ndarray, synthetic_idx: np.nda
     """(store_index, is_synthetic, images uint8, labels) of one global batch in shuffled order.
 
     Real indices are positions in the training split, i.e. past the validation images. DM-AT
-    shuffles the joined real + synthetic list (recipe.md 1.4); here that also mixes each rank's slice.
+    shuffles the joined real + synthetic list (DM-AT core/data/semisup.py); here that also mixes each rank's slice.
     """
     store_index = np.concatenate([np.asarray(real_idx, dtype=np.int64) + data.val_size,
                                   np.asarray(synthetic_idx, dtype=np.int64)])

@@ -1,6 +1,6 @@
 """Training objectives: TRADES as DM-AT runs it, PGD-AT, and standard training.
 
-TRADES (reference/recipe.md 1.3):
+TRADES (DM-AT gowal21uncovering/utils/trades.py):
 - attack: uniform start, 10 sign steps maximizing KL_batchmean(p_nat || p_adv) with p_nat
   computed once and detached; model in train mode with BatchNorm tracking off;
 - outer loss, from two separate train-mode forwards (each moves the BatchNorm running stats):

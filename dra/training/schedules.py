@@ -1,6 +1,6 @@
 """Optimizers and learning-rate schedules of the two recipes.
 
-WRN (DM-AT, reference/recipe.md 1.7): SGD Nesterov, weight decay 5e-4 except on parameters
+WRN (DM-AT watrain.py, core/utils/train.py): SGD Nesterov, weight decay 5e-4 except on parameters
 whose name contains 'batchnorm'; 'cosinew' = OneCycleLR(max_lr=lr, pct_start=0.025,
 total_steps=epochs) stepped once per EPOCH, which also cycles SGD's momentum 0.95 -> 0.85 -> 0.95.
 ViT (paper Appendix B, Wu et al. 2025): Lion (timm.optim) with a per-step cosine schedule after
@@ -74,7 +74,7 @@ def build_schedule(config: dict[str, Any], optimizer: torch.optim.Optimizer, max
 
 def set_batchnorm_momentum(model: nn.Module, momentum: float) -> None:
     """DM-AT sets 1.0 for the very first step (the first batch replaces the initial statistics)
-    and 0.01 afterwards (recipe.md 1.8)."""
+    and 0.01 afterwards (DM-AT watrain.py)."""
     for module in model.modules():
         if isinstance(module, nn.modules.batchnorm._BatchNorm):
             module.momentum = momentum
