@@ -7,8 +7,6 @@ rule table_spec:
     log:
         f"{RESULTS}/tables/{{table}}.spec.log",
     localrule: True
-    conda:
-        "../envs/analysis.yaml"
     params:
         spec=lambda wc: config["tables"][wc.table],
     run:

@@ -89,7 +89,7 @@ rule figure3:
         f"{FIGURE_DIR}/figure3.log",
     localrule: True
     conda:
-        "../envs/analysis.yaml"
+        "../envs/torch.yaml"
     params:
         # results/<scale>, the folder above figures/
         results_root=lambda wc, output: Path(output.png).parent.parent,
@@ -115,7 +115,7 @@ rule figure4:
         f"{FIGURE_DIR}/figure4.log",
     localrule: True
     conda:
-        "../envs/analysis.yaml"
+        "../envs/torch.yaml"
     params:
         # results/<scale>, the folder above figures/
         results_root=lambda wc, output: Path(output.png).parent.parent,
@@ -138,7 +138,7 @@ rule figure5:
         f"{FIGURE_DIR}/figure5.log",
     localrule: True
     conda:
-        "../envs/analysis.yaml"
+        "../envs/torch.yaml"
     params:
         # results/<scale>, the folder above figures/
         results_root=lambda wc, output: Path(output.png).parent.parent,
@@ -195,7 +195,7 @@ rule figure8:
         f"{FIGURE_DIR}/figure8.log",
     localrule: True
     conda:
-        "../envs/analysis.yaml"
+        "../envs/torch.yaml"
     params:
         # results/<scale>, the folder above figures/
         results_root=lambda wc, output: Path(output.png).parent.parent,
@@ -222,7 +222,7 @@ rule figure10:
         f"{FIGURE_DIR}/figure10.log",
     localrule: True
     conda:
-        "../envs/analysis.yaml"
+        "../envs/torch.yaml"
     params:
         # results/<scale>, the folder above figures/
         results_root=lambda wc, output: Path(output.png).parent.parent,

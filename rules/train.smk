@@ -12,8 +12,6 @@ rule resolve_recipe:
     log:
         f"{RESULTS}/{{dataset}}/{{arch}}/{{method}}/{{budget}}/recipe.log",
     localrule: True
-    conda:
-        "../envs/data.yaml"
     params:
         recipe=lambda wc: cfg.resolve_recipe(config, cell_of(wc)),
     run:
