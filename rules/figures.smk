@@ -55,9 +55,10 @@ rule figure_diffusion_representation:
         diffusion=_one_of(config["diffusion_models"]),
     conda:
         "../envs/torch.yaml"
-    threads: 2
+    threads: resource("diffusion", "cpus")
     resources:
         gpu=resource("diffusion", "gpu"),
+        tasks_per_gpu=0,
         runtime=runtime_per_attempt("diffusion"),
         mem_mb=resource("diffusion", "mem_mb"),
     params:
