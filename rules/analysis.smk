@@ -8,7 +8,7 @@ rule table_spec:
         f"{RESULTS}/tables/{{table}}.spec.log",
     localrule: True
     params:
-        spec=lambda wc: config["tables"][wc.table],
+        spec=lambda wc: cfg.table_spec(config, wc.table),
     run:
         from dra.io import write_yaml
 

@@ -49,4 +49,4 @@ rule train_cell:
 
 rule all_models:
     input:
-        [cell_path(cell, "train/model.pt") for cell in CELLS],
+        [cell_path(cell, "train/model.pt") for cell in RUNNABLE_CELLS],

@@ -101,12 +101,6 @@ def test_imagenet_cell_is_planned_with_its_recipe(imagenet_overlay):
     assert recipe["dra"]["lambda"] == 1.2 and recipe["dra"]["target"] == "stored"
 
 
-def test_all_tables_without_an_imagenet_folder_names_the_key():
-    result = snakemake("all_tables", "--dry-run", check=False)
-    assert result.returncode != 0
-    assert "datasets.imagenet.source.path is not set" in result.stdout + result.stderr
-
-
 def test_paper_training_job_asks_the_cluster_for_a_gpu():
     # the slurm profile as users type it; --sdm env-modules only because this machine has no conda
     result = snakemake(
