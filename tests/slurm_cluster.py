@@ -65,6 +65,7 @@ def _start_munge() -> None:
 class SlurmCluster:
     folder: Path
     conf: Path
+    memory_mb: int  # the node's RealMemory: job requests above it are refused by sbatch
     partition: str = "debug"
 
     @property
@@ -90,6 +91,17 @@ class SlurmCluster:
         time.sleep(1)
 
 
+def node_memory_mb() -> int:
+    """The test node's RealMemory: the machine's total memory less 1 GB for the daemons.
+
+    Total, not free: free pages shrink as the page cache fills (after a venv build, say), and a
+    node sized from them could hold less than the jobs ask for, so that sbatch refuses them all
+    ("Memory specification can not be satisfied"). slurmd only checks that RealMemory does not
+    exceed the total it sees.
+    """
+    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**20) - 1024
+
+
 def start_slurm(folder: Path) -> SlurmCluster:
     """Start slurmctld and slurmd on 127.0.0.1 with one node of this machine's cores and memory."""
     for program in ("slurmctld", "slurmd", "munged", "sbatch"):
@@ -98,7 +110,7 @@ def start_slurm(folder: Path) -> SlurmCluster:
     _start_munge()
     host = socket.gethostname().split(".")[0]
     cpus = os.cpu_count()
-    memory_mb = int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES") / 2**20) - 1024
+    memory_mb = node_memory_mb()
     for sub in ("state", "spool"):
         (folder / sub).mkdir(parents=True, exist_ok=True)
     if SLURM_CONF.exists() and MARKER not in SLURM_CONF.read_text():
@@ -138,7 +150,7 @@ def start_slurm(folder: Path) -> SlurmCluster:
             ]
         )
     )
-    cluster = SlurmCluster(folder=folder, conf=conf)
+    cluster = SlurmCluster(folder=folder, conf=conf, memory_mb=memory_mb)
     env = cluster.env
     _run("/usr/sbin/slurmctld", "-c", env=env)  # -c: clear previous state
     _run("/usr/sbin/slurmd", env=env)

@@ -141,3 +141,21 @@ def test_build_table_script_reads_rows_at_a_key(tmp_path):
     assert done.returncode == 0, done.stderr
     table = pd.read_csv(tmp_path / "t1.csv")
     assert table.loc[1, "Diff clean"] == "-0.14" and table.loc[1, "Diff AA"] == "0.17"
+
+
+def test_readme_table_snapshot_reads_config_tables_as_written(tmp_path):
+    # README's snapshot command points --key at a table of config.yaml, {title, rows}, and every
+    # cell is pending before any result exists (ImageNet rows included: no folder is read)
+    root = Path(__file__).parents[1]
+    config = yaml.safe_load((root / "config.yaml").read_text())
+    rows = config["tables"]["table1"]["rows"]
+    assert load_table_rows(root / "config.yaml", "tables.table1") == rows
+    done = subprocess.run(
+        [sys.executable, "-m", "scripts.build_table", "--spec", "config.yaml", "--key", "tables.table1",
+         "--kind", "accuracy", "--results-root", str(tmp_path / "results" / "paper"),
+         "--out-csv", str(tmp_path / "t1.csv"), "--out-md", str(tmp_path / "t1.md"), "--out-tex", str(tmp_path / "t1.tex")],
+        capture_output=True, text=True, cwd=root)
+    assert done.returncode == 0, done.stderr
+    table = pd.read_csv(tmp_path / "t1.csv")
+    assert len(table) == len(rows)
+    assert (table["Ours AA"] == "pending").sum() == sum("cell" in row for row in rows)

@@ -53,6 +53,16 @@ def workdir(tmp_path_factory):
     return work
 
 
+def test_every_job_request_fits_the_test_node(cluster, workdir):
+    # sbatch refuses a job whose mem_mb exceeds the node's RealMemory; with two jobs at once
+    # (profile `jobs: 2`) both must fit beside each other
+    profile = yaml.safe_load((workdir / "profiles" / "slurm" / "config.v8+.yaml").read_text())
+    overlay = yaml.safe_load((workdir / "config" / "slurm-test.yaml").read_text())
+    requests = [profile["default-resources"]["mem_mb"]]
+    requests += [family["mem_mb"] for family in overlay["resources"].values()]
+    assert profile["jobs"] * max(requests) <= cluster.memory_mb, (requests, cluster.memory_mb)
+
+
 def test_training_killed_at_its_time_limit_is_retried_and_resumes(cluster, workdir):
     target = f"results/slurm-test/{CELL}/autoattack.json"
     # a one-minute first attempt: SLURM cancels it (TIMEOUT), Snakemake resubmits it, and the

@@ -206,13 +206,15 @@ def write_table(frame: pd.DataFrame, out_csv: str | Path, out_md: str | Path, ou
 
 
 def load_table_rows(spec_path: str | Path, key: str | None = None) -> list[dict]:
-    """The rows of a table from a YAML/JSON file: the whole file, or the list at a dotted key
-    inside it (e.g. ``tables.table1`` in config.yaml)."""
+    """The rows of a table from a YAML/JSON file: the whole file, or what lies at a dotted key
+    inside it: a list of rows, or a table ``{title, rows}`` as config.yaml's ``tables.table1``."""
     spec = read_yaml(spec_path)
     for part in key.split(".") if key else []:
         if not isinstance(spec, dict) or part not in spec:
             raise TableSpecError(f"{spec_path} has no key {key!r} (missing {part!r})")
         spec = spec[part]
+    if isinstance(spec, dict) and "rows" in spec:
+        spec = spec["rows"]
     if not isinstance(spec, list) or not spec:
         raise TableSpecError(f"{spec_path}{' at ' + key if key else ''} is not a non-empty list of table rows")
     return spec
