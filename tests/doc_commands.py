@@ -23,8 +23,9 @@ class Command:
 
     @property
     def program(self) -> str:
-        """The first word that is not a VAR=value assignment."""
-        return next(word for word in self.text.split() if not re.fullmatch(r"\w+=\S*", word))
+        """The first word that is not a VAR=value assignment ("" for code that is only assignments,
+        such as a keyword argument quoted in prose)."""
+        return next((word for word in self.text.split() if not re.fullmatch(r"\w+=\S*", word)), "")
 
 
 FENCED = re.compile(r"^```[^\n]*\n(.*?)^```", re.MULTILINE | re.DOTALL)

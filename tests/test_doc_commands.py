@@ -21,7 +21,7 @@ PAPER = yaml.safe_load((ROOT / "config.yaml").read_text())
 FIRST_CELL = cfg.runnable_cells(PAPER, cfg.table_cells(PAPER, ["table1"]))[0].id
 PLACEHOLDERS = {"<dataset>/<arch>/<method>/<budget>": FIRST_CELL}
 
-# snakemake commands that are not dry-run in the repository, and why
+# snakemake commands that are not dry-run in the repository (any command starting so), and why
 NOT_DRY_RUN = {
     "snakemake --report report.html": "reports a finished run (tests/test_workflow_mini.py makes one and reports it)",
 }
@@ -45,7 +45,7 @@ def snakemake_commands():
     """Each snakemake command once (README repeats some of the Snakefile header's)."""
     unique = {}
     for command in COMMANDS:
-        if command.program == "snakemake" and command.text not in NOT_DRY_RUN:
+        if command.program == "snakemake" and not command.text.startswith(tuple(NOT_DRY_RUN)):
             unique.setdefault(command.text, command)
     return list(unique.values())
 
@@ -87,7 +87,8 @@ def test_documented_snakemake_command_plans(command, tmp_path):
 
 def test_every_exemption_names_a_command_the_documentation_gives():
     written = {command.text for command in COMMANDS}
-    stale = (set(NOT_DRY_RUN) | set(PYTHON_EXEMPT)) - written
+    stale = {exempt for exempt in NOT_DRY_RUN if not any(text.startswith(exempt) for text in written)}
+    stale |= set(PYTHON_EXEMPT) - written
     assert stale == set(), f"exemptions of commands the documentation no longer gives: {stale}"
 
 
