@@ -395,6 +395,31 @@ def reads_imagenet_folder(config: dict, dataset: str) -> bool:
     return config["datasets"][dataset]["source"]["kind"] == "imagenet_folder"
 
 
+def unset_source_key(config: dict, dataset: str) -> str | None:
+    """The config key a user must set before a dataset's cells can run, or None: an ImageNet
+    folder's path (ILSVRC-2012 is the user's own copy; nothing can fetch it)."""
+    source = config["datasets"][dataset]["source"]
+    if source["kind"] == "imagenet_folder" and not source["path"]:
+        return f"datasets.{dataset}.source.path"
+    return None
+
+
+def runnable_cells(config: dict, cells: Iterable[Cell]) -> list[Cell]:
+    """The cells whose data the configuration can reach (see unset_source_key)."""
+    return [cell for cell in cells if unset_source_key(config, cell.dataset) is None]
+
+
+def table_spec(config: dict, table: str) -> dict:
+    """A table as the table rule reads it: config's rows, a row whose cell cannot run until a key
+    is set carrying ``not_run: set <key>`` (shown in our columns instead of "pending")."""
+    spec = copy.deepcopy(config["tables"][table])
+    for row in spec["rows"]:
+        key = unset_source_key(config, parse_cell(row["cell"]).dataset) if "cell" in row else None
+        if key:
+            row["not_run"] = f"set {key}"
+    return spec
+
+
 def split_store(config: dict, dataset: str, split: str) -> str:
     """Where a split's images are read from: an image store, except ImageNet's training images,
     which stay JPEGs in the user's folder and are read through its index (prepare_imagenet).

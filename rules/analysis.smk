@@ -7,10 +7,8 @@ rule table_spec:
     log:
         f"{RESULTS}/tables/{{table}}.spec.log",
     localrule: True
-    conda:
-        "../envs/analysis.yaml"
     params:
-        spec=lambda wc: config["tables"][wc.table],
+        spec=lambda wc: cfg.table_spec(config, wc.table),
     run:
         from dra.io import write_yaml
 

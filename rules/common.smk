@@ -5,6 +5,7 @@ import re
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
+from snakemake.logging import logger
 
 from dra import config as cfg
 
@@ -17,6 +18,23 @@ RESULTS = cfg.results_dir(config)
 DATA = config["data_dir"]
 CELLS = cfg.table_cells(config)
 CELLS_BY_ID = {cell.id: cell for cell in CELLS}
+# The cells the aggregate targets build: all but those whose data needs a key set first (an
+# ImageNet folder). Such cells stay in the tables as "not run: set <key>"; asked for by path,
+# they stop at the key (imagenet_root).
+RUNNABLE_CELLS = cfg.runnable_cells(config, CELLS)
+WAITING_CELLS = {
+    cell.id: cfg.unset_source_key(config, cell.dataset)
+    for cell in CELLS + cfg.figure_cells(config)
+    if cfg.unset_source_key(config, cell.dataset)
+}
+if WAITING_CELLS and workflow.is_main_process:
+    # once per run, in the main process (not again in each cluster job's log)
+    for key in sorted(set(WAITING_CELLS.values())):
+        logger.warning(
+            f"not run: set {key} (your ILSVRC-2012 folder) to add its "
+            f"{list(WAITING_CELLS.values()).count(key)} cells; until then their table rows read "
+            f"'not run: set {key}', figures of them are not drawn, and everything else builds"
+        )
 
 
 def _one_of(names):
@@ -219,7 +237,7 @@ def imagenet_feature_inputs(wildcards):
 def feature_targets():
     """Feature stores of every DRA cell with a stored target, and the feature validation."""
     targets = set()
-    for cell in CELLS:
+    for cell in RUNNABLE_CELLS:
         recipe = cfg.resolve_recipe(config, cell)
         if recipe["dra"] is not None:
             targets.add(recipe["dra"]["features"]["real"])
@@ -289,11 +307,12 @@ def runtime_per_attempt(kind):
 
 
 def eval_targets(tables=None):
-    return [cell_path(cell, "autoattack.json") for cell in cfg.table_cells(config, tables)]
+    cells = cfg.runnable_cells(config, cfg.table_cells(config, tables))
+    return [cell_path(cell, "autoattack.json") for cell in cells]
 
 
 def table_inputs(wildcards):
-    cells = cfg.table_cells(config, [wildcards.table])
+    cells = cfg.runnable_cells(config, cfg.table_cells(config, [wildcards.table]))
     name = "classification_dimension.json" if wildcards.table == "table3" else "autoattack.json"
     return [cell_path(cell, name) for cell in cells]
 

@@ -53,9 +53,10 @@ rule train_diffusion:
         model=_one_of(diffusion_models_of_kind("train")),
     conda:
         "../envs/torch.yaml"
-    threads: 2
+    threads: resource("diffusion", "cpus")
     resources:
         gpu=resource("diffusion", "gpu"),
+        tasks_per_gpu=0,
         runtime=runtime_per_attempt("diffusion"),
         mem_mb=resource("diffusion", "mem_mb"),
     params:
@@ -86,9 +87,10 @@ rule train_noisy_classifier:
         model=_one_of(diffusion_models_of_kind("noisy_classifier")),
     conda:
         "../envs/torch.yaml"
-    threads: 2
+    threads: resource("diffusion", "cpus")
     resources:
         gpu=resource("diffusion", "gpu"),
+        tasks_per_gpu=0,
         runtime=runtime_per_attempt("diffusion"),
         mem_mb=resource("diffusion", "mem_mb"),
     params:
@@ -118,9 +120,10 @@ rule generate_synthetic:
         dataset=_one_of(d for d in config["datasets"] if cfg.uses_edm(config, d)),
     conda:
         "../envs/torch.yaml"
-    threads: 2
+    threads: resource("diffusion", "cpus")
     resources:
         gpu=resource("diffusion", "gpu"),
+        tasks_per_gpu=0,
         runtime=runtime_per_attempt("diffusion"),
         mem_mb=resource("diffusion", "mem_mb"),
     params:
@@ -166,9 +169,10 @@ rule extract_features:
         views="1|2",
     conda:
         "../envs/torch.yaml"
-    threads: 2
+    threads: resource("diffusion", "cpus")
     resources:
         gpu=resource("diffusion", "gpu"),
+        tasks_per_gpu=0,
         runtime=runtime_per_attempt("diffusion"),
         mem_mb=resource("diffusion", "mem_mb"),
     params:
@@ -209,9 +213,10 @@ rule validate_features:
         f"{RESULTS}/{{dataset}}/feature-validation/{{diffusion}}/validate_features.benchmark.tsv"
     conda:
         "../envs/torch.yaml"
-    threads: 2
+    threads: resource("diffusion", "cpus")
     resources:
         gpu=resource("diffusion", "gpu"),
+        tasks_per_gpu=0,
         runtime=runtime_per_attempt("diffusion"),
         mem_mb=resource("diffusion", "mem_mb"),
     params:

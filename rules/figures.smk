@@ -55,9 +55,10 @@ rule figure_diffusion_representation:
         diffusion=_one_of(config["diffusion_models"]),
     conda:
         "../envs/torch.yaml"
-    threads: 2
+    threads: resource("diffusion", "cpus")
     resources:
         gpu=resource("diffusion", "gpu"),
+        tasks_per_gpu=0,
         runtime=runtime_per_attempt("diffusion"),
         mem_mb=resource("diffusion", "mem_mb"),
     params:
@@ -89,7 +90,7 @@ rule figure3:
         f"{FIGURE_DIR}/figure3.log",
     localrule: True
     conda:
-        "../envs/analysis.yaml"
+        "../envs/torch.yaml"
     params:
         # results/<scale>, the folder above figures/
         results_root=lambda wc, output: Path(output.png).parent.parent,
@@ -115,7 +116,7 @@ rule figure4:
         f"{FIGURE_DIR}/figure4.log",
     localrule: True
     conda:
-        "../envs/analysis.yaml"
+        "../envs/torch.yaml"
     params:
         # results/<scale>, the folder above figures/
         results_root=lambda wc, output: Path(output.png).parent.parent,
@@ -138,7 +139,7 @@ rule figure5:
         f"{FIGURE_DIR}/figure5.log",
     localrule: True
     conda:
-        "../envs/analysis.yaml"
+        "../envs/torch.yaml"
     params:
         # results/<scale>, the folder above figures/
         results_root=lambda wc, output: Path(output.png).parent.parent,
@@ -195,7 +196,7 @@ rule figure8:
         f"{FIGURE_DIR}/figure8.log",
     localrule: True
     conda:
-        "../envs/analysis.yaml"
+        "../envs/torch.yaml"
     params:
         # results/<scale>, the folder above figures/
         results_root=lambda wc, output: Path(output.png).parent.parent,
@@ -222,7 +223,7 @@ rule figure10:
         f"{FIGURE_DIR}/figure10.log",
     localrule: True
     conda:
-        "../envs/analysis.yaml"
+        "../envs/torch.yaml"
     params:
         # results/<scale>, the folder above figures/
         results_root=lambda wc, output: Path(output.png).parent.parent,

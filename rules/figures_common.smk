@@ -52,4 +52,22 @@ def configured_figures():
         "figure1": "figure1_models",
         "figure9": "figure1_models",
     }
-    return [f"{FIGURE_DIR}/{name}.png" for name, key in wanted.items() if FIGURES.get(key)]
+    return [
+        f"{FIGURE_DIR}/{name}.png"
+        for name, key in wanted.items()
+        if FIGURES.get(key) and all(can_run(model) for model in models_listed(key))
+    ]
+
+
+def models_listed(key):
+    # figures: entries are a model, a list of models, or a list of {aligned, baseline} pairs
+    value = FIGURES[key]
+    items = value if isinstance(value, list) else [value]
+    return [
+        model for item in items for model in (item.values() if isinstance(item, dict) else [item])
+    ]
+
+
+def can_run(model):
+    # a figure of an ImageNet model waits for datasets.imagenet.source.path (common.smk says so)
+    return cfg.unset_source_key(config, cfg.model_dataset(config, model)) is None

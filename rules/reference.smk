@@ -44,8 +44,6 @@ rule reference_recipe:
     wildcard_constraints:
         name=_one_of(REFERENCE_NAMES),
     localrule: True
-    conda:
-        "../envs/data.yaml"
     params:
         recipe=lambda wc: ref.reference_recipe(config, wc.name),
     run:
@@ -102,8 +100,6 @@ rule reference_table_spec:
     log:
         f"{RESULTS}/tables/reference.spec.log",
     localrule: True
-    conda:
-        "../envs/analysis.yaml"
     params:
         spec=ref.reference_table_spec(config),
     run:

@@ -12,8 +12,6 @@ rule resolve_recipe:
     log:
         f"{RESULTS}/{{dataset}}/{{arch}}/{{method}}/{{budget}}/recipe.log",
     localrule: True
-    conda:
-        "../envs/data.yaml"
     params:
         recipe=lambda wc: cfg.resolve_recipe(config, cell_of(wc)),
     run:
@@ -51,4 +49,4 @@ rule train_cell:
 
 rule all_models:
     input:
-        [cell_path(cell, "train/model.pt") for cell in CELLS],
+        [cell_path(cell, "train/model.pt") for cell in RUNNABLE_CELLS],

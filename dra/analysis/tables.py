@@ -14,7 +14,8 @@ A table is specified by a list of rows (from config):
 
 ``paper`` holds {clean, autoattack} for the accuracy tables (1, 2) and {cls95, cls99,
 robust_dim} for the classification-dimension table (3). A cell whose result file does not
-exist yet is shown as "pending", never as a number.
+exist yet is shown as "pending", never as a number; a cell row with ``not_run: <what to do>``
+(a cell the configuration cannot run yet, e.g. ImageNet without its folder) as "not run: <what to do>".
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import pandas as pd
 from dra.io import atomic_file, read_yaml
 
 PENDING = "pending"  # the cell has not been evaluated yet
-NOT_RUN = "not run"  # a reported baseline: we quote it, we do not reproduce it
+NOT_RUN = "not run"  # a reported baseline (quoted, not reproduced), or a cell awaiting a config key
 NO_PAPER_VALUE = "n/a"  # the paper gives no number for this row
 
 CELL_KEYS = ("dataset", "arch", "method", "budget")
@@ -149,6 +150,10 @@ def build_table(rows: Sequence[dict], results_root: str | Path, kind: str) -> pd
             record["Source"] = f"reported: {row['reported']}"
             result = None
             missing_ours = NOT_RUN
+        elif "not_run" in row:
+            record["Source"] = "reproduced"
+            result = None
+            missing_ours = f"{NOT_RUN}: {row['not_run']}"
         else:
             record["Source"] = "reproduced"
             result = _read_result(cell_result_path(row, results_root, kind), metrics)
