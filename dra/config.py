@@ -187,8 +187,6 @@ def _check_references(config: dict) -> None:
             key = f"tables.{table_name}.rows[{index}]"
             if "cell" not in row:
                 continue
-            _require(parse_cell(row["cell"]).seed is None, f"{key}.cell",
-                     f"a row names the plain budget; set tables.{table_name}.seeds for replicates")
             _check_cell(config, row["cell"], f"{key}.cell")
             is_table3 = table_name == "table3"
             if row["paper"] is not None:
@@ -351,6 +349,15 @@ def replicate(config: dict, cell: Cell, seed: int) -> Cell:
     if seed == config["seed"]:
         return cell
     return Cell(cell.dataset, cell.arch, cell.method, f"{cell.budget}-seed{seed}")
+
+
+def cell_replicates(config: dict, cell_id: str) -> list[Cell]:
+    """A cell and its replicates: the seeds of the table listing it with the most (a figure plots
+    the spread of the replicates the tables run; one seed for a cell no table lists)."""
+    counts = [len(table_seeds(config, name)) for name, table in config["tables"].items()
+              if any(row.get("cell") == cell_id for row in table["rows"])]
+    seeds = [config["seed"] + k for k in range(max(counts, default=1))]
+    return [replicate(config, parse_cell(cell_id), seed) for seed in seeds]
 
 
 def table_cells(config: dict, tables: Iterable[str] | None = None) -> list[Cell]:

@@ -252,7 +252,8 @@ def build_table(rows: Sequence[dict], results_root: str | Path, kind: str) -> pd
     frame = pd.DataFrame.from_records(records)
     numbers = _number_columns(metrics, replicated, "p AA" in frame.columns)
     label_columns = [c for c in frame.columns if c not in numbers]
-    return frame[label_columns + numbers].fillna("")
+    frame = frame[label_columns + numbers].astype(object)
+    return frame.where(frame.notna(), "")  # a row without a paired test or a spread: empty
 
 
 def _number_columns(metrics: list, replicated: bool = False, paired: bool = False) -> list[str]:
