@@ -317,7 +317,9 @@ def table_inputs(wildcards):
     cells = cfg.runnable_cells(config, cfg.table_cells(config, [wildcards.table]))
     if wildcards.table == "table3":
         return [cell_path(cell, "classification_dimension.json") for cell in cells]
-    return [cell_path(cell, name) for cell in cells for name in ("autoattack.json", "autoattack.npz")]
+    return [
+        cell_path(cell, name) for cell in cells for name in ("autoattack.json", "autoattack.npz")
+    ]
 
 
 def table_outputs(table):
