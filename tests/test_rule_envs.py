@@ -149,6 +149,7 @@ def served_file(tmp_path):
     folder.mkdir()
     content = os.urandom(300_000)
     (folder / "archive.bin").write_bytes(content)
+
     class Quiet(http.server.SimpleHTTPRequestHandler):
         def log_message(self, *args):
             pass

@@ -136,6 +136,8 @@ BAD_CONFIGS = [
     ("an EDM set in parts", ["datasets", "cifar10", "synthetic", "1m"], {"generate": {"images_per_class": 10,
      "num_steps": 18, "parts": 4}}, "datasets.cifar10.synthetic.1m.generate.parts"),
     ("online targets from LightningDiT", ["dra", "target"], "online", "cell imagenet/convnext-b/dm-at+dra"),
+    ("a lambda sweep of one strength", ["figures", "figure8_models"],
+     ["cifar100/wrn-28-10/dm-at+dra/syn1m-bs512-ep400"], "figures.figure8_models: a sweep needs two strengths"),
     ("LightningDiT without its tokenizer", ["diffusion_models", "lightningdit-xl", "source", "tokenizer"], DELETE,
      "diffusion_models.lightningdit-xl.source.tokenizer"),
 ]
