@@ -59,11 +59,6 @@ class Cell:
         seed = BUDGET_PATTERN.match(self.budget)["seed"]
         return None if seed is None else int(seed)
 
-    @property
-    def plain(self) -> "Cell":
-        """The cell without its seed suffix: the row of the table a replicate belongs to."""
-        return Cell(self.dataset, self.arch, self.method, self.budget.split("-seed")[0])
-
 
 def parse_cell(cell_id: str) -> Cell:
     parts = cell_id.strip("/").split("/")

@@ -29,10 +29,10 @@ def test_the_seed_is_part_of_the_path_and_of_the_recipe():
     assert cfg.table_seeds(config, "replicates") == [1, 2, 3] and cfg.table_seeds(config, "table2") == [1]
     cell = cfg.parse_cell("digits/wrn-10-1/at+dra/nosyn-bs128-ep30-seed3")
     assert (cell.seed, cell.epochs, cell.batch_size, cell.synthetic) == (3, 30, 128, None)
-    assert cell.plain.id == "digits/wrn-10-1/at+dra/nosyn-bs128-ep30"
     # the plain path is config's seed, so one-seed tables keep their paths
-    assert cfg.parse_cell("digits/wrn-10-1/at+dra/nosyn-bs128-ep30").seed is None
-    assert cfg.resolve_recipe(config, cell.plain)["seed"] == config["seed"] == 1
+    plain = cfg.parse_cell("digits/wrn-10-1/at+dra/nosyn-bs128-ep30")
+    assert plain.seed is None and cfg.replicate(config, plain, 3) == cell and cfg.replicate(config, plain, 1) == plain
+    assert cfg.resolve_recipe(config, plain)["seed"] == config["seed"] == 1
     recipe = cfg.resolve_recipe(config, cell)
     assert recipe["seed"] == 3 and recipe["epochs"] == 30  # init, batches, augmentation, attacks, head
     encoder = cfg.resolve_recipe(config, cfg.parse_cell("digits/edm-encoder-digits/at/nosyn-bs128-ep10-seed2"))
