@@ -68,7 +68,7 @@ def main(argv=None):
         recipe = config["recipes"][cell.dataset][cell.arch]
         steps = math.ceil(dataset["epoch_reference_size"] / cell.batch_size) * cell.epochs
         images = steps * cell.batch_size
-        arch = resolve_arch(config, cell.arch)
+        arch = resolve_arch(config, cell.arch, config["seed"])
         # FLOPs need the architecture only, not its (pretrained or encoder) weights
         arch.pop("weights", None)
         arch.pop("pretrained", None)

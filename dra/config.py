@@ -3,7 +3,9 @@
 The Snakefile and the tests share these functions, so a path or a recipe is computed in one
 place only. A cell is one trained model of a table, named by its path
 ``<dataset>/<arch>/<method>/<budget>`` with ``budget = syn<set>-bs<batch>-ep<epochs>`` or
-``nosyn-bs<batch>-ep<epochs>``.
+``nosyn-bs<batch>-ep<epochs>``. A replicate of a cell trained with another seed carries the seed
+at the end of its budget (``syn2k-bs128-ep30-seed2``); the plain budget is trained with config's
+``seed``, so a table that runs one seed names the same paths as before replicates existed.
 """
 
 from __future__ import annotations
@@ -18,7 +20,9 @@ import jsonschema
 import yaml
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "config" / "schema.yaml"
-BUDGET_PATTERN = re.compile(r"^(?:syn(?P<synthetic>[0-9a-z]+)|nosyn)-bs(?P<batch>[0-9]+)-ep(?P<epochs>[0-9]+)$")
+BUDGET_PATTERN = re.compile(
+    r"^(?:syn(?P<synthetic>[0-9a-z]+)|nosyn)-bs(?P<batch>[0-9]+)-ep(?P<epochs>[0-9]+)(?:-seed(?P<seed>[0-9]+))?$"
+)
 HOW_TO_FIX = "Fix it in config.yaml or in the overlay given with --configfile (keys: config/schema.yaml)."
 
 
@@ -48,6 +52,12 @@ class Cell:
     @property
     def epochs(self) -> int:
         return int(BUDGET_PATTERN.match(self.budget)["epochs"])
+
+    @property
+    def seed(self) -> int | None:
+        """The training seed of a replicate; None for the plain budget (config's seed)."""
+        seed = BUDGET_PATTERN.match(self.budget)["seed"]
+        return None if seed is None else int(seed)
 
 
 def parse_cell(cell_id: str) -> Cell:
@@ -326,15 +336,38 @@ def results_dir(config: dict) -> str:
     return f"results/{config['scale']}"
 
 
+def table_seeds(config: dict, table: str) -> list[int]:
+    """The training seeds of a table's cells: config's seed, then the next ``tables.<t>.seeds - 1``."""
+    return [config["seed"] + k for k in range(config["tables"][table].get("seeds", 1))]
+
+
+def replicate(config: dict, cell: Cell, seed: int) -> Cell:
+    """A cell trained with ``seed``: the plain path for config's seed, ``<budget>-seed<seed>`` else."""
+    if seed == config["seed"]:
+        return cell
+    return Cell(cell.dataset, cell.arch, cell.method, f"{cell.budget}-seed{seed}")
+
+
+def cell_replicates(config: dict, cell_id: str) -> list[Cell]:
+    """A cell and its replicates: the seeds of the table listing it with the most (a figure plots
+    the spread of the replicates the tables run; one seed for a cell no table lists)."""
+    counts = [len(table_seeds(config, name)) for name, table in config["tables"].items()
+              if any(row.get("cell") == cell_id for row in table["rows"])]
+    seeds = [config["seed"] + k for k in range(max(counts, default=1))]
+    return [replicate(config, parse_cell(cell_id), seed) for seed in seeds]
+
+
 def table_cells(config: dict, tables: Iterable[str] | None = None) -> list[Cell]:
-    """The trained cells of the given tables (all by default), each once, in table order."""
+    """The trained cells of the given tables (all by default), each once, in table order: every
+    row's cell, followed by its replicates where a table runs more than one seed."""
     names = list(tables) if tables is not None else list(config["tables"])
     cells: dict[str, Cell] = {}
     for name in names:
         for row in config["tables"][name]["rows"]:
             if "cell" in row:
-                cell = parse_cell(row["cell"])
-                cells.setdefault(cell.id, cell)
+                for seed in table_seeds(config, name):
+                    cell = replicate(config, parse_cell(row["cell"]), seed)
+                    cells.setdefault(cell.id, cell)
     return list(cells.values())
 
 
@@ -415,10 +448,14 @@ def table_spec(config: dict, table: str) -> dict:
     """A table as the table rule reads it: config's rows, a row whose cell cannot run until a key
     is set carrying ``not_run: set <key>`` (shown in our columns instead of "pending")."""
     spec = copy.deepcopy(config["tables"][table])
+    seeds = table_seeds(config, table)
     for row in spec["rows"]:
         key = unset_source_key(config, parse_cell(row["cell"]).dataset) if "cell" in row else None
         if key:
             row["not_run"] = f"set {key}"
+        if "cell" in row and len(seeds) > 1:
+            # the table shows the mean and spread over these cells (dra.analysis.tables)
+            row["replicates"] = [replicate(config, parse_cell(row["cell"]), seed).id for seed in seeds]
     return spec
 
 
@@ -458,7 +495,7 @@ def feature_store(config: dict, dataset: str, store: str, views: int, diffusion:
 # the resolved recipe
 
 
-def resolve_arch(config: dict, arch: str) -> dict:
+def resolve_arch(config: dict, arch: str, seed: int) -> dict:
     """The arch entry, with an edm_encoder's diffusion model expanded into files, layer and sigma."""
     entry = copy.deepcopy(config["archs"][arch])
     if "pretrained" in entry:
@@ -474,7 +511,7 @@ def resolve_arch(config: dict, arch: str) -> dict:
         "weights": weights,
         "layer": config["diffusion_models"][model]["feature"]["layer"],
         "sigma": config["diffusion_models"][model]["feature"]["sigma"],
-        "noise_seed": config["seed"],
+        "noise_seed": seed,
     }
 
 
@@ -482,6 +519,9 @@ def resolve_recipe(config: dict, cell: Cell) -> dict:
     """Everything the training script needs for one cell (docs/architecture.md)."""
     dataset = config["datasets"][cell.dataset]
     method = config["methods"][cell.method]
+    # every random draw of training (init, batches, augmentation, attack starts, DRA head) derives
+    # from this seed (dra.training.loop); a replicate's comes from its path
+    seed = config["seed"] if cell.seed is None else cell.seed
     recipe = copy.deepcopy(config["recipes"][cell.dataset][cell.arch])
     attack = recipe.pop("attack")
     objective = recipe.pop("objective")
@@ -521,7 +561,7 @@ def resolve_recipe(config: dict, cell: Cell) -> dict:
         recipe["checkpoint"]["select"] = "last"
     return {
         "cell": {"dataset": cell.dataset, "arch": cell.arch, "method": cell.method, "budget": cell.budget},
-        "seed": config["seed"],
+        "seed": seed,
         "data": {
             "train": split_store(config, cell.dataset, "train"),
             "synthetic": synthetic,
@@ -537,7 +577,7 @@ def resolve_recipe(config: dict, cell: Cell) -> dict:
             "format": "imagenet_index" if reads_imagenet_folder(config, cell.dataset) else "image_store",
             "image_size": dataset["image_size"],
         },
-        "arch": resolve_arch(config, cell.arch),
+        "arch": resolve_arch(config, cell.arch, seed),
         "attack": {
             "eps": attack["eps_255"] / 255,
             "step": attack["step_255"] / 255,

@@ -41,3 +41,14 @@ rule build_table:
 rule all_tables:
     input:
         [path for table in config["tables"] for path in table_outputs(table)],
+
+
+rule all_replicates:
+    # the tables that run more than one seed per cell (tables.<t>.seeds; config/mini-replicates.yaml)
+    input:
+        [
+            path
+            for table, spec in config["tables"].items()
+            if spec.get("seeds", 1) > 1
+            for path in table_outputs(table)
+        ],

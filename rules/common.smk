@@ -56,7 +56,8 @@ def cell_of(wildcards):
     if cell_id not in CELLS_BY_ID:
         raise WorkflowError(
             f"cell {cell_id} is not a row of any table in the configuration; "
-            f"add it to tables.<table>.rows or ask for one of: {', '.join(CELLS_BY_ID)}"
+            f"add it to tables.<table>.rows (a -seed<s> replicate: raise tables.<table>.seeds) "
+            f"or ask for one of: {', '.join(CELLS_BY_ID)}"
         )
     return CELLS_BY_ID[cell_id]
 
@@ -312,9 +313,13 @@ def eval_targets(tables=None):
 
 
 def table_inputs(wildcards):
+    # every seed of every cell; an accuracy table also reads the per-example flags (paired tests)
     cells = cfg.runnable_cells(config, cfg.table_cells(config, [wildcards.table]))
-    name = "classification_dimension.json" if wildcards.table == "table3" else "autoattack.json"
-    return [cell_path(cell, name) for cell in cells]
+    if wildcards.table == "table3":
+        return [cell_path(cell, "classification_dimension.json") for cell in cells]
+    return [
+        cell_path(cell, name) for cell in cells for name in ("autoattack.json", "autoattack.npz")
+    ]
 
 
 def table_outputs(table):

@@ -200,8 +200,10 @@ rule figure8:
     params:
         # results/<scale>, the folder above figures/
         results_root=lambda wc, output: Path(output.png).parent.parent,
-        baseline=FIGURES.get("figure8_baseline"),
-        models=" ".join(FIGURES.get("figure8_models", [])),
+        baseline=(
+            replicate_group(FIGURES["figure8_baseline"]) if "figure8_baseline" in FIGURES else ""
+        ),
+        models=" ".join(replicate_group(model) for model in FIGURES.get("figure8_models", [])),
     shell:
         "python -m scripts.figure_8 --results-root {params.results_root} --baseline {params.baseline}"
         " --models {params.models} --out-png {output.png} --out-pdf {output.pdf}"

@@ -35,9 +35,16 @@ def accuracy_files(models):
 
 
 def figure8_cells():
+    # every replicate the tables run of each cell: Figure 8 draws their spread as error bars
     if "figure8_models" not in FIGURES:
         return []
-    return FIGURES["figure8_models"] + [FIGURES["figure8_baseline"]]
+    models = FIGURES["figure8_models"] + [FIGURES["figure8_baseline"]]
+    return [replica.id for model in models for replica in cfg.cell_replicates(config, model)]
+
+
+def replicate_group(model):
+    # a cell and its replicates as one argument of scripts/figure_8.py: comma-separated paths
+    return ",".join(replica.id for replica in cfg.cell_replicates(config, model))
 
 
 def configured_figures():

@@ -28,6 +28,7 @@ PACKAGE_OF_MODULE = {
     "jsonschema": "jsonschema",
     "tqdm": "tqdm",
     "sklearn": "scikit-learn",
+    "scipy": "scipy",
     "pandas": "pandas",
     "matplotlib": "matplotlib",
     "seaborn": "seaborn",

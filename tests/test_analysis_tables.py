@@ -9,9 +9,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from scipy import stats
 
 from dra.analysis.tables import TableSpecError, build_table, cell_result_path, load_table_rows, write_table
 
@@ -159,3 +161,75 @@ def test_readme_table_snapshot_reads_config_tables_as_written(tmp_path):
     table = pd.read_csv(tmp_path / "t1.csv")
     assert len(table) == len(rows)
     assert (table["Ours AA"] == "pending").sum() == sum("cell" in row for row in rows)
+
+
+def write_evaluation(root: Path, cell: str, robust: np.ndarray, clean_accuracy: float) -> None:
+    """autoattack.json and its per-example flags (autoattack.npz) as scripts.evaluate_autoattack writes them."""
+    folder = root / cell
+    folder.mkdir(parents=True, exist_ok=True)
+    np.savez(folder / "autoattack.npz", indices=np.arange(robust.size), clean=np.ones(robust.size, bool),
+             robust=robust)
+    (folder / "autoattack.json").write_text(json.dumps(
+        {"clean_accuracy": clean_accuracy, "robust_accuracy": 100.0 * robust.mean(), "n": int(robust.size)}))
+
+
+def paired_flags(baseline_only: int, treated_only: int, both: int = 60, neither: int = 30):
+    base = np.array([True] * both + [True] * baseline_only + [False] * treated_only + [False] * neither)
+    treat = np.array([True] * both + [False] * baseline_only + [True] * treated_only + [False] * neither)
+    return base, treat
+
+
+AT = "digits/wrn-10-1/at/nosyn-bs128-ep30"
+AT_DRA = "digits/wrn-10-1/at+dra/nosyn-bs128-ep30"
+
+
+def test_replicated_table_mean_spread_and_paired_test_on_flags(tmp_path):
+    # three seeds; each seed pair on the same 100 images: (only AT right, only AT+DRA right) =
+    # (2, 6), (3, 5), (1, 7); pooled 6 against 18 discordant images
+    counts = [(2, 6), (3, 5), (1, 7)]
+    seeds = [(AT, AT_DRA), (f"{AT}-seed2", f"{AT_DRA}-seed2"), (f"{AT}-seed3", f"{AT_DRA}-seed3")]
+    for (base_cell, dra_cell), (baseline_only, treated_only) in zip(seeds, counts):
+        base, treat = paired_flags(baseline_only, treated_only, neither=40 - baseline_only - treated_only)
+        write_evaluation(tmp_path, base_cell, base, 99.0)
+        write_evaluation(tmp_path, dra_cell, treat, 100.0)
+    rows = [{"cell": AT, "paper": None, "replicates": [b for b, _ in seeds]},
+            {"cell": AT_DRA, "paper": None, "replicates": [d for _, d in seeds]}]
+    frame = build_table(rows, tmp_path, "accuracy").set_index("Method")
+    # AT's robust accuracy per seed: 62, 63, 61; AT+DRA's: 66, 65, 67
+    assert frame.loc["at", "Ours AA"] == pytest.approx(62.0) and frame.loc["at", "sd AA"] == pytest.approx(1.0)
+    half = stats.t.ppf(0.975, 2) / np.sqrt(3)
+    assert frame.loc["at+dra", "CI low AA"] == pytest.approx(66.0 - half)
+    assert frame.loc["at+dra", "CI high AA"] == pytest.approx(66.0 + half)
+    assert frame.loc["at+dra", "seeds"] == 3 and frame.loc["at+dra", "n"] == 100
+    assert frame.loc["at+dra", "Gain AA"] == pytest.approx(4.0)
+    assert frame.loc["at+dra", "p AA"] == pytest.approx(stats.binomtest(18, 24, 0.5).pvalue)
+    assert frame.loc["at+dra", "Gain AA low"] < 4.0 < frame.loc["at+dra", "Gain AA high"]
+    assert frame.loc["at", "p AA"] == ""  # a baseline row is not tested against itself
+    write_table(frame.reset_index(), tmp_path / "t.csv", tmp_path / "t.md", tmp_path / "t.tex")
+    markdown = (tmp_path / "t.md").read_text()
+    assert "62.00 ± 1.00" in markdown and "66.00 ± 1.00" in markdown
+    assert f"p = {stats.binomtest(18, 24, 0.5).pvalue:.3f}" in markdown
+    assert "± 1.00" in (tmp_path / "t.tex").read_text()
+
+
+def test_one_seed_keeps_the_columns_and_adds_the_p_value(tmp_path):
+    base, treat = paired_flags(1, 9)
+    write_evaluation(tmp_path, AT, base, 99.0)
+    write_evaluation(tmp_path, AT_DRA, treat, 100.0)
+    frame = build_table([{"cell": AT, "paper": None}, {"cell": AT_DRA, "paper": None}], tmp_path, "accuracy")
+    assert "sd AA" not in frame.columns and "seeds" not in frame.columns
+    assert frame["Ours AA"].tolist() == [61.0, 69.0]
+    assert frame["p AA"].tolist()[1] == pytest.approx(22 / 1024)  # McNemar's exact test, 1 against 9
+    # without its baseline's flags, no test: the row is as before
+    (tmp_path / AT / "autoattack.npz").unlink()
+    assert "p AA" not in build_table([{"cell": AT, "paper": None}, {"cell": AT_DRA, "paper": None}],
+                                     tmp_path, "accuracy").columns
+
+
+def test_paired_rows_must_share_their_test_images(tmp_path):
+    base, treat = paired_flags(1, 9)
+    write_evaluation(tmp_path, AT, base, 99.0)
+    write_evaluation(tmp_path, AT_DRA, treat, 100.0)
+    np.savez(tmp_path / AT_DRA / "autoattack.npz", indices=np.arange(treat.size) + 1, clean=treat, robust=treat)
+    with pytest.raises(TableSpecError, match="other test images"):
+        build_table([{"cell": AT, "paper": None}, {"cell": AT_DRA, "paper": None}], tmp_path, "accuracy")

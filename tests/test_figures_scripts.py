@@ -159,6 +159,27 @@ def test_figure8_reads_lambda_from_the_recipes(results):
     assert list(table["clean"]) == [86.0, 87.0, 84.0, 85.0]
 
 
+def test_figure8_draws_the_spread_of_replicates(results):
+    # a second seed of the lambda-1.2 cell and of the baseline: mean and sd over the two seeds
+    for method, clean, robust in (("dm-at+dra", 89.0, 49.5), ("dm-at", 84.0, 44.0)):
+        folder = results / "results" / f"{cell(method)}-seed2"
+        folder.mkdir(parents=True, exist_ok=True)
+        write_yaml(folder / "recipe.yaml", {"arch": ARCH, "data": DATA,
+                                            "dra": {"lambda": 1.2} if method == "dm-at+dra" else None})
+        write_json(folder / "autoattack.json", {"clean_accuracy": clean, "robust_accuracy": robust})
+    paths = outputs(results / "out", "figure8-replicates")
+    figure_8.main(["--results-root", str(results / "results"), "--baseline", f"{cell('dm-at')},{cell('dm-at')}-seed2",
+                   "--models", cell("dm-at+dra-lambda0.4"), f"{cell('dm-at+dra')},{cell('dm-at+dra')}-seed2",
+                   *flags(paths)])
+    assert_drawn(paths)
+    table = pd.read_csv(paths["csv"]).set_index("lambda")
+    assert list(table["seeds"]) == [1, 2, 2]
+    assert table.loc[1.2, "robust"] == pytest.approx(48.5) and table.loc[1.2, "robust_sd"] == pytest.approx(2**0.5)
+    assert table.loc[1.2, "clean_sd"] == pytest.approx(2**0.5)  # 87 and 89
+    assert table.loc[0.0, "robust"] == pytest.approx(44.5) and table.loc[0.0, "robust_sd"] == pytest.approx(0.5**0.5)
+    assert table.loc[0.4, "robust_sd"] == 0.0  # one seed: no bar
+
+
 def test_figure10_is_the_difference_of_folded_gradient_spectra(results):
     paths = outputs(results / "out", "figure10")
     figure_10.main(["--results-root", str(results / "results"), "--pair", cell("dm-at+dra"), cell("dm-at"),

@@ -34,10 +34,11 @@ TOOLING = {"snakemake", "snakemake-executor-plugin-slurm"}
 
 def test_the_import_closure_follows_dra_and_pandas_lazy_imports():
     # known answers: the download script reaches tqdm through dra.download; a table reaches
-    # tabulate and jinja2 through DataFrame.to_markdown and to_latex in dra.analysis.tables
+    # tabulate and jinja2 through DataFrame.to_markdown and to_latex in dra.analysis.tables, and
+    # scipy and numpy through its paired tests (dra.analysis.significance)
     modules, third = import_closure(["scripts.download"])
     assert {"scripts", "scripts.download", "dra.download"} <= modules and third == {"tqdm"}
-    assert rule_needs(RULES["build_table"]) == {"pandas", "pyyaml", "tabulate", "jinja2"}
+    assert rule_needs(RULES["build_table"]) == {"pandas", "pyyaml", "tabulate", "jinja2", "scipy", "numpy"}
     # the figures measure with torch, so their rules need it
     assert "torch" in rule_needs(RULES["figure8"])
     assert RULES["reference_autoattack"].scripts == ["evaluate_autoattack"]  # `use rule` inherits

@@ -35,6 +35,7 @@ from dra.analysis.representation_metrics import (
     train_topk_sae,
     uniformity,
 )
+from dra.analysis.significance import seed_summary
 from dra.io import atomic_file, read_yaml
 
 #: forward(images01, first_index) -> (logits, features); first_index is the batch's position in
@@ -381,23 +382,39 @@ def figure6(results_root: str | Path, models: Sequence[str], ks: Sequence[int], 
     return table
 
 
-def figure8(results_root: str | Path, baseline: str, models: Sequence[str], out_png: str | Path,
+def _replicate_accuracy(results_root: str | Path, replicates: Sequence[str]) -> dict:
+    """Mean clean and robust accuracy over a cell's replicates, with their sd (0 for one seed)."""
+    accuracies = [read_accuracy(_model_dir(results_root, model)) for model in replicates]
+    summary = {}
+    for key in ("clean", "robust"):
+        spread = seed_summary([accuracy[key] for accuracy in accuracies])
+        summary.update({key: spread["mean"], f"{key}_sd": spread["sd"] or 0.0})
+    return {**summary, "seeds": len(replicates)}
+
+
+def figure8(results_root: str | Path, baseline: Sequence[str], models: Sequence[Sequence[str]], out_png: str | Path,
             out_pdf: str | Path, out_csv: str | Path) -> pd.DataFrame:
-    """Clean and robust accuracy against the DRA strength lambda, the baseline as a dashed line."""
+    """Clean and robust accuracy against the DRA strength lambda, the baseline as a dashed line.
+    ``baseline`` and each of ``models`` are a cell's replicates (one path for one seed); with more
+    than one, the mean is drawn with the sd over seeds as error bars (the baseline as a band)."""
     plt, _ = _pyplot()
-    rows = [{"model": model, "lambda": read_lambda(_model_dir(results_root, model)),
-             **read_accuracy(_model_dir(results_root, model))} for model in models]
+    rows = [{"model": replicates[0], "lambda": read_lambda(_model_dir(results_root, replicates[0])),
+             **_replicate_accuracy(results_root, replicates)} for replicates in models]
     table = pd.DataFrame(rows).sort_values("lambda")
     if table["lambda"].duplicated().any():
         raise FigureInputError(f"Figure 8 needs one cell per lambda; got {table['lambda'].tolist()}")
-    reference = read_accuracy(_model_dir(results_root, baseline))
+    reference = _replicate_accuracy(results_root, baseline)
     figure, axes = plt.subplots(1, 2, figsize=(8, 3.2))
     for axis, key in zip(axes, ("clean", "robust")):
-        axis.plot(table["lambda"], table[key], marker="o", label="DRA")
+        spread = table[f"{key}_sd"] if (table["seeds"] > 1).any() else None
+        axis.errorbar(table["lambda"], table[key], yerr=spread, marker="o", capsize=3, label="DRA")
         axis.axhline(reference[key], color="grey", linestyle="--", label="baseline (no DRA)")
+        if reference["seeds"] > 1:
+            axis.axhspan(reference[key] - reference[f"{key}_sd"], reference[key] + reference[f"{key}_sd"],
+                         color="grey", alpha=0.2)
         axis.set(xlabel="lambda", ylabel=f"{key} accuracy (%)", title=f"{key.capitalize()} accuracy")
         axis.legend(fontsize=7)
-    table = pd.concat([table, pd.DataFrame([{"model": baseline, "lambda": 0.0, **reference}])], ignore_index=True)
+    table = pd.concat([table, pd.DataFrame([{"model": baseline[0], "lambda": 0.0, **reference}])], ignore_index=True)
     _save(figure, table, out_png, out_pdf, out_csv)
     return table
 

@@ -12,6 +12,14 @@ A table is specified by a list of rows (from config):
 - a result row ``{result: <folder relative to results_root>, label: {...}, paper: {...}}`` whose
   result file lies in that folder (the reference cells: ``reference/<name>``).
 
+A cell row may list ``replicates`` (cell paths: the row's cell and its other seeds, written by the
+workflow when a table runs several seeds): our columns then hold the mean over seeds, with
+``sd <m>``, ``CI low <m>``, ``CI high <m>`` (95%, Student t) and ``seeds``. In an accuracy table, a
+"+DRA" row (method ``<base>+dra...``) whose baseline row (method ``<base>``, same dataset, arch and
+budget) is in the same table gets a paired comparison on the per-example AutoAttack flags
+(``autoattack.npz``): ``Gain AA`` (percentage points, mean over seed pairs) with its bootstrap
+interval, and McNemar's exact p-value (dra.analysis.significance).
+
 ``paper`` holds {clean, autoattack} for the accuracy tables (1, 2) and {cls95, cls99,
 robust_dim} for the classification-dimension table (3). A cell whose result file does not
 exist yet is shown as "pending", never as a number; a cell row with ``not_run: <what to do>``
@@ -21,11 +29,14 @@ exist yet is shown as "pending", never as a number; a cell row with ``not_run: <
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
 import pandas as pd
 
+from dra.analysis.significance import bootstrap_difference, mcnemar_exact, seed_summary
 from dra.io import atomic_file, read_yaml
 
 PENDING = "pending"  # the cell has not been evaluated yet
@@ -100,6 +111,50 @@ def _check_row(position: int, row: Any, metrics: list) -> None:
             raise TableSpecError(f"table row {position}: paper values lack {absent}")
 
 
+def _replicate_rows(row: dict) -> list[dict]:
+    """The cell row once per seed (its ``replicates``), or the row itself."""
+    return [_expand_cell({"cell": cell}) for cell in row["replicates"]] if "replicates" in row else [row]
+
+
+def _read_flags(result_path: Path) -> np.ndarray | None:
+    """The per-example AutoAttack correct-flags next to an autoattack.json, or None."""
+    path = result_path.with_suffix(".npz")
+    if not path.exists():
+        return None
+    with np.load(path) as flags:
+        return np.column_stack([flags["indices"], flags["robust"]])
+
+
+# "+DRA" methods and the method they add DRA to: at+dra -> at, dm-at+dra-lambda0.4 -> dm-at
+DRA_METHOD = re.compile(r"^(?P<base>.+)\+dra(?:-.+)?$")
+
+
+def _baseline_of(row: dict, rows: Sequence[dict]) -> int | None:
+    """The position of a "+DRA" cell row's baseline row in the same table, or None."""
+    match = DRA_METHOD.match(str(row.get("method", "")))
+    if match is None or "reported" in row or "result" in row:
+        return None
+    for position, other in enumerate(rows):
+        if ("reported" not in other and "result" not in other and other.get("method") == match["base"]
+                and all(other.get(key) == row.get(key) for key in ("dataset", "arch", "budget"))):
+            return position
+    return None
+
+
+def _paired(baseline: list[np.ndarray], treated: list[np.ndarray], where: str) -> dict:
+    """Gain and p of the treated flags against the baseline's, seed pair by seed pair."""
+    if len(baseline) != len(treated):
+        raise TableSpecError(f"{where}: {len(treated)} seeds against {len(baseline)} of its baseline")
+    for base, treat in zip(baseline, treated):
+        if not np.array_equal(base[:, 0], treat[:, 0]):
+            raise TableSpecError(f"{where}: evaluated on other test images than its baseline; rerun with one eval_n")
+    base = np.stack([b[:, 1] for b in baseline]).astype(bool)
+    treat = np.stack([t[:, 1] for t in treated]).astype(bool)
+    gain = bootstrap_difference(base, treat)
+    return {"Gain AA": gain["difference"], "Gain AA low": gain["low"], "Gain AA high": gain["high"],
+            "p AA": mcnemar_exact(base, treat)["p"]}
+
+
 def _read_result(path: Path, metrics: list) -> dict | None:
     if not path.exists():
         return None
@@ -140,58 +195,114 @@ def build_table(rows: Sequence[dict], results_root: str | Path, kind: str) -> pd
     strings "pending", "not run" or "n/a".
     """
     metrics = _kind(kind)["metrics"]
-    records = []
+    rows = [_expand_cell(row) for row in rows]
+    replicated = any(len(row.get("replicates", [])) > 1 for row in rows)
+    records, flags = [], []
     for position, row in enumerate(rows):
-        row = _expand_cell(row)
         _check_row(position, row, metrics)
         record = _labels(row)
         paper = row["paper"]
+        results, row_flags = [], None
         if "reported" in row:
             record["Source"] = f"reported: {row['reported']}"
-            result = None
             missing_ours = NOT_RUN
         elif "not_run" in row:
             record["Source"] = "reproduced"
-            result = None
             missing_ours = f"{NOT_RUN}: {row['not_run']}"
         else:
             record["Source"] = "reproduced"
-            result = _read_result(cell_result_path(row, results_root, kind), metrics)
+            paths = [cell_result_path(replica, results_root, kind) for replica in _replicate_rows(row)]
+            results = [_read_result(path, metrics) for path in paths]
+            if kind == "accuracy":
+                row_flags = [_read_flags(path) for path in paths]
             missing_ours = PENDING
+        if not results or any(result is None for result in results):
+            results, row_flags = [], None
+        flags.append(row_flags if row_flags and all(f is not None for f in row_flags) else None)
         for paper_key, _, column, _ in metrics:
             record[f"Paper {column}"] = NO_PAPER_VALUE if paper is None or paper[paper_key] is None else paper[paper_key]
-        for _, result_key, column, _ in metrics:
-            record[f"Ours {column}"] = result[result_key] if result is not None else missing_ours
         for paper_key, result_key, column, percentage in metrics:
-            if result is None:
+            summary = seed_summary([result[result_key] for result in results]) if results else None
+            if summary is None:
+                ours = missing_ours
+            elif len(results) == 1:
+                ours = results[0][result_key]  # one seed: the number as written, an int stays an int
+            else:
+                ours = summary["mean"]
+            record[f"Ours {column}"] = ours
+            if summary is None:
                 record[f"Diff {column}"] = missing_ours
             elif paper is None or paper[paper_key] is None:
                 record[f"Diff {column}"] = NO_PAPER_VALUE
             else:
-                record[f"Diff {column}"] = _difference(result[result_key], paper[paper_key], percentage)
-        record["n"] = int(result["n"]) if result is not None else missing_ours
+                record[f"Diff {column}"] = _difference(ours, paper[paper_key], percentage or len(results) > 1)
+            if replicated:
+                for key, name in (("sd", "sd"), ("ci_low", "CI low"), ("ci_high", "CI high")):
+                    value = summary[key] if summary is not None else missing_ours
+                    record[f"{name} {column}"] = "" if value is None else value
+        if replicated:
+            record["seeds"] = len(results) if results else missing_ours
+        record["n"] = int(results[0]["n"]) if results else missing_ours
         records.append(record)
+    if kind == "accuracy":
+        for position, row in enumerate(rows):
+            baseline = _baseline_of(row, rows)
+            if baseline is not None and flags[position] is not None and flags[baseline] is not None:
+                records[position].update(_paired(flags[baseline], flags[position], f"table row {position} ({row['method']})"))
     frame = pd.DataFrame.from_records(records)
-    label_columns = [c for c in frame.columns if c not in _number_columns(metrics)]
-    return frame[label_columns + _number_columns(metrics)].fillna("")
+    numbers = _number_columns(metrics, replicated, "p AA" in frame.columns)
+    label_columns = [c for c in frame.columns if c not in numbers]
+    frame = frame[label_columns + numbers].astype(object)
+    return frame.where(frame.notna(), "")  # a row without a paired test or a spread: empty
 
 
-def _number_columns(metrics: list) -> list[str]:
-    return ([f"Paper {c}" for *_, c, _ in metrics] + [f"Ours {c}" for *_, c, _ in metrics]
-            + [f"Diff {c}" for *_, c, _ in metrics] + ["n"])
+def _number_columns(metrics: list, replicated: bool = False, paired: bool = False) -> list[str]:
+    columns = [f"Paper {c}" for *_, c, _ in metrics] + [f"Ours {c}" for *_, c, _ in metrics]
+    if replicated:
+        columns += [f"{name} {c}" for *_, c, _ in metrics for name in ("sd", "CI low", "CI high")]
+    columns += [f"Diff {c}" for *_, c, _ in metrics]
+    if paired:
+        columns += ["Gain AA", "Gain AA low", "Gain AA high", "p AA"]
+    return columns + (["seeds", "n"] if replicated else ["n"])
 
 
 def _format(value: Any, column: str) -> str:
     if isinstance(value, str):
         return value
-    if column == "n" or isinstance(value, int):
+    if column in ("n", "seeds") or isinstance(value, (int, np.integer)):
         return f"{value:+d}" if column.startswith("Diff") else f"{value:d}"
     return f"{value:+.2f}" if column.startswith("Diff") else f"{value:.2f}"
 
 
+def _format_p(p: float) -> str:
+    return "p < 0.001" if p < 0.001 else f"p = {p:.3f}"
+
+
 def format_table(frame: pd.DataFrame) -> pd.DataFrame:
-    """Every entry as display text: percentages with 2 decimals, differences signed."""
-    return pd.DataFrame({column: [_format(v, column) for v in frame[column]] for column in frame.columns})
+    """Every entry as display text: percentages with 2 decimals, differences signed. Several seeds
+    read ``mean ± sd`` with the 95% interval in its own column; a paired comparison reads
+    ``+1.20 [-0.40, 2.80], p = 0.210`` (gain, bootstrap interval, McNemar)."""
+    shown = {}
+    for column in frame.columns:
+        values = frame[column]
+        if column.startswith(("sd ", "CI low ", "CI high ")) or column.startswith("Gain AA") or column == "p AA":
+            continue
+        text = [_format(v, column) for v in values]
+        name = column.removeprefix("Ours ")
+        if column.startswith("Ours ") and f"sd {name}" in frame.columns:
+            text = [t if isinstance(sd, str) else f"{t} ± {sd:.2f}" for t, sd in zip(text, frame[f"sd {name}"])]
+            shown[column] = text
+            shown[f"95% CI {name}"] = [
+                "" if isinstance(low, str) else f"[{low:.2f}, {high:.2f}]"
+                for low, high in zip(frame[f"CI low {name}"], frame[f"CI high {name}"])]
+            continue
+        shown[column] = text
+        if column == "Diff AA" and "p AA" in frame.columns:
+            shown["DRA gain AA (95% CI), McNemar"] = [
+                "" if isinstance(p, str) else f"{gain:+.2f} [{low:+.2f}, {high:+.2f}], {_format_p(p)}"
+                for gain, low, high, p in zip(frame["Gain AA"], frame["Gain AA low"], frame["Gain AA high"],
+                                              frame["p AA"])]
+    return pd.DataFrame(shown)
 
 
 def write_table(frame: pd.DataFrame, out_csv: str | Path, out_md: str | Path, out_tex: str | Path) -> None:
