@@ -101,7 +101,7 @@ def _schema_error_message(error: jsonschema.ValidationError) -> str:
         return f"config key {key}: {error.message} (a misspelt or unknown key). {HOW_TO_FIX}"
     if error.validator == "required":
         return f"config key {key}: {error.message}. {HOW_TO_FIX}"
-    return f"config key {key}: {error.message} (got {error.instance!r}). {HOW_TO_FIX}"
+    return f"config key {key}: {error.message}. {HOW_TO_FIX}"
 
 
 def validate_config(config: dict) -> None:
@@ -735,10 +735,14 @@ def load_config_file(path: str | Path) -> dict:
     except yaml.MarkedYAMLError as error:
         mark = error.problem_mark or error.context_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"
-        problem = " ".join(part for part in (error.context, error.problem) if part)
+        problem = error.problem or "unreadable"
+        if error.context and error.context_mark:
+            # the construct left open: "while parsing a flow sequence" started at line ...
+            context = error.context_mark
+            problem += f"; {error.context} started at line {context.line + 1}, column {context.column + 1}"
         raise ConfigError(
-            f"{path}, {where}: not valid YAML ({problem}). Check the indentation (spaces only, no tabs) "
-            "and the quoting there."
+            f"{path}, {where}: not valid YAML ({problem}). Check the indentation (spaces only, no tabs), "
+            "the brackets and the quoting there."
         ) from None
     if not isinstance(data, dict):
         shape = "empty" if data is None else f"a {type(data).__name__}, not a mapping"

@@ -333,3 +333,30 @@ def test_lock_file_of_the_repository_is_a_mapping_of_recorded_files():
     assert isinstance(entries, dict)
     for entry in entries.values():
         assert set(entry) == {"revision", "size", "sha256"}
+
+
+# ---------------------------------------------------------------------------- through the download rule
+
+
+def test_download_rule_passes_urls_to_no_shell(plain, tmp_path):
+    """A query string with & and a URL holding a command substitution reach the server verbatim;
+    the command never runs (before, the rule's shell line took both unquoted). Backticks, quotes and
+    spaces are refused by the schema (tests/config_cases.py)."""
+    from tests.workflow_helpers import copy_workflow, run_snakemake
+
+    workdir = copy_workflow(tmp_path)
+    archive = FILES["cifar-10-python.tar.gz"]
+    target = "resources/cifar10/archive/cifar-10-python.tar.gz"
+    urls = [f"{plain.base}/cifar-10-python.tar.gz?a=1&b=2",
+            f"{plain.base}/cifar-10-python.tar.gz?x=$(touch${{IFS}}MARKER)"]
+    for url in urls:
+        source = {"kind": "cifar10", "url": url, "sha256": sha256(archive), "md5": hashlib.md5(archive).hexdigest()}
+        (workdir / "local.yaml").write_text(yaml.safe_dump({"datasets": {"cifar10": {"source": source}}}))
+        result = run_snakemake(workdir, target, "--cores", "1", "--configfile", "local.yaml", "--forceall",
+                               timeout=300)
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert (workdir / target).read_bytes() == archive
+        assert plain.requests[-1] == url.removeprefix(plain.base)
+        assert not (workdir / "MARKER").exists()
+    # both first downloads are in the workflow's lock file, under their exact URLs
+    assert set(read_lock(workdir / "config" / "data" / "downloads.lock.yaml")) == set(urls)
