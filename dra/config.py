@@ -133,7 +133,7 @@ def _check_references(config: dict) -> None:
             f"'{dataset['diffusion']}' is not in diffusion_models (known: {', '.join(models)})",
         )
         if dataset["source"]["kind"] in ("cifar10", "cifar100"):
-            _require("url" in dataset["source"], f"datasets.{name}.source.url",
+            _require(_has(dataset["source"], "url"), f"datasets.{name}.source.url",
                      "the archive's download URL is required (CIFAR's archives are not on the Hub)")
         if dataset["source"]["kind"] == "imagenet_folder":
             for key in ("path", "train_images", "val_images", "eval_ids"):
@@ -157,12 +157,12 @@ def _check_references(config: dict) -> None:
         if source["kind"] in ("edm_pickle", "train"):
             _require("validation" in model, f"diffusion_models.{name}.validation", "required for an EDM model")
         if source["kind"] == "lightningdit":
-            _require("url" in source or "hf" in source, f"diffusion_models.{name}.source.hf",
+            _require(_has(source, "url") or _has(source, "hf"), f"diffusion_models.{name}.source.hf",
                      "the checkpoint's hf: {repo, type, path, revision} (or url) is required for LightningDiT")
             for key in ("tokenizer", "latent_stats"):
                 _require(key in source, f"diffusion_models.{name}.source.{key}", "required for LightningDiT")
         elif source["kind"] == "edm_pickle":
-            _require("url" in source or "hf" in source, f"diffusion_models.{name}.source.url",
+            _require(_has(source, "url") or _has(source, "hf"), f"diffusion_models.{name}.source.url",
                      "the pickle's download url (or hf: {repo, type, path, revision}) is required")
         elif source["kind"] == "train":
             for key in ("dataset", "network", "training"):
@@ -237,18 +237,23 @@ def _check_noisy_classifier(config: dict, name: str) -> None:
 # downloads
 
 
+def _has(entry: dict, key: str) -> bool:
+    # an overlay switching an entry from hf to url (or back) sets the other one to null
+    return entry.get(key) is not None
+
+
 def download_entries(config: dict) -> list[tuple[str, dict]]:
     """Every configured download as (config key, entry), in config order."""
     entries = []
     for name, dataset in config["datasets"].items():
-        if "url" in dataset["source"] or "hf" in dataset["source"]:
+        if _has(dataset["source"], "url") or _has(dataset["source"], "hf"):
             entries.append((f"datasets.{name}.source", dataset["source"]))
         for set_name, spec in dataset["synthetic"].items():
             for index, part in enumerate(spec.get("parts", [])):
                 entries.append((f"datasets.{name}.synthetic.{set_name}.parts[{index}]", part))
     for name, model in config["diffusion_models"].items():
         source = model["source"]
-        if "url" in source or "hf" in source:
+        if _has(source, "url") or _has(source, "hf"):
             entries.append((f"diffusion_models.{name}.source", source))
         for key in ("tokenizer", "latent_stats"):
             if key in source:
@@ -269,13 +274,13 @@ def download_fields(entry: dict) -> dict:
 
 def download_name(entry: dict) -> str:
     """The file name of a download: the last part of its URL (without a query) or Hub path."""
-    if "hf" in entry:
+    if _has(entry, "hf"):
         return entry["hf"]["path"].rsplit("/", 1)[-1]
     return entry["url"].split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1]
 
 
 def _source_id(entry: dict) -> str:
-    if "hf" in entry:
+    if _has(entry, "hf"):
         hf = entry["hf"]
         return f"hf://{hf['type']}/{hf['repo']}/{hf['path']}"
     return entry["url"]
@@ -284,8 +289,9 @@ def _source_id(entry: dict) -> str:
 def _check_downloads(config: dict) -> None:
     seen: dict[str, str] = {}
     for key, entry in download_entries(config):
-        _require(("url" in entry) != ("hf" in entry), key,
-                 "give exactly one of url (a plain download) or hf: {repo, type, path, revision} (a Hugging Face file)")
+        _require(_has(entry, "url") != _has(entry, "hf"), key,
+                 "give exactly one of url (a plain download) or hf: {repo, type, path, revision} (a Hugging Face "
+                 "file); an overlay that switches an entry from one to the other sets the other to null")
         source = _source_id(entry)
         _require(source not in seen, key,
                  f"downloads {source}, which {seen.get(source)} downloads too: two entries must name two files "
@@ -362,8 +368,9 @@ def _check_sizes_and_ranges(config: dict) -> None:
             if test is not None:
                 _require(n <= test, key, f"{n} is more than the {test} test images of dataset {dataset}; use at most {test}")
     figures = config["figures"]
-    _require(figures["cknna_topk"] < figures["eval_n"], "figures.cknna_topk",
-             f"{figures['cknna_topk']} neighbours need more than eval_n {figures['eval_n']} points; use fewer")
+    if "figure1_models" in figures:  # CKNNA (Figures 1, 9): k neighbours of a point among the other eval_n - 1
+        _require(figures["cknna_topk"] < figures["eval_n"], "figures.cknna_topk",
+                 f"{figures['cknna_topk']} neighbours need more than eval_n {figures['eval_n']} points; use fewer")
 
 
 def _check_duplicate_rows(config: dict) -> None:

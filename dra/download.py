@@ -336,7 +336,7 @@ def _check_torch_file(path: Path) -> None:
 
 def source_id(spec: dict) -> str:
     """The lock file's key for a download spec: the URL, or hf://<type>/<repo>/<path>."""
-    if "hf" in spec:
+    if spec.get("hf"):
         hf = spec["hf"]
         return f"hf://{hf['type']}/{hf['repo']}/{hf['path']}"
     return spec["url"]
@@ -407,7 +407,7 @@ def fetch(spec: dict, dest: str | os.PathLike, lock_path: str | os.PathLike, ret
     locked = read_lock(lock_path).get(key)
     staged = dest.with_name(f".{dest.name}.unverified")
     dest.unlink(missing_ok=True)
-    if "hf" in spec:
+    if spec.get("hf"):
         staged, revision, published_sha256, size = _fetch_hf(spec["hf"], staged, locked, timeout)
     else:
         revision, published_sha256 = None, None

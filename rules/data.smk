@@ -97,9 +97,13 @@ rule prepare_synthetic:
         "../envs/data.yaml"
     params:
         num_classes=lambda wc: config["datasets"][wc.dataset]["num_classes"],
+        images=lambda wc: [
+            part["images"]
+            for part in config["datasets"][wc.dataset]["synthetic"][wc.set]["parts"]
+        ],
     shell:
         "python -m scripts.prepare_synthetic --parts {input} --num-classes {params.num_classes}"
-        " --out {output} 2> {log}"
+        " --expected-images {params.images} --out {output} 2> {log}"
 
 
 rule all_data:

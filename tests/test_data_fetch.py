@@ -7,6 +7,7 @@ huggingface_hub reaches through HF_ENDPOINT."""
 import hashlib
 import http.server
 import io
+import json
 import os
 import pickle
 import subprocess
@@ -22,10 +23,9 @@ import yaml
 from safetensors.numpy import save as save_safetensors
 
 from dra.download import ChecksumError, DownloadError, FormatError, check_format, fetch, read_lock
+from hub_server import COMMIT_1, COMMIT_2, HubServer
 
 ROOT = Path(__file__).resolve().parent.parent
-COMMIT_1 = "1" * 40
-COMMIT_2 = "2" * 40
 
 
 def _tar_gz() -> bytes:
@@ -208,77 +208,16 @@ def test_wrong_file_at_the_destination_is_replaced(plain, tmp_path):
 # ---------------------------------------------------------------------------- the Hub's resolve protocol
 
 
-class HubServer:
-    """Two commits of a model repo and a dataset repo: main points at COMMIT_2 after `advance()`."""
-
-    def __init__(self):
-        self.commits = {COMMIT_1: dict(FILES), COMMIT_2: dict(FILES)}
-        self.branches = {"main": COMMIT_1}
-        self.published_sha256 = {}  # path -> an LFS sha256 other than the content's (a corrupt mirror)
-        self.requests = []
-        owner = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def _resolve(self):
-                path = self.path.split("?", 1)[0].lstrip("/")
-                path = path.removeprefix("datasets/")
-                repo_end = path.index("/resolve/")
-                revision, _, file = path[repo_end + len("/resolve/"):].partition("/")
-                commit = owner.branches.get(revision, revision)
-                files = owner.commits.get(commit)
-                if files is None or file.rsplit("/", 1)[-1] not in files:
-                    self.send_error(404)
-                    return None
-                body = files[file.rsplit("/", 1)[-1]]
-                self.send_response(200)
-                self.send_header("X-Repo-Commit", commit)
-                self.send_header("ETag", '"' + hashlib.sha1(body).hexdigest() + '"')
-                self.send_header("X-Linked-Etag", '"' + owner.published_sha256.get(file, sha256(body)) + '"')
-                self.send_header("X-Linked-Size", str(len(body)))
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                return body
-
-            def do_HEAD(self):
-                owner.requests.append(("HEAD", self.path))
-                self._resolve()
-
-            def do_GET(self):
-                owner.requests.append(("GET", self.path))
-                body = self._resolve()
-                if body is not None:
-                    self.wfile.write(body)
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.endpoint = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True).start()
-
-    def advance(self, name: str, data: bytes):
-        """A new commit on main that changes one file."""
-        self.commits[COMMIT_2][name] = data
-        self.branches["main"] = COMMIT_2
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
 @pytest.fixture
-def hub(monkeypatch):
-    server = HubServer()
+def hub():
+    server = HubServer({COMMIT_1: FILES, COMMIT_2: dict(FILES)})
     yield server
     server.close()
 
 
 def _fetch_in_subprocess(hub, spec, dest, lock):
     # huggingface_hub reads HF_ENDPOINT when imported: run the download script as the rules do
-    env = {**os.environ, "HF_ENDPOINT": hub.endpoint, "HF_HUB_DISABLE_TELEMETRY": "1", "HF_HUB_OFFLINE": "0",
-           "HF_HOME": str(Path(lock).parent / "hf-home")}
-    import json
-
+    env = {**os.environ, **hub.environment(Path(lock).parent)}
     return subprocess.run(
         [sys.executable, "-m", "scripts.download", "--spec", json.dumps(spec), "--dest", str(dest), "--lock", str(lock),
          "--retries", "0"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
@@ -296,7 +235,8 @@ def test_hub_file_is_fetched_by_repo_path_revision_and_pinned_to_its_commit(hub,
     assert ("HEAD", "/datasets/P2333/DM-Improves-AT/resolve/main/cifar10/1m.npz") in hub.requests
     assert ("GET", f"/datasets/P2333/DM-Improves-AT/resolve/{COMMIT_1}/cifar10/1m.npz") in hub.requests
     # main moves on: the lock keeps every later download at the recorded commit
-    hub.advance("1m.npz", _npz()[:-10] + b"x" * 10)
+    hub.commits[COMMIT_2]["1m.npz"] = _npz()[:-10] + b"x" * 10
+    hub.branches["main"] = COMMIT_2
     hub.requests.clear()
     result = _fetch_in_subprocess(hub, spec, tmp_path / "b" / "part0.npz", lock)
     assert result.returncode == 0, result.stderr
@@ -342,7 +282,7 @@ def test_download_rule_passes_urls_to_no_shell(plain, tmp_path):
     """A query string with & and a URL holding a command substitution reach the server verbatim;
     the command never runs (before, the rule's shell line took both unquoted). Backticks, quotes and
     spaces are refused by the schema (tests/config_cases.py)."""
-    from tests.workflow_helpers import copy_workflow, run_snakemake
+    from workflow_helpers import copy_workflow, run_snakemake
 
     workdir = copy_workflow(tmp_path)
     archive = FILES["cifar-10-python.tar.gz"]

@@ -12,8 +12,8 @@ import yaml
 from snakemake.utils import update_config
 
 from dra.config import ConfigError, load_config_file, typed_overrides, validate_config
-from tests.config_cases import CASES, YAML_CASES, apply, overlay_of
-from tests.workflow_helpers import copy_workflow, run_snakemake
+from config_cases import CASES, YAML_CASES, apply, overlay_of
+from workflow_helpers import copy_workflow, run_snakemake
 
 ROOT = Path(__file__).resolve().parent.parent
 
