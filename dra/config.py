@@ -300,6 +300,29 @@ def _check_downloads(config: dict) -> None:
         _require(bool(download_name(entry)), key, f"{source} names no file")
 
 
+def check_download_lock(config: dict, lock_path: str | Path) -> None:
+    """Before the first job: the lock file (config/data/downloads.lock.yaml) and the config must
+    agree wherever both pin a file (a sha256, or a Hub commit written into the config)."""
+    lock_path = Path(lock_path)
+    if not lock_path.is_file():
+        return
+    locked = load_config_file(lock_path)
+    for key, entry in download_entries(config):
+        recorded = locked.get(_source_id(entry))
+        if not recorded:
+            continue
+        sha256 = entry.get("sha256")
+        _require(sha256 is None or sha256 == recorded.get("sha256"), f"{key}.sha256",
+                 f"{sha256} disagrees with {lock_path}, which recorded {recorded.get('sha256')} for "
+                 f"{_source_id(entry)} at its first download; correct the config, or delete the lock entry if the "
+                 "file has changed on purpose")
+        revision = entry["hf"]["revision"] if _has(entry, "hf") else None
+        if revision is not None and re.fullmatch(r"[0-9a-f]{40}", revision):
+            _require(revision == recorded.get("revision"), f"{key}.hf.revision",
+                     f"commit {revision} disagrees with {lock_path}, which pinned {recorded.get('revision')}; make "
+                     "them agree (delete the lock entry to take the config's commit)")
+
+
 # ----------------------------------------------------------------------------------------------
 # sizes and ranges that the schema cannot express
 

@@ -71,6 +71,10 @@ def archive_source(wildcards):
 # Every file's resolved revision, size and sha256 at its first download (dra.download.fetch);
 # reviewed and committed with the workflow like any lock file.
 LOCK_FILE = f"{workflow.basedir}/config/data/downloads.lock.yaml"
+try:
+    cfg.check_download_lock(config, LOCK_FILE)
+except cfg.ConfigError as error:
+    raise WorkflowError(str(error)) from None
 
 
 def download_spec(entry):

@@ -98,8 +98,7 @@ rule prepare_synthetic:
     params:
         num_classes=lambda wc: config["datasets"][wc.dataset]["num_classes"],
         images=lambda wc: [
-            part["images"]
-            for part in config["datasets"][wc.dataset]["synthetic"][wc.set]["parts"]
+            part["images"] for part in config["datasets"][wc.dataset]["synthetic"][wc.set]["parts"]
         ],
     shell:
         "python -m scripts.prepare_synthetic --parts {input} --num-classes {params.num_classes}"

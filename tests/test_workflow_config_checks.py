@@ -134,3 +134,26 @@ def test_command_line_override_is_checked_and_typed(workflow):
     assert "config key dra.lambda: 0 is less than or equal to the minimum of 0" in output
     result, _ = _dry_run(workflow, "--config", "dra={lambda: 0.5}")
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_lock_file_and_config_must_agree_before_any_job(paper, tmp_path):
+    from dra.config import check_download_lock
+
+    lock = tmp_path / "downloads.lock.yaml"
+    url = paper["datasets"]["cifar10"]["source"]["url"]
+    recorded = {"revision": None, "size": 170498071, "sha256": "0" * 64}
+    lock.write_text(yaml.safe_dump({url: recorded}))
+    with pytest.raises(ConfigError) as raised:
+        check_download_lock(paper, lock)
+    message = str(raised.value)
+    assert "config key datasets.cifar10.source.sha256" in message and str(lock) in message
+    assert "0" * 64 in message and paper["datasets"]["cifar10"]["source"]["sha256"] in message
+    # a Hub commit written into the config must be the one the lock pinned
+    config = copy.deepcopy(paper)
+    part = config["datasets"]["cifar10"]["synthetic"]["1m"]["parts"][0]
+    part["hf"]["revision"] = "a" * 40
+    lock.write_text(yaml.safe_dump({"hf://dataset/P2333/DM-Improves-AT/cifar10/1m.npz":
+                                    {"revision": "b" * 40, "size": 1, "sha256": "1" * 64}}))
+    with pytest.raises(ConfigError, match="datasets.cifar10.synthetic.1m.parts\\[0\\].hf.revision: commit a{40} "):
+        check_download_lock(config, lock)
+    check_download_lock(paper, ROOT / "config" / "data" / "downloads.lock.yaml")  # the repository's own
