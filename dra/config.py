@@ -94,8 +94,7 @@ def _intended_branch(error: jsonschema.ValidationError) -> list[jsonschema.Valid
 
 def _schema_error_message(error: jsonschema.ValidationError) -> str:
     while error.context:
-        branch = _intended_branch(error)
-        error = min(branch, key=lambda e: -len(e.absolute_path))
+        error = max(_intended_branch(error), key=lambda e: len(e.absolute_path))
     key = _key_path(error.absolute_path)
     if error.validator == "additionalProperties":
         return f"config key {key}: {error.message} (a misspelt or unknown key). {HOW_TO_FIX}"
@@ -108,7 +107,7 @@ def validate_config(config: dict) -> None:
     """Stop with one message naming the key when the configuration is wrong."""
     schema = yaml.safe_load(SCHEMA_PATH.read_text())
     validator = jsonschema.Draft202012Validator(schema)
-    errors = sorted(validator.iter_errors(config), key=lambda e: (len(e.absolute_path), e.path))
+    errors = list(validator.iter_errors(config))
     if errors:
         # best_match would descend into a oneOf by its own rule; _schema_error_message picks the branch
         raise ConfigError(_schema_error_message(max(errors, key=jsonschema.exceptions.relevance)))

@@ -1,6 +1,10 @@
 """Verified, resumable downloads.
 
-``download`` streams a URL into a hidden ``.part`` sibling of the destination, checks the
+``fetch`` is what the download rules run: a configured file (a URL, or a Hugging Face file by
+repository, path and revision through huggingface_hub) becomes its output only when its size and
+hashes match the config, the Hub's published LFS sha256 and the lock file
+(config/data/downloads.lock.yaml, written at the file's first download), and it parses in its
+format (``check_format``). ``download`` is its plain-HTTP transfer: it streams a URL into a hidden ``.part`` sibling of the destination, checks the
 byte count against Content-Length (a connection that closes early is a truncated transfer,
 retried), checks the sha256 when one is given, and renames the part into place only when it
 is whole. A kept ``.part`` is resumed with an HTTP Range request when the server honours it;
@@ -286,9 +290,9 @@ def _check_npz(path: Path) -> None:
                 read_header = {(1, 0): np.lib.format.read_array_header_1_0}.get(
                     version, np.lib.format.read_array_header_2_0)
                 shape, _, dtype = read_header(handle)
-                header = handle.tell() if hasattr(handle, "tell") else None
+                header = handle.tell()
             data = int(np.prod(shape)) * dtype.itemsize
-            if header is not None and member.file_size != header + data:
+            if member.file_size != header + data:
                 raise ValueError(f"array {member.filename} of shape {shape} needs {data} bytes after its "
                                  f"header, the member holds {member.file_size - header}")
 
@@ -411,16 +415,16 @@ def fetch(spec: dict, dest: str | os.PathLike, lock_path: str | os.PathLike, ret
         staged, revision, published_sha256, size = _fetch_hf(spec["hf"], staged, locked, timeout)
     else:
         revision, published_sha256 = None, None
-        size = locked["size"] if locked else None
+        size = None  # a plain server publishes no size of its own; the lock's is checked below
         try:
-            download(spec["url"], staged, retries=retries, timeout=timeout, expected_size=size,
-                     backoff_s=backoff_s, report_hash=False)
+            download(spec["url"], staged, retries=retries, timeout=timeout,
+                     expected_size=locked["size"] if locked else None, backoff_s=backoff_s, report_hash=False)
         except SizeError as error:  # stop before fetching a file the lock already rules out
             found = {"revision": None, "size": error.size, "sha256": "(not downloaded)"}
             raise ChecksumError(_lock_mismatch(lock_path, key, locked, found) + f" Nothing was written to {dest}.") from None
     try:
+        check_format(staged, dest.name)  # first: an HTML page is named as one, not as a hash mismatch
         entry = _verify(staged, dest, key, spec, locked, revision, published_sha256, size, lock_path)
-        check_format(staged, dest.name)
     except DownloadError:
         staged.unlink(missing_ok=True)
         raise
@@ -438,7 +442,7 @@ def _verify(staged: Path, dest: Path, key: str, spec: dict, locked: dict | None,
     entry = {"revision": revision, "size": actual_size, "sha256": sha256}
     expected = [("the config's sha256", spec.get("sha256"), sha256),
                 ("the Hub's LFS sha256", published_sha256, sha256),
-                ("the size the server announced", size, actual_size)]
+                ("the size the Hub announced", size, actual_size)]
     if spec.get("md5"):
         digest = hashlib.md5()
         with open(staged, "rb") as handle:
@@ -462,7 +466,6 @@ def _fetch_hf(hf: dict, staged: Path, locked: dict | None, timeout: float):
     and return it with the commit, the LFS sha256 the Hub publishes (None for a non-LFS file) and
     the size."""
     from huggingface_hub import get_hf_file_metadata, hf_hub_download, hf_hub_url
-    from huggingface_hub.errors import HfHubHTTPError
 
     configured = hf["revision"]
     if locked is not None and _HEX40.match(configured) and locked["revision"] != configured:
@@ -479,10 +482,13 @@ def _fetch_hf(hf: dict, staged: Path, locked: dict | None, timeout: float):
         staging = staged.parent / f".{staged.name}.hf"
         path = hf_hub_download(hf["repo"], hf["path"], repo_type=hf["type"], revision=meta.commit_hash,
                                local_dir=staging, etag_timeout=timeout)
-    except HfHubHTTPError as error:
+    except DownloadError:
+        raise
+    except Exception as error:  # HfHubHTTPError, connection errors, a file missing at that revision
         raise DownloadError(
             f"downloading {hf['path']} of {hf['type']} repository {hf['repo']} at revision {revision} failed: "
-            f"{error}. Check datasets/models repo, path and revision in the config (and the network)."
+            f"({type(error).__name__}: {error}). Check the repo, type, path and revision in the config, and the "
+            "network; a partial download is kept and resumed by the next run."
         ) from None
     os.replace(path, staged)
     shutil.rmtree(staging, ignore_errors=True)

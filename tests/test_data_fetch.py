@@ -300,3 +300,16 @@ def test_download_rule_passes_urls_to_no_shell(plain, tmp_path):
         assert not (workdir / "MARKER").exists()
     # both first downloads are in the workflow's lock file, under their exact URLs
     assert set(read_lock(workdir / "config" / "data" / "downloads.lock.yaml")) == set(urls)
+
+
+def test_hub_file_missing_at_that_revision_names_repo_path_and_revision(hub, tmp_path):
+    spec = {"hf": {"repo": "P2333/DM-Improves-AT", "type": "dataset", "path": "cifar10/7m.npz", "revision": "main"}}
+    result = _fetch_in_subprocess(hub, spec, tmp_path / "part0.npz", tmp_path / "lock.yaml")
+    assert result.returncode != 0
+    assert "cifar10/7m.npz of dataset repository P2333/DM-Improves-AT at revision main failed" in result.stderr
+
+
+def test_html_page_is_named_as_one_even_with_a_configured_checksum(plain, tmp_path):
+    with pytest.raises(FormatError, match="HTML page"):
+        fetch({"url": f"{plain.base}/page.npz", "sha256": sha256(FILES["1m.npz"])}, tmp_path / "p.npz",
+              tmp_path / "lock.yaml", backoff_s=0)
