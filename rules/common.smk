@@ -1,6 +1,7 @@
 # Helpers shared by the workflow files: configuration checks, cells, paths, input functions.
 # Paths and recipes come from dra.config, which the tests use too.
 import json
+import os
 import re
 import shlex
 from pathlib import Path
@@ -69,8 +70,9 @@ def archive_source(wildcards):
 
 
 # Every file's resolved revision, size and sha256 at its first download (dra.download.fetch);
-# reviewed and committed with the workflow like any lock file.
-LOCK_FILE = f"{workflow.basedir}/config/data/downloads.lock.yaml"
+# reviewed and committed with the workflow like any lock file. Relative to the working directory
+# (the repository root as a rule), so that the rules' params do not change with the checkout's place.
+LOCK_FILE = os.path.relpath(f"{workflow.basedir}/config/data/downloads.lock.yaml")
 try:
     cfg.check_download_lock(config, LOCK_FILE)
 except cfg.ConfigError as error:
