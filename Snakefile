@@ -4,9 +4,25 @@
 #   snakemake all --cores 2 --configfile config/mini.yaml               offline mini scale, CPU
 #   snakemake --profile slurm results/paper/<dataset>/<arch>/<method>/<budget>/autoattack.json
 #                                                                      one table cell
+from pathlib import Path
+
+from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version
 
+from dra import config as cfg
+
 min_version("9.19")
+
+# Read the config files the strict way before Snakemake does: a duplicated key, a YAML syntax
+# error or a file that is not a mapping is named with its file, line and column.
+try:
+    cfg.check_config_files(
+        path
+        for path in ["config.yaml", *workflow.config_settings.configfiles]
+        if Path(path).is_file()
+    )
+except cfg.ConfigError as error:
+    raise WorkflowError(str(error)) from None
 
 
 configfile: "config.yaml"

@@ -23,7 +23,8 @@ SCHEMA_PATH = Path(__file__).resolve().parent.parent / "config" / "schema.yaml"
 BUDGET_PATTERN = re.compile(
     r"^(?:syn(?P<synthetic>[0-9a-z]+)|nosyn)-bs(?P<batch>[0-9]+)-ep(?P<epochs>[0-9]+)(?:-seed(?P<seed>[0-9]+))?$"
 )
-HOW_TO_FIX = "Fix it in config.yaml or in the overlay given with --configfile (keys: config/schema.yaml)."
+HOW_TO_FIX = ("Fix it in config.yaml, in the overlay given with --configfile or in --config "
+              "(keys: config/schema.yaml).")
 
 
 class ConfigError(ValueError):
@@ -81,10 +82,29 @@ def _key_path(path: Iterable[Any]) -> str:
     return text or "(top level)"
 
 
+def _branch_errors(error: jsonschema.ValidationError) -> list[list[jsonschema.ValidationError]]:
+    """A oneOf/anyOf error's sub-errors, grouped by the branch they belong to."""
+    branches: dict[Any, list] = {}
+    for sub in error.context:
+        branches.setdefault(sub.relative_schema_path[0], []).append(sub)
+    return list(branches.values())
+
+
+def _intended_branch(error: jsonschema.ValidationError) -> list[jsonschema.ValidationError]:
+    """The branch of a oneOf the user meant: the one the value misses least. An EDM feature
+    {layer: model.dec.x, sigma: 0} breaks one rule of the EDM branch and three of the LightningDiT
+    one, so the message is about sigma, not about layer being no integer."""
+
+    def distance(errors):
+        wrong_type = any(e.validator == "type" and not e.relative_path for e in errors)
+        return (wrong_type, len(errors), -max(len(e.absolute_path) for e in errors))
+
+    return min(_branch_errors(error), key=distance)
+
+
 def _schema_error_message(error: jsonschema.ValidationError) -> str:
-    # oneOf/anyOf errors hide the useful sub-error; pick the deepest one
     while error.context:
-        error = max(error.context, key=lambda e: len(e.absolute_path))
+        error = max(_intended_branch(error), key=lambda e: len(e.absolute_path))
     key = _key_path(error.absolute_path)
     if error.validator == "additionalProperties":
         return f"config key {key}: {error.message} (a misspelt or unknown key). {HOW_TO_FIX}"
@@ -97,10 +117,14 @@ def validate_config(config: dict) -> None:
     """Stop with one message naming the key when the configuration is wrong."""
     schema = yaml.safe_load(SCHEMA_PATH.read_text())
     validator = jsonschema.Draft202012Validator(schema)
-    errors = sorted(validator.iter_errors(config), key=lambda e: (len(e.absolute_path), e.path))
+    errors = list(validator.iter_errors(config))
     if errors:
-        raise ConfigError(_schema_error_message(jsonschema.exceptions.best_match(errors)))
+        # best_match would descend into a oneOf by its own rule; _schema_error_message picks the branch
+        raise ConfigError(_schema_error_message(max(errors, key=jsonschema.exceptions.relevance)))
     _check_references(config)
+    _check_downloads(config)
+    _check_sizes_and_ranges(config)
+    _check_duplicate_rows(config)
 
 
 def _require(condition: bool, key: str, message: str) -> None:
@@ -118,7 +142,8 @@ def _check_references(config: dict) -> None:
             f"'{dataset['diffusion']}' is not in diffusion_models (known: {', '.join(models)})",
         )
         if dataset["source"]["kind"] in ("cifar10", "cifar100"):
-            _require("url" in dataset["source"], f"datasets.{name}.source.url", "a download URL is required")
+            _require(_has(dataset["source"], "url"), f"datasets.{name}.source.url",
+                     "the archive's download URL is required (CIFAR's archives are not on the Hub)")
         if dataset["source"]["kind"] == "imagenet_folder":
             for key in ("path", "train_images", "val_images", "eval_ids"):
                 _require(key in dataset["source"], f"datasets.{name}.source.{key}", "required for an ImageNet folder")
@@ -141,10 +166,13 @@ def _check_references(config: dict) -> None:
         if source["kind"] in ("edm_pickle", "train"):
             _require("validation" in model, f"diffusion_models.{name}.validation", "required for an EDM model")
         if source["kind"] == "lightningdit":
-            for key in ("url", "tokenizer", "latent_stats"):
+            _require(_has(source, "url") or _has(source, "hf"), f"diffusion_models.{name}.source.hf",
+                     "the checkpoint's hf: {repo, type, path, revision} (or url) is required for LightningDiT")
+            for key in ("tokenizer", "latent_stats"):
                 _require(key in source, f"diffusion_models.{name}.source.{key}", "required for LightningDiT")
         elif source["kind"] == "edm_pickle":
-            _require("url" in source, f"diffusion_models.{name}.source.url", "a download URL is required")
+            _require(_has(source, "url") or _has(source, "hf"), f"diffusion_models.{name}.source.url",
+                     "the pickle's download url (or hf: {repo, type, path, revision}) is required")
         elif source["kind"] == "train":
             for key in ("dataset", "network", "training"):
                 _require(key in source, f"diffusion_models.{name}.source.{key}", "required when kind is train")
@@ -212,6 +240,181 @@ def _check_noisy_classifier(config: dict, name: str) -> None:
         f"must equal diffusion_models.{source['diffusion']}.feature {base['feature']}: the ablation changes "
         "only the training objective, not the layer or the noise",
     )
+
+
+# ----------------------------------------------------------------------------------------------
+# downloads
+
+
+def _has(entry: dict, key: str) -> bool:
+    # an overlay switching an entry from hf to url (or back) sets the other one to null
+    return entry.get(key) is not None
+
+
+def download_entries(config: dict) -> list[tuple[str, dict]]:
+    """Every configured download as (config key, entry), in config order."""
+    entries = []
+    for name, dataset in config["datasets"].items():
+        if _has(dataset["source"], "url") or _has(dataset["source"], "hf"):
+            entries.append((f"datasets.{name}.source", dataset["source"]))
+        for set_name, spec in dataset["synthetic"].items():
+            for index, part in enumerate(spec.get("parts", [])):
+                entries.append((f"datasets.{name}.synthetic.{set_name}.parts[{index}]", part))
+    for name, model in config["diffusion_models"].items():
+        source = model["source"]
+        if _has(source, "url") or _has(source, "hf"):
+            entries.append((f"diffusion_models.{name}.source", source))
+        for key in ("tokenizer", "latent_stats"):
+            if key in source:
+                entries.append((f"diffusion_models.{name}.source.{key}", source[key]))
+    for name, arch in config["archs"].items():
+        if "pretrained" in arch:
+            entries.append((f"archs.{name}.pretrained", arch["pretrained"]))
+    for name, model in config["reference_models"]["models"].items():
+        for key in ("checkpoint", "args"):
+            entries.append((f"reference_models.models.{name}.{key}", model[key]))
+    return entries
+
+
+def download_fields(entry: dict) -> dict:
+    """What dra.download.fetch needs of an entry: its source (url or hf) and its checksums."""
+    return {key: entry[key] for key in ("url", "hf", "sha256", "md5") if entry.get(key) is not None}
+
+
+def download_name(entry: dict) -> str:
+    """The file name of a download: the last part of its URL (without a query) or Hub path."""
+    if _has(entry, "hf"):
+        return entry["hf"]["path"].rsplit("/", 1)[-1]
+    return entry["url"].split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1]
+
+
+def _source_id(entry: dict) -> str:
+    if _has(entry, "hf"):
+        hf = entry["hf"]
+        return f"hf://{hf['type']}/{hf['repo']}/{hf['path']}"
+    return entry["url"]
+
+
+def _check_downloads(config: dict) -> None:
+    seen: dict[str, str] = {}
+    for key, entry in download_entries(config):
+        _require(_has(entry, "url") != _has(entry, "hf"), key,
+                 "give exactly one of url (a plain download) or hf: {repo, type, path, revision} (a Hugging Face "
+                 "file); an overlay that switches an entry from one to the other sets the other to null")
+        source = _source_id(entry)
+        _require(source not in seen, key,
+                 f"downloads {source}, which {seen.get(source)} downloads too: two entries must name two files "
+                 "(a copied line whose path was not changed?)")
+        seen[source] = key
+        _require(bool(download_name(entry)), key, f"{source} names no file")
+
+
+def check_download_lock(config: dict, lock_path: str | Path) -> None:
+    """Before the first job: the lock file (config/data/downloads.lock.yaml) and the config must
+    agree wherever both pin a file (a sha256, or a Hub commit written into the config)."""
+    lock_path = Path(lock_path)
+    if not lock_path.is_file():
+        return
+    locked = load_config_file(lock_path)
+    for key, entry in download_entries(config):
+        recorded = locked.get(_source_id(entry))
+        if not recorded:
+            continue
+        sha256 = entry.get("sha256")
+        _require(sha256 is None or sha256 == recorded.get("sha256"), f"{key}.sha256",
+                 f"{sha256} disagrees with {lock_path}, which recorded {recorded.get('sha256')} for "
+                 f"{_source_id(entry)} at its first download; correct the config, or delete the lock entry if the "
+                 "file has changed on purpose")
+        revision = entry["hf"]["revision"] if _has(entry, "hf") else None
+        if revision is not None and re.fullmatch(r"[0-9a-f]{40}", revision):
+            _require(revision == recorded.get("revision"), f"{key}.hf.revision",
+                     f"commit {revision} disagrees with {lock_path}, which pinned {recorded.get('revision')}; make "
+                     "them agree (delete the lock entry to take the config's commit)")
+
+
+# ----------------------------------------------------------------------------------------------
+# sizes and ranges that the schema cannot express
+
+
+# training and test images of the datasets the workflow reads itself: CIFAR-10/100 (Krizhevsky 2009,
+# "Learning Multiple Layers of Features from Tiny Images": 50,000 + 10,000), the digits' fixed split
+# (dra.data.digits: 1297 + 500). ImageNet's come from its source entry and the evaluation ids.
+SPLIT_SIZES = {"cifar10": (50_000, 10_000), "cifar100": (50_000, 10_000), "sklearn_digits": (1297, 500)}
+
+
+def split_sizes(config: dict, dataset: str) -> tuple[int | None, int | None]:
+    """(training images, test images) of a dataset, None where it is not known before a job."""
+    source = config["datasets"][dataset]["source"]
+    if source["kind"] in SPLIT_SIZES:
+        return SPLIT_SIZES[source["kind"]]
+    ids = Path(source.get("eval_ids", ""))
+    test = sum(1 for line in ids.read_text().splitlines() if line.strip()) if ids.is_file() else None
+    return source.get("train_images"), test
+
+
+def _check_sizes_and_ranges(config: dict) -> None:
+    datasets = config["datasets"]
+    for name, dataset in datasets.items():
+        train, test = split_sizes(config, name)
+        key = f"datasets.{name}"
+        if train is not None:
+            _require(dataset["val_size"] < train, f"{key}.val_size",
+                     f"{dataset['val_size']} held-out images leave none of the {train} training images to train on; "
+                     f"use fewer than {train} (DM-AT holds out 1024 of CIFAR's 50,000)")
+        if test is not None:
+            _require(dataset["eval_n"] <= test, f"{key}.eval_n",
+                     f"{dataset['eval_n']} is more than the {test} test images; use at most {test}")
+        _require(dataset["augment"]["crop_padding"] < dataset["image_size"], f"{key}.augment.crop_padding",
+                 f"{dataset['augment']['crop_padding']} is not smaller than image_size {dataset['image_size']}")
+    for name, model in config["diffusion_models"].items():
+        validation = model.get("validation")
+        if validation is None:
+            continue
+        for dataset in (d for d, spec in datasets.items() if spec["diffusion"] == name):
+            train, test = split_sizes(config, dataset)
+            for split, size in (("train_n", train), ("test_n", test)):
+                if size is not None:
+                    _require(validation[split] <= size, f"diffusion_models.{name}.validation.{split}",
+                             f"{validation[split]} is more than the {size} images of dataset {dataset}; use at most {size}")
+    for dataset, archs in config["recipes"].items():
+        _require(dataset in datasets, f"recipes.{dataset}", f"'{dataset}' is not in datasets (known: {', '.join(datasets)})")
+        for arch, recipe in archs.items():
+            key = f"recipes.{dataset}.{arch}"
+            _require(arch in config["archs"], key, f"'{arch}' is not in archs (known: {', '.join(config['archs'])})")
+            attack = recipe["attack"]
+            _require(attack["eps_255"] <= 255, f"{key}.attack.eps_255",
+                     f"{attack['eps_255']} is more than 255/255, the whole pixel range; the paper's budgets are 8 "
+                     "(CIFAR) and 4 (ImageNet)")
+            _require(attack["step_255"] <= attack["eps_255"], f"{key}.attack.step_255",
+                     f"a PGD step of {attack['step_255']}/255 is larger than the budget eps_255 {attack['eps_255']}; "
+                     "DM-AT steps eps/4 (2/255 for 8/255)")
+    evaluated = {
+        "classification_dimension.eval_n": (config["classification_dimension"]["eval_n"],
+                                            {c.dataset for c in table_cells(config, ["table3"])}),
+        "figures.eval_n": (config["figures"]["eval_n"],
+                           {model_dataset(config, m) for m in figure_models(config)}),
+    }
+    for key, (n, used) in evaluated.items():
+        for dataset in sorted(used & set(datasets)):
+            _, test = split_sizes(config, dataset)
+            if test is not None:
+                _require(n <= test, key, f"{n} is more than the {test} test images of dataset {dataset}; use at most {test}")
+    figures = config["figures"]
+    if "figure1_models" in figures:  # CKNNA (Figures 1, 9): k neighbours of a point among the other eval_n - 1
+        _require(figures["cknna_topk"] < figures["eval_n"], "figures.cknna_topk",
+                 f"{figures['cknna_topk']} neighbours need more than eval_n {figures['eval_n']} points; use fewer")
+
+
+def _check_duplicate_rows(config: dict) -> None:
+    for table_name, table in config["tables"].items():
+        rows: dict[str, int] = {}
+        for index, row in enumerate(table["rows"]):
+            if "cell" not in row:
+                continue
+            _require(row["cell"] not in rows, f"tables.{table_name}.rows[{index}].cell",
+                     f"{row['cell']} is rows[{rows.get(row['cell'])}] already; a table holds each cell once "
+                     "(with one set of paper numbers): delete one of the two rows")
+            rows[row["cell"]] = index
 
 
 def dra_target_model(config: dict, dataset: str, target: str) -> str:
@@ -589,3 +792,80 @@ def resolve_recipe(config: dict, cell: Cell) -> dict:
         "batch_size": cell.batch_size,
         "epochs": cell.epochs,
     }
+
+
+# ----------------------------------------------------------------------------------------------
+# reading config files strictly
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """PyYAML keeps the last of two equal keys in a mapping; a config file must not hold any."""
+
+
+def _construct_unique_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        line = key_node.start_mark.line + 1
+        if key in seen:
+            raise ConfigError(
+                f"{key_node.start_mark.name}, line {line}: key '{key}' appears twice in one mapping "
+                f"(first at line {seen[key]}); YAML would silently keep only the last value. Delete one of them."
+            )
+        seen[key] = line
+    return loader.construct_mapping(node, deep=deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_unique_mapping)
+
+
+def load_config_file(path: str | Path) -> dict:
+    """A config file as a mapping, or one ConfigError naming the file, the line and the column (YAML
+    syntax), the repeated key (duplicates) or the top-level shape."""
+    path = Path(path)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = yaml.load(handle, Loader=_StrictLoader)
+    except OSError as error:
+        raise ConfigError(f"config file {path} cannot be read: {error.strerror}. Check the path given to --configfile.") from None
+    except yaml.MarkedYAMLError as error:
+        mark = error.problem_mark or error.context_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"
+        problem = error.problem or "unreadable"
+        if error.context and error.context_mark:
+            # the construct left open: "while parsing a flow sequence" started at line ...
+            context = error.context_mark
+            problem += f"; {error.context} started at line {context.line + 1}, column {context.column + 1}"
+        raise ConfigError(
+            f"{path}, {where}: not valid YAML ({problem}). Check the indentation (spaces only, no tabs), "
+            "the brackets and the quoting there."
+        ) from None
+    if not isinstance(data, dict):
+        shape = "empty" if data is None else f"a {type(data).__name__}, not a mapping"
+        raise ConfigError(
+            f"{path}, line 1, column 1: the file is {shape}; a config file is a mapping of keys "
+            "(scale:, datasets:, ...) at its top level."
+        )
+    return data
+
+
+def check_config_files(paths: Iterable[str | Path]) -> None:
+    """Read each config file the run was given the strict way (Snakemake's own reading keeps the
+    last of two equal keys and reports a syntax error without its file or line)."""
+    for path in paths:
+        load_config_file(path)
+
+
+def typed_overrides(overrides: dict) -> dict:
+    """``--config key={...}`` values as a config file would type them: Snakemake reads nested values
+    with YAML's base loader, which keeps every scalar a string ('0.5', 'true')."""
+    if isinstance(overrides, dict):
+        return {key: typed_overrides(value) for key, value in overrides.items()}
+    if isinstance(overrides, list):
+        return [typed_overrides(value) for value in overrides]
+    if isinstance(overrides, str):
+        try:
+            return yaml.safe_load(overrides) if overrides else overrides
+        except yaml.YAMLError:
+            return overrides
+    return overrides

@@ -9,7 +9,7 @@ attacked exactly as a trained cell is. Paths and recipes are computed here, for 
 
 from __future__ import annotations
 
-from dra.config import HOW_TO_FIX, ConfigError
+from dra.config import HOW_TO_FIX, ConfigError, download_fields
 
 REFERENCE_DATASET_KINDS = ("cifar10", "cifar100")  # the datasets DM-AT released l_inf models for
 
@@ -56,7 +56,7 @@ def reference_recipe(config: dict, name: str) -> dict:
             "dataset": entry["dataset"],
             "dataset_kind": dataset["source"]["kind"],
             "robustbench": entry["robustbench"],
-            "checkpoint_url": entry["checkpoint"]["url"],
+            "checkpoint_source": download_fields(entry["checkpoint"]),
             "published": dict(entry["published"]),
         },
         "arch": dict(config["archs"][entry["arch"]]),

@@ -1,14 +1,19 @@
 # Helpers shared by the workflow files: configuration checks, cells, paths, input functions.
 # Paths and recipes come from dra.config, which the tests use too.
 import json
+import os
 import re
+import shlex
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 from snakemake.logging import logger
+from snakemake.utils import update_config
 
 from dra import config as cfg
 
+# --config values typed as a config file types them (Snakemake keeps nested ones as strings)
+update_config(config, cfg.typed_overrides(workflow.config_settings.config))
 try:
     cfg.validate_config(config)
 except cfg.ConfigError as error:
@@ -70,22 +75,33 @@ def cell_path(cell, name):
 
 
 def archive_path(wildcards):
-    url = config["datasets"][wildcards.dataset]["source"]["url"]
-    return f"{DATA}/{wildcards.dataset}/archive/{url.rsplit('/', 1)[-1]}"
+    source = config["datasets"][wildcards.dataset]["source"]
+    return f"{DATA}/{wildcards.dataset}/archive/{cfg.download_name(source)}"
 
 
 def archive_source(wildcards):
     source = config["datasets"][wildcards.dataset]["source"]
-    if source["url"].rsplit("/", 1)[-1] != wildcards.filename:
+    if cfg.download_name(source) != wildcards.filename:
         raise WorkflowError(
             f"{wildcards.filename} is not the archive of datasets.{wildcards.dataset}"
         )
     return source
 
 
-def checksum_flag(sha256):
-    # no published checksum: the download records the hash it saw instead of checking one
-    return f"--sha256 {sha256}" if sha256 else ""
+# Every file's resolved revision, size and sha256 at its first download (dra.download.fetch);
+# reviewed and committed with the workflow like any lock file. Relative to the working directory
+# (the repository root as a rule), so that the rules' params do not change with the checkout's place.
+LOCK_FILE = os.path.relpath(f"{workflow.basedir}/config/data/downloads.lock.yaml")
+try:
+    cfg.check_download_lock(config, LOCK_FILE)
+except cfg.ConfigError as error:
+    raise WorkflowError(str(error)) from None
+
+
+def download_spec(entry):
+    """A config entry's download fields as JSON for scripts.download: passed as one quoted
+    argument, so no config string is ever read by the shell."""
+    return json.dumps(cfg.download_fields(entry))
 
 
 def synthetic_parts(wildcards):
@@ -191,14 +207,14 @@ def pretrained_archs():
     return [name for name, arch in config["archs"].items() if "pretrained" in arch]
 
 
-LIGHTNINGDIT_FILES = {"dit": "url", "vae": "tokenizer", "latents_stats": "latent_stats"}
+LIGHTNINGDIT_FILES = {"dit": "source", "vae": "tokenizer", "latents_stats": "latent_stats"}
 
 
 def lightningdit_download(wildcards):
-    # dit.pt is the model's own url; vae.pt and latents_stats.pt are the tokenizer's entries
+    # dit.pt is the model's own download; vae.pt and latents_stats.pt are the tokenizer's entries
     source = config["diffusion_models"][wildcards.model]["source"]
     key = LIGHTNINGDIT_FILES[wildcards.file]
-    return {"url": source["url"], "sha256": source["sha256"]} if key == "url" else source[key]
+    return source if key == "source" else source[key]
 
 
 def lightningdit_files(model):
@@ -209,7 +225,7 @@ def lightningdit_config_flags(model):
     # smaller networks than the release's XL/1 and f16d32 (the tests' mini ImageNet)
     source = config["diffusion_models"][model]["source"]
     flags = [
-        f"--{key.replace('_', '-')} '{json.dumps(source[key])}'"
+        f"--{key.replace('_', '-')} {shlex.quote(json.dumps(source[key]))}"
         for key in ("dit_config", "vae_config")
         if key in source
     ]

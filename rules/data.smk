@@ -11,10 +11,10 @@ rule download_archive:
     conda:
         "../envs/data.yaml"
     params:
-        url=lambda wc: archive_source(wc)["url"],
-        checksum=lambda wc: checksum_flag(archive_source(wc)["sha256"]),
+        spec=lambda wc: download_spec(archive_source(wc)),
+        lock=LOCK_FILE,
     shell:
-        "python -m scripts.download --url {params.url} {params.checksum} --dest {output} 2> {log}"
+        "python -m scripts.download --spec {params.spec:q} --lock {params.lock:q} --dest {output:q} 2> {log:q}"
 
 
 rule prepare_cifar:
@@ -63,11 +63,12 @@ rule prepare_imagenet:
     params:
         root=imagenet_root,
         source=lambda wc: config["datasets"][wc.dataset]["source"],
+        eval_ids=lambda wc: config["datasets"][wc.dataset]["source"]["eval_ids"],
         num_classes=lambda wc: config["datasets"][wc.dataset]["num_classes"],
     shell:
-        "python -m scripts.prepare_imagenet --root {params.root} --out {output}"
+        "python -m scripts.prepare_imagenet --root {params.root:q} --out {output}"
         " --expected-train {params.source[train_images]} --expected-val {params.source[val_images]}"
-        " --num-classes {params.num_classes} --eval-ids {params.source[eval_ids]} 2> {log}"
+        " --num-classes {params.num_classes} --eval-ids {params.eval_ids:q} 2> {log}"
 
 
 rule fetch_synthetic_part:
@@ -79,10 +80,10 @@ rule fetch_synthetic_part:
     conda:
         "../envs/data.yaml"
     params:
-        url=lambda wc: synthetic_part(wc)["url"],
-        checksum=lambda wc: checksum_flag(synthetic_part(wc)["sha256"]),
+        spec=lambda wc: download_spec(synthetic_part(wc)),
+        lock=LOCK_FILE,
     shell:
-        "python -m scripts.download --url {params.url} {params.checksum} --dest {output} 2> {log}"
+        "python -m scripts.download --spec {params.spec:q} --lock {params.lock:q} --dest {output:q} 2> {log:q}"
 
 
 rule prepare_synthetic:
@@ -96,9 +97,12 @@ rule prepare_synthetic:
         "../envs/data.yaml"
     params:
         num_classes=lambda wc: config["datasets"][wc.dataset]["num_classes"],
+        images=lambda wc: [
+            part["images"] for part in config["datasets"][wc.dataset]["synthetic"][wc.set]["parts"]
+        ],
     shell:
         "python -m scripts.prepare_synthetic --parts {input} --num-classes {params.num_classes}"
-        " --out {output} 2> {log}"
+        " --expected-images {params.images} --out {output} 2> {log}"
 
 
 rule all_data:

@@ -13,10 +13,10 @@ rule fetch_diffusion_model:
     conda:
         "../envs/data.yaml"
     params:
-        url=lambda wc: config["diffusion_models"][wc.model]["source"]["url"],
-        checksum=lambda wc: checksum_flag(config["diffusion_models"][wc.model]["source"]["sha256"]),
+        spec=lambda wc: download_spec(config["diffusion_models"][wc.model]["source"]),
+        lock=LOCK_FILE,
     shell:
-        "python -m scripts.download --url {params.url} {params.checksum} --dest {output} 2> {log}"
+        "python -m scripts.download --spec {params.spec:q} --lock {params.lock:q} --dest {output:q} 2> {log:q}"
 
 
 rule convert_diffusion_model:
@@ -64,7 +64,7 @@ rule train_diffusion:
         training=lambda wc: config["diffusion_models"][wc.model]["source"]["training"],
         seed=config["seed"],
     shell:
-        "python -m scripts.train_diffusion --train-store {input} --network '{params.network}'"
+        "python -m scripts.train_diffusion --train-store {input} --network {params.network:q}"
         " --steps {params.training[steps]} --batch-size {params.training[batch_size]}"
         " --lr {params.training[lr]} --ema-half-life-images {params.training[ema_half_life_images]}"
         " --seed {params.seed} --threads {threads} --out-weights {output.weights}"
@@ -95,14 +95,15 @@ rule train_noisy_classifier:
         mem_mb=resource("diffusion", "mem_mb"),
     params:
         feature=lambda wc: config["diffusion_models"][wc.model]["feature"],
+        layer=lambda wc: config["diffusion_models"][wc.model]["feature"]["layer"],
         training=lambda wc: config["diffusion_models"][wc.model]["source"]["training"],
         augment=noisy_classifier_augment,
         seed=config["seed"],
     shell:
         "python -m scripts.train_noisy_classifier --train-store {input.train} --test-store {input.test}"
-        " --base-network {input.base_network} --layer {params.feature[layer]} --sigma {params.feature[sigma]}"
+        " --base-network {input.base_network} --layer {params.layer:q} --sigma {params.feature[sigma]}"
         " --steps {params.training[steps]} --batch-size {params.training[batch_size]}"
-        " --lr {params.training[lr]} --augment '{params.augment}' --seed {params.seed} --threads {threads}"
+        " --lr {params.training[lr]} --augment {params.augment:q} --seed {params.seed} --threads {threads}"
         " --out-weights {output.weights} --out-network {output.network} --out-loss {output.loss}"
         " --out-metrics {output.metrics} 2> {log}"
 
@@ -181,7 +182,7 @@ rule extract_features:
         seed=config["seed"],
     shell:
         "python -m scripts.extract_features --weights {input.weights} --network {input.network}"
-        " --images {input.images} --layer {params.layer} --sigma {params.sigma}"
+        " --images {input.images} --layer {params.layer:q} --sigma {params.sigma}"
         " --views {wildcards.views} --seed {params.seed} --threads {threads} --out {output} 2> {log}"
 
 

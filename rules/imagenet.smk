@@ -14,10 +14,10 @@ rule download_pretrained:
     conda:
         "../envs/data.yaml"
     params:
-        url=lambda wc: config["archs"][wc.arch]["pretrained"]["url"],
-        checksum=lambda wc: checksum_flag(config["archs"][wc.arch]["pretrained"]["sha256"]),
+        spec=lambda wc: download_spec(config["archs"][wc.arch]["pretrained"]),
+        lock=LOCK_FILE,
     shell:
-        "python -m scripts.download --url {params.url} {params.checksum} --dest {output} 2> {log}"
+        "python -m scripts.download --spec {params.spec:q} --lock {params.lock:q} --dest {output:q} 2> {log:q}"
 
 
 rule fetch_lightningdit:
@@ -32,10 +32,10 @@ rule fetch_lightningdit:
     conda:
         "../envs/data.yaml"
     params:
-        url=lambda wc: lightningdit_download(wc)["url"],
-        checksum=lambda wc: checksum_flag(lightningdit_download(wc)["sha256"]),
+        spec=lambda wc: download_spec(lightningdit_download(wc)),
+        lock=LOCK_FILE,
     shell:
-        "python -m scripts.download --url {params.url} {params.checksum} --dest {output} 2> {log}"
+        "python -m scripts.download --spec {params.spec:q} --lock {params.lock:q} --dest {output:q} 2> {log:q}"
 
 
 rule prepare_imagenet_test:

@@ -23,17 +23,14 @@ rule fetch_reference_checkpoint:
     conda:
         "../envs/data.yaml"
     params:
-        checkpoint_url=lambda wc: ref.reference_entry(config, wc.name)["checkpoint"]["url"],
-        checkpoint_sha256=lambda wc: checksum_flag(
-            ref.reference_entry(config, wc.name)["checkpoint"]["sha256"]
-        ),
-        args_url=lambda wc: ref.reference_entry(config, wc.name)["args"]["url"],
-        args_sha256=lambda wc: checksum_flag(ref.reference_entry(config, wc.name)["args"]["sha256"]),
+        checkpoint=lambda wc: download_spec(ref.reference_entry(config, wc.name)["checkpoint"]),
+        args=lambda wc: download_spec(ref.reference_entry(config, wc.name)["args"]),
+        lock=LOCK_FILE,
     shell:
-        "python -m scripts.download --url {params.checkpoint_url} {params.checkpoint_sha256}"
-        " --dest {output.checkpoint} 2> {log}"
-        " && python -m scripts.download --url {params.args_url} {params.args_sha256}"
-        " --dest {output.args} 2>> {log}"
+        "python -m scripts.download --spec {params.checkpoint:q} --lock {params.lock:q}"
+        " --dest {output.checkpoint:q} 2> {log:q}"
+        " && python -m scripts.download --spec {params.args:q} --lock {params.lock:q}"
+        " --dest {output.args:q} 2>> {log:q}"
 
 
 rule reference_recipe:

@@ -17,8 +17,17 @@ def main() -> None:
     parser.add_argument(
         "--chunk-images", type=int, default=16384, help="images copied per chunk (memory)"
     )
+    parser.add_argument(
+        "--expected-images", type=int, nargs="+", default=None, help="the config's image count per part"
+    )
     args = parser.parse_args()
-    convert_synthetic(args.parts, args.out, args.num_classes, chunk_images=args.chunk_images)
+    convert_synthetic(
+        args.parts,
+        args.out,
+        args.num_classes,
+        chunk_images=args.chunk_images,
+        expected_images=args.expected_images,
+    )
 
 
 if __name__ == "__main__":

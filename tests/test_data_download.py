@@ -15,8 +15,10 @@ SHA256 = hashlib.sha256(BODY).hexdigest()
 class _Server:
     """Serves BODY at any path; each request consumes the next scripted behaviour."""
 
-    def __init__(self, behaviours):
+    def __init__(self, behaviours, replaced_after_truncation=False):
         self.behaviours = list(behaviours)
+        self.etag = '"v1"'
+        self.next_etag = '"v2"' if replaced_after_truncation else '"v1"'
         self.requests = []  # (path, Range header or None)
         owner = self
 
@@ -32,16 +34,20 @@ class _Server:
                     return
                 start = 0
                 range_header = self.headers.get("Range")
-                if behaviour == "full" and range_header:
+                # If-Range: the rest of the file only while it is still the version the client holds
+                same_version = self.headers.get("If-Range") in (None, owner.etag)
+                if behaviour == "full" and range_header and same_version:
                     start = int(range_header.split("=")[1].rstrip("-"))
                     self.send_response(206)
                     self.send_header("Content-Range", f"bytes {start}-{len(BODY) - 1}/{len(BODY)}")
                 else:
                     self.send_response(200)
                 self.send_header("Content-Length", str(len(BODY) - start))
+                self.send_header("ETag", owner.etag)
                 self.end_headers()
                 if behaviour == "truncated":
                     self.wfile.write(BODY[: len(BODY) // 3])  # then the connection closes
+                    owner.etag = owner.next_etag  # the server's file may change meanwhile
                 else:
                     self.wfile.write(BODY[start:])
 
@@ -65,6 +71,25 @@ def test_truncated_transfer_is_resumed_with_range(tmp_path):
     assert dest.read_bytes() == BODY
     assert server.requests == [("/file.bin", None), ("/file.bin", f"bytes={len(BODY) // 3}-")]
     assert sorted(p.name for p in dest.parent.iterdir()) == ["file.bin"]
+
+
+def test_file_replaced_on_the_server_during_a_resume_is_fetched_whole(tmp_path):
+    # the kept third is of version 1; the server now holds version 2, so If-Range gets a 200 and the
+    # whole file: no file spliced from two versions
+    dest = tmp_path / "file.bin"
+    with _Server(["truncated", "full"], replaced_after_truncation=True) as server:
+        download(server.url, dest, sha256=SHA256, backoff_s=0)
+    assert dest.read_bytes() == BODY
+    assert server.requests[1] == ("/file.bin", f"bytes={len(BODY) // 3}-")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file.bin"]
+
+
+def test_existing_file_without_a_checksum_is_fetched_again(tmp_path):
+    dest = tmp_path / "file.bin"
+    dest.write_bytes(b"a wrong file from an earlier run")
+    with _Server(["full"]) as server:
+        download(server.url, dest, backoff_s=0)
+    assert dest.read_bytes() == BODY and len(server.requests) == 1
 
 
 def test_truncated_transfer_restarts_when_range_is_ignored(tmp_path):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import json
+import shlex
 import os
 import re
 import subprocess
@@ -32,7 +33,7 @@ PUBLISHED = {
     "cifar100_linf_wrn28-10": ("cifar100", "wrn-28-10", "Wang2023Better_WRN-28-10", 72.58, 38.83),
     "cifar100_linf_wrn70-16": ("cifar100", "wrn-70-16", "Wang2023Better_WRN-70-16", 75.22, 42.67),
 }
-HF = "https://huggingface.co/wzekai99/DM-Improves-AT/resolve/main"
+HF = {"repo": "wzekai99/DM-Improves-AT", "type": "model", "revision": "main"}
 
 
 @pytest.fixture(scope="module")
@@ -47,8 +48,8 @@ def test_reference_cells_are_dmat_releases_with_published_numbers(config):
         entry = models[name]
         assert (entry["dataset"], entry["arch"], entry["robustbench"]) == (dataset, arch, robustbench)
         assert entry["published"] == {"clean": clean, "autoattack": autoattack}
-        assert entry["checkpoint"]["url"] == f"{HF}/checkpoint/{name}.pt"
-        assert entry["args"]["url"] == f"{HF}/argtxt/{name}.txt"
+        assert entry["checkpoint"]["hf"] == {**HF, "path": f"checkpoint/{name}.pt"}
+        assert entry["args"]["hf"] == {**HF, "path": f"argtxt/{name}.txt"}
     validate_config(config)
     check_reference_models(config)
 
@@ -101,7 +102,10 @@ def test_dry_run_plans_every_reference_cell_once():
         assert (f"python -m scripts.evaluate_autoattack --model results/paper/reference/{name}/train/model.pt"
                 f" --recipe results/paper/reference/{name}/recipe.yaml --test-store resources/{dataset}/test"
                 f" --eps 8/255 --n 10000 --seed 1") in result.stdout
-        assert f"--url {HF}/checkpoint/{name}.pt" in result.stdout
+        # the Hub file as one quoted JSON argument (the shell never reads a config string)
+        hf = {"repo": HF["repo"], "type": HF["type"], "path": f"checkpoint/{name}.pt", "revision": HF["revision"]}
+        spec = json.dumps({"hf": hf})
+        assert f"python -m scripts.download --spec {shlex.quote(spec)}" in result.stdout
 
 
 def test_reference_table_shows_published_and_measured_side_by_side(config, tmp_path):

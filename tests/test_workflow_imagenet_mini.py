@@ -16,6 +16,7 @@ import functools
 import hashlib
 import http.server
 import json
+import os
 import threading
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from safetensors.torch import save_file
 from dra.data.store import PartedRows, open_feature_store, open_image_store
 from dra.diffusion.lightningdit import LightningDiT
 from dra.diffusion.vavae import VAVAE
+from hub_server import COMMIT_1, HubServer
 from workflow_helpers import copy_workflow, run_snakemake
 
 pytestmark = pytest.mark.slow
@@ -94,8 +96,16 @@ def server(tmp_path_factory):
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}", digests
+    # the DINOv3 weights come from the Hub as timm's repositories hold them (huggingface_hub, HF_ENDPOINT)
+    hub = HubServer({COMMIT_1: {(PRETRAINED_REPOS[arch], "model.safetensors"): (folder / file).read_bytes()
+                                for arch, file in PRETRAINED_FILES.items()}})
+    yield f"http://127.0.0.1:{httpd.server_address[1]}", digests, hub
     httpd.shutdown()
+    hub.close()
+
+
+PRETRAINED_REPOS = {"convnext-b": "timm/convnext_base.dinov3_lvd1689m", "vit-b-16": "timm/vit_base_patch16_dinov3.lvd1689m"}
+PRETRAINED_FILES = {"convnext-b": "convnext.safetensors", "vit-b-16": "vit.safetensors"}
 
 
 class QuietHandler(http.server.SimpleHTTPRequestHandler):
@@ -105,7 +115,12 @@ class QuietHandler(http.server.SimpleHTTPRequestHandler):
 
 def overlay(base_url: str, digests: dict[str, str], imagenet: Path, eval_ids: Path) -> dict:
     def download(name, checked=True):
-        return {"url": f"{base_url}/{name}", "sha256": digests[name] if checked else None}
+        # hf: null replaces config.yaml's Hub entry by this server's URL
+        return {"url": f"{base_url}/{name}", "hf": None, "sha256": digests[name] if checked else None}
+
+    def from_hub(arch):  # no sha256 in the config: the Hub's LFS sha256 is checked, the commit locked
+        return {"hf": {"repo": PRETRAINED_REPOS[arch], "type": "model", "path": "model.safetensors",
+                       "revision": "main"}, "sha256": None}
 
     recipe = {"precision": {"bf16": False, "channels_last": False, "compile": False}}
     return {
@@ -120,19 +135,20 @@ def overlay(base_url: str, digests: dict[str, str], imagenet: Path, eval_ids: Pa
         }},
         "diffusion_models": {"lightningdit-xl": {
             # the DiT's checksum is checked, the tokenizer's is recorded (sha256: null), as for the real files
-            "source": {"url": f"{base_url}/dit.pt", "sha256": digests["dit.pt"],
+            "source": {"url": f"{base_url}/dit.pt", "hf": None, "sha256": digests["dit.pt"],
                        "tokenizer": download("vae.pt", checked=False), "latent_stats": download("latents_stats.pt"),
                        "dit_config": TINY_DIT, "vae_config": TINY_VAE},
             "feature": {"layer": 2, "t": 0.8, "zero_channels": [3, 7]},
         }},
-        "archs": {"convnext-b": {"kwargs": TINY_CONVNEXT, "pretrained": download("convnext.safetensors")},
-                  "vit-b-16": {"kwargs": TINY_VIT, "pretrained": download("vit.safetensors")}},
+        "archs": {"convnext-b": {"kwargs": TINY_CONVNEXT, "pretrained": from_hub("convnext-b")},
+                  "vit-b-16": {"kwargs": TINY_VIT, "pretrained": from_hub("vit-b-16")}},
         "dra": {"head_hidden": 64},
         "recipes": {"imagenet": {"convnext-b": recipe, "vit-b-16": recipe}},
         "tables": {"table1": {"title": "Table 1 (mini ImageNet)",
                               "rows": [{"cell": cell, "paper": None} for cell in CELLS]}},
         # Figure 6 (SAE reconstruction of ImageNet representations) on the trained cells
-        "figures": {"eval_n": len(WNIDS), "figure6_models": CELLS,
+        # (config.yaml's Figure 1 stays configured: its CKNNA needs fewer neighbours than eval_n points)
+        "figures": {"eval_n": len(WNIDS), "cknna_topk": 5, "figure6_models": CELLS,
                     "figure6_sae": {"latents_per_dim": 2, "steps": 50, "batch_size": 8, "lr": 1.0e-3}},
         "resources": {kind: {"gpu": 0, "runtime": "30m", "mem_mb": 4000, "cpus": 1}
                       for kind in ("train", "evaluate", "diffusion")},
@@ -141,14 +157,16 @@ def overlay(base_url: str, digests: dict[str, str], imagenet: Path, eval_ids: Pa
 
 @pytest.fixture(scope="module")
 def run(server, tmp_path_factory):
-    base_url, digests = server
-    imagenet = tmp_path_factory.mktemp("ILSVRC2012")
+    base_url, digests, hub = server
+    # a folder name with a space reaches prepare_imagenet as one argument
+    imagenet = tmp_path_factory.mktemp("ILSVRC 2012")
     eval_ids = write_imagenet_folder(imagenet)
     workdir = copy_workflow(tmp_path_factory.mktemp("workflow"))
     (workdir / "imagenet-mini.yaml").write_text(yaml.safe_dump(overlay(base_url, digests, imagenet, eval_ids)))
     result = run_snakemake(workdir, "results/imagenet-mini/tables/table1.md",
                            "results/imagenet-mini/figures/figure6.csv", "--cores", "2",
-                           "--configfile", "imagenet-mini.yaml", timeout=1800)
+                           "--configfile", "imagenet-mini.yaml", timeout=1800,
+                           env={**os.environ, **hub.environment(workdir)})
     assert result.returncode == 0, f"{result.stdout[-4000:]}\n{result.stderr[-6000:]}"
     return workdir, result, digests
 
@@ -169,6 +187,14 @@ def test_downloads_are_verified_or_recorded(run):
                        ("diffusion/lightningdit-xl/dit.pt", "dit.pt"),
                        ("diffusion/lightningdit-xl/vae.pt", "vae.pt")):
         assert hashlib.sha256((data / path).read_bytes()).hexdigest() == digests[name], path
+    # every first download is pinned in the workflow's lock file: the Hub files at the commit main
+    # resolved to, the plain URLs with their size and sha256
+    lock = yaml.safe_load((workdir / "config/data/downloads.lock.yaml").read_text())
+    for arch, file in PRETRAINED_FILES.items():
+        assert lock[f"hf://model/{PRETRAINED_REPOS[arch]}/model.safetensors"] == {
+            "revision": COMMIT_1, "size": (data / f"pretrained/{arch}/model.safetensors").stat().st_size,
+            "sha256": digests[file]}
+    assert sum(entry["revision"] is None for entry in lock.values()) == 3  # dit, vae, latents_stats
     # no published checksum: the download log records the hash it saw
     assert digests["vae.pt"] in (data / "diffusion/lightningdit-xl/vae.fetch.log").read_text()
 

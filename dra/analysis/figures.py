@@ -126,8 +126,14 @@ def load_representation(path: str | Path) -> dict[str, np.ndarray]:
     path = Path(path)
     if not path.exists():
         raise FigureInputError(f"{path} does not exist; run its figure_representation rule first")
-    with np.load(path) as stored:
-        record = {key: stored[key] for key in stored.files}
+    try:
+        with np.load(path) as stored:
+            record = {key: stored[key] for key in stored.files}
+    except Exception as error:  # BadZipFile, ValueError, EOFError, OSError: a truncated or foreign file
+        raise FigureInputError(
+            f"{path} is not a readable representation npz ({type(error).__name__}: {error}); delete it and rerun "
+            "its figure_representation rule"
+        ) from None
     missing = [key for key in REPRESENTATION_KEYS if key not in record]
     if missing:
         raise FigureInputError(f"{path} lacks {missing}; delete it and rerun its rule")

@@ -114,15 +114,25 @@ def convert_synthetic(
     dest: str | os.PathLike,
     num_classes: int,
     chunk_images: int = 16384,
+    expected_images: list[int] | None = None,
 ) -> int:
     """Concatenate the npz ``parts`` (in the order given) into one image store at ``dest``.
 
+    ``expected_images``: the image count the config gives each part (checked before any copy).
     Returns the number of images. Memory use is one chunk of ``chunk_images`` images.
     """
     paths = [Path(part) for part in parts]
     if not paths:
         raise ValueError("convert_synthetic needs at least one npz part")
     shapes = [_inspect_part(path) for path in paths]
+    if expected_images is not None:
+        for index, (path, (n, _, _), expected) in enumerate(zip(paths, shapes, expected_images, strict=True)):
+            if n != expected:
+                raise SyntheticFormatError(
+                    f"{path} holds {n} images but the config says images: {expected} (parts[{index}] of its "
+                    "synthetic set): the download is another file than the config describes, or the count is "
+                    "mistyped; fix the config entry (and its lock entry if the file is wrong)."
+                )
     height, width = shapes[0][1:]
     for path, (_, part_height, part_width) in zip(paths, shapes):
         if (part_height, part_width) != (height, width):

@@ -306,12 +306,22 @@ def load_edm(safetensors_path: str | Path, json_path: str | Path | None = None) 
         if not path.is_file():
             raise FileNotFoundError(f"diffusion checkpoint file {path} is missing; run scripts/convert_edm_checkpoint.py "
                                     f"(official pickles) or scripts/train_diffusion.py (mini) to create it")
-    spec = json.loads(json_path.read_text())
-    if spec.get("class_name") != "EDMPrecond" or not isinstance(spec.get("init_kwargs"), dict):
+    try:
+        spec = json.loads(json_path.read_text())
+    except (ValueError, UnicodeDecodeError) as err:
+        raise CheckpointFormatError(f"{json_path} is not JSON ({err}); delete it and rerun the rule that wrote it") from None
+    if not isinstance(spec, dict) or spec.get("class_name") != "EDMPrecond" or not isinstance(spec.get("init_kwargs"), dict):
         raise CheckpointFormatError(f"{json_path}: expected {{'class_name': 'EDMPrecond', 'init_kwargs': {{...}}}}")
     net = EDMPrecond(**_from_json(spec["init_kwargs"]))
     try:
-        net.load_state_dict(load_file(str(safetensors_path)), strict=True)
+        weights = load_file(str(safetensors_path))
+    except Exception as err:  # SafetensorError, OSError: a truncated or foreign file
+        raise CheckpointFormatError(
+            f"{safetensors_path} is not a readable safetensors file ({type(err).__name__}: {err}); "
+            "delete it and rerun the rule that wrote it"
+        ) from None
+    try:
+        net.load_state_dict(weights, strict=True)
     except RuntimeError as err:
         raise CheckpointFormatError(f"{safetensors_path} does not match {json_path}: {err}") from None
     return net.eval().requires_grad_(False)

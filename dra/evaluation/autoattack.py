@@ -337,7 +337,20 @@ def load_classifier(model_path: str | Path, recipe_path: str | Path, device: str
         model = create_classifier(arch, data["num_classes"], data["mean"], data["std"])
     except KeyError as error:
         raise AutoAttackInputError(f"recipe {recipe_path} lacks the key {error}; re-run resolve_recipe") from error
-    model.load_state_dict(torch.load(model_path, map_location="cpu", weights_only=True))
+    try:
+        state = torch.load(model_path, map_location="cpu", weights_only=True)
+    except Exception as error:  # UnpicklingError, EOFError (no text), OSError, RuntimeError: say which file
+        raise AutoAttackInputError(
+            f"{model_path} is not a readable PyTorch state dict ({type(error).__name__}: {error or 'file ends early'}); "
+            "it is truncated or not a model.pt of train_cell: delete it and rerun the rule that wrote it"
+        ) from None
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, TypeError, AttributeError) as error:
+        raise AutoAttackInputError(
+            f"{model_path} does not hold the weights of the arch in {recipe_path} ({error}); the model and its "
+            "recipe come from different cells"
+        ) from None
     return model.to(device).float().eval()
 
 

@@ -63,7 +63,7 @@ def load_dmat_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     fix = "delete it and rerun the fetch_reference_checkpoint rule"
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as error:
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as error:
         raise CheckpointLayoutError(
             f"{path} is not a readable PyTorch checkpoint (truncated or corrupt download?): {error}. Fix: {fix}"
         ) from error
