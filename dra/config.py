@@ -510,7 +510,7 @@ def _check_figures(config: dict) -> None:
             _check_figure_model(config, model, f"figures.{key}[{index}]")
     if "figure8_models" in figures:
         _require(len(figures["figure8_models"]) != 1, "figures.figure8_models",
-                 "a sweep needs two strengths or more; [] leaves Figure 8 out")
+                 f"a sweep needs two strengths or more, not {figures['figure8_models']}; [] leaves Figure 8 out")
         baseline = _check_cell(config, figures.get("figure8_baseline", ""), "figures.figure8_baseline")
         for index, model in enumerate(figures["figure8_models"]):
             cell = parse_cell(model)
