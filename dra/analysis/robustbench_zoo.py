@@ -23,6 +23,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from dra.io import atomic_file
+
 DATASET = "cifar10"
 THREAT_MODEL = "Linf"
 ZOO_KEYS = ("clean_features", "labels", "logits", "clean_accuracy")
@@ -129,7 +131,6 @@ def zoo_features(model: nn.Module, images01: torch.Tensor, labels: torch.Tensor,
 def measure_zoo_model(name: str, model_dir: str | Path, test_store: str | Path, n: int, batch_size: int,
                       device: str | torch.device, out_npz: str | Path) -> dict[str, np.ndarray]:
     """zoo_features of one zoo model on the first n test images, saved as out_npz."""
-    from dra.analysis.figures import save_representation
     from dra.evaluation.autoattack import load_test_images
 
     images01, labels = load_test_images(test_store, n)
@@ -137,5 +138,7 @@ def measure_zoo_model(name: str, model_dir: str | Path, test_store: str | Path, 
         raise ZooError(f"{test_store} holds {tuple(images01.shape[1:])} images; RobustBench's CIFAR-10 "
                        "models take 3x32x32: point the rule at a CIFAR-10 test store")
     record = zoo_features(load_zoo_model(name, model_dir), images01, labels, batch_size, device)
-    save_representation(record, out_npz)
+    with atomic_file(out_npz) as tmp:
+        with open(tmp, "wb") as handle:
+            np.savez(handle, **record)
     return record
