@@ -134,7 +134,7 @@ def all_data_targets():
             targets += lightningdit_files(diffusion_of(cell.dataset)).values()
     zoo = config["figures"].get("robustbench")
     if zoo:
-        targets += [zoo_checkpoint(name) for name in [zoo["standard"], *zoo["models"]]]
+        targets += [zoo_checkpoint(name) for name in [zoo["standard"], *(m["name"] for m in zoo["models"])]]
     return sorted(set(targets))
 
 

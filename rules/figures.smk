@@ -304,8 +304,8 @@ rule figure1_9:
         results_root=lambda wc, output: Path(output.png).parent.parent,
         # name, features, the AutoAttack accuracy RobustBench reports (config.yaml cites its source)
         zoo=" ".join(
-            f"--zoo {name} {zoo_features(name)} {accuracy}"
-            for name, accuracy in ZOO.get("models", {}).items()
+            f"--zoo {model['name']} {zoo_features(model['name'])} {model['autoattack']}"
+            for model in ZOO.get("models", [])
         ),
         cells=" ".join(FIGURES.get("figure1_models", [])),
         topk=FIGURES["cknna_topk"],

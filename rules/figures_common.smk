@@ -6,7 +6,7 @@ FIGURE_MODELS = cfg.figure_models(config)
 FIGURE_DIR = f"{RESULTS}/figures"
 # Figures 1 and 9: RobustBench's CIFAR-10 l_inf model zoo (figures.robustbench; none at mini scale)
 ZOO = FIGURES.get("robustbench") or {}
-ZOO_MODELS = [ZOO["standard"], *ZOO["models"]] if ZOO else []
+ZOO_MODELS = [ZOO["standard"], *(model["name"] for model in ZOO["models"])] if ZOO else []
 ZOO_DATASET = "cifar10"
 
 # Figure cells that are no table row (the ST model, the lambda sweep) are cells all the same.
@@ -28,7 +28,7 @@ def zoo_figure_inputs(wildcards):
             "(config.yaml lists the paper's); this configuration has none"
         )
     return {
-        "zoo": [zoo_features(name) for name in ZOO["models"]],
+        "zoo": [zoo_features(model["name"]) for model in ZOO["models"]],
         "standard": zoo_features(ZOO["standard"]),
         "diffusion": diffusion_representation_of(ZOO_DATASET),
     }
