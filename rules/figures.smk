@@ -249,7 +249,8 @@ rule download_zoo_checkpoint:
     conda:
         "../envs/robustbench.yaml"
     params:
-        model_dir=ZOO.get("model_dir"),
+        # the model_dir of RobustBench's layout: the folder above cifar10/Linf/
+        model_dir=lambda wc, output: Path(output[0]).parents[2],
     shell:
         "python -m scripts.download_zoo_checkpoint --name {wildcards.zoo_model}"
         " --model-dir {params.model_dir} 2> {log}"
@@ -276,7 +277,7 @@ rule zoo_representation:
         runtime=runtime_per_attempt("evaluate"),
         mem_mb=resource("evaluate", "mem_mb"),
     params:
-        model_dir=ZOO.get("model_dir"),
+        model_dir=lambda wc, input: Path(input.checkpoint).parents[2],
         n=FIGURES["eval_n"],
     shell:
         "python -m scripts.zoo_representation --name {wildcards.zoo_model} --model-dir {params.model_dir}"

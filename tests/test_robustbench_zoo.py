@@ -34,7 +34,7 @@ import yaml
 
 from dra.analysis.representation_metrics import cknna
 from dra.data.store import ImageStoreWriter
-from workflow_helpers import ROOT, copy_workflow
+from workflow_helpers import copy_workflow
 
 ZOO_PACKAGES = ["robustbench==1.1.1", "timm==1.0.9", "gdown==5.1.0", "geotorch==0.4.0", "torchdiffeq==0.2.5",
                 "pyautoattack==0.2.0", "beautifulsoup4", "soupsieve", "filelock", "setuptools<81"]
@@ -72,23 +72,41 @@ def zoo_python(tmp_path_factory):
     return python
 
 
-BUILD = textwrap.dedent("""
-    # run in the zoo venv: each model built by the package with random weights, saved where load_model
-    # looks, and its logits on the test images computed from the built model (not through load_model)
-    import sys, numpy as np, torch
+PACKAGE_SIDE = textwrap.dedent("""
+    # run once in the zoo venv (importing robustbench takes seconds): each model built by the package with
+    # random weights, saved where load_model looks, its logits on the test images computed from the built
+    # model (not through load_model); then what dra.analysis.robustbench_zoo does without a checkpoint,
+    # and what it asks the downloader for
+    import json, sys, numpy as np, torch
+    import dra.download
+    from dra.analysis import robustbench_zoo
     from robustbench.model_zoo import model_dicts
     from robustbench.model_zoo.enums import BenchmarkDataset, ThreatModel
-    model_dir, images, out = sys.argv[1], sys.argv[2], sys.argv[3]
+    model_dir, images, out, empty_dir = sys.argv[1:5]
     x = torch.from_numpy(np.load(images)).permute(0, 3, 1, 2).float() / 255
     zoo = model_dicts[BenchmarkDataset("cifar10")][ThreatModel("Linf")]
     logits = {}
-    for seed, name in enumerate(sys.argv[4:]):
+    for seed, name in enumerate(sys.argv[5:]):
         torch.manual_seed(seed)
         model = zoo[name]["model"]().eval()
         torch.save(model.state_dict(), f"{model_dir}/cifar10/Linf/{name}.pt")
         with torch.no_grad():
             logits[name] = model(x).numpy()
     np.savez(out, **logits)
+    facts = {}
+    try:
+        robustbench_zoo.load_zoo_model(sys.argv[5], empty_dir)
+    except robustbench_zoo.ZooError as error:
+        facts["missing"] = str(error)
+    calls = []
+    dra.download.download = lambda url, dest, sha256=None: calls.append([url, str(dest), sha256])
+    robustbench_zoo.download_checkpoint("Standard", empty_dir)
+    facts["download_calls"] = calls
+    try:
+        robustbench_zoo.gdrive_id("Chen2020Adversarial")
+    except robustbench_zoo.ZooError as error:
+        facts["ensemble"] = str(error)
+    print(json.dumps(facts))
 """)
 
 
@@ -103,9 +121,12 @@ def workflow(tmp_path_factory, zoo_python):
         writer.write(0, images, labels)
     np.save(work / "images.npy", images)
     (work / "zoo" / "cifar10" / "Linf").mkdir(parents=True)
-    done = subprocess.run([str(zoo_python), "-c", BUILD, str(work / "zoo"), str(work / "images.npy"),
-                           str(work / "reference.npz"), *MODELS], capture_output=True, text=True)
+    (work / "empty").mkdir()
+    done = subprocess.run([str(zoo_python), "-c", PACKAGE_SIDE, str(work / "zoo"), str(work / "images.npy"),
+                           str(work / "reference.npz"), str(work / "empty"), *MODELS],
+                          capture_output=True, text=True, cwd=work)
     assert done.returncode == 0, done.stderr
+    (work / "package-side.json").write_text(done.stdout.splitlines()[-1])
     # the DR's record as figure_diffusion_representation writes it (its rule is tested elsewhere)
     dr = work / "results" / "zoo-mini" / "cifar10" / "figures" / "edm-cifar10-cond" / "representation.npz"
     dr.parent.mkdir(parents=True)
@@ -164,34 +185,16 @@ def test_figures_1_and_9_from_two_zoo_models_found_in_the_local_model_dir(workfl
     assert table.loc["Rebuffi2021Fixing_R18_ddpm", "cknna_standard"] < 0.999
 
 
-def test_a_missing_checkpoint_stops_before_any_download(zoo_python, tmp_path):
-    code = ("from dra.analysis.robustbench_zoo import load_zoo_model, ZooError\n"
-            f"try:\n    load_zoo_model('Rebuffi2021Fixing_R18_ddpm', {str(tmp_path)!r})\n"
-            "except ZooError as error:\n    print(error)\n")
-    done = subprocess.run([str(zoo_python), "-c", code], capture_output=True, text=True, cwd=ROOT)
-    assert done.returncode == 0, done.stderr
-    assert "download_zoo_checkpoint" in done.stdout and "does not exist" in done.stdout
-    assert not (tmp_path / "cifar10").exists()  # load_model never ran: it would create the folder
+def test_a_missing_checkpoint_stops_before_any_download(workflow):
+    facts = json.loads((workflow / "package-side.json").read_text())
+    assert "download_zoo_checkpoint" in facts["missing"] and "does not exist" in facts["missing"]
+    assert not (workflow / "empty" / "cifar10").exists()  # load_model never ran: it would create the folder
 
 
-def test_the_download_asks_the_verified_downloader_for_the_package_s_drive_file(zoo_python, tmp_path):
+def test_the_download_asks_the_verified_downloader_for_the_package_s_drive_file(workflow):
     # the Google Drive id is the package's (robustbench/model_zoo/cifar10.py: Standard's checkpoint)
-    code = textwrap.dedent(f"""
-        import json, dra.download
-        from dra.analysis import robustbench_zoo
-        calls = []
-        dra.download.download = lambda url, dest, sha256=None: calls.append([url, str(dest), sha256])
-        robustbench_zoo.download_checkpoint("Standard", {str(tmp_path)!r})
-        print(json.dumps(calls))
-        try:
-            robustbench_zoo.gdrive_id("Chen2020Adversarial")
-        except robustbench_zoo.ZooError as error:
-            print(error)
-    """)
-    done = subprocess.run([str(zoo_python), "-c", code], capture_output=True, text=True, cwd=ROOT)
-    assert done.returncode == 0, done.stderr
-    calls, refusal = done.stdout.splitlines()[0], done.stdout.splitlines()[1]
-    assert json.loads(calls) == [[
+    facts = json.loads((workflow / "package-side.json").read_text())
+    assert facts["download_calls"] == [[
         "https://drive.usercontent.google.com/download?id=1t98aEuzeTL8P7Kpd5DIrCoCL21BNZUhC&export=download&confirm=t",
-        str(tmp_path / "cifar10" / "Linf" / "Standard.pt"), None]]
-    assert "no single checkpoint" in refusal  # an ensemble of three checkpoints
+        str(workflow / "empty" / "cifar10" / "Linf" / "Standard.pt"), None]]
+    assert "no single checkpoint" in facts["ensemble"]  # an ensemble of three checkpoints
