@@ -43,6 +43,9 @@ MODELS = {"Wong2020Fast": 43.21,  # PreActResNet-18
           "Rebuffi2021Fixing_R18_ddpm": 56.66}  # DeepMind's PreActResNet-18 (DMPreActResNet, Swish)
 STANDARD = "Wong2020Fast"  # Figure 9's reference model here: CKNNA with itself is known
 N = 20
+# a venv (pip, from its cache after the first run), two model builds and a Snakemake run: about 80 s on
+# two shared cores (`python -m pytest -n 0 tests/test_robustbench_zoo.py --durations=5`)
+pytestmark = pytest.mark.slow
 
 AUTOATTACK_SHIM = {
     "__init__.py": "# test stand-in for fra31's `autoattack` (see tests/test_robustbench_zoo.py)\n"
