@@ -25,7 +25,7 @@ def zoo_figure_inputs(wildcards):
     if not ZOO:
         raise WorkflowError(
             "Figures 1 and 9 plot RobustBench's CIFAR-10 models: set figures.robustbench "
-            "(config.yaml lists the paper's); this configuration has none"
+            "(config.yaml lists RobustBench's zoo); this configuration has none"
         )
     return {
         "zoo": [zoo_features(model["name"]) for model in ZOO["models"]],
