@@ -148,7 +148,21 @@ def all_data_targets():
             targets.append(cfg.pretrained_weights(config, cell.arch))
         if cell.dataset in lightningdit_datasets():
             targets += lightningdit_files(diffusion_of(cell.dataset)).values()
+    zoo = config["figures"].get("robustbench")
+    if zoo:
+        targets += [
+            zoo_checkpoint(name) for name in [zoo["standard"], *(m["name"] for m in zoo["models"])]
+        ]
     return sorted(set(targets))
+
+
+def zoo_checkpoint(name):
+    # RobustBench's model_dir layout, where robustbench.utils.load_model looks for a zoo model
+    # (without figures.robustbench the rules that use it match no model)
+    model_dir = (config["figures"].get("robustbench") or {}).get(
+        "model_dir", "resources/robustbench"
+    )
+    return f"{model_dir}/cifar10/Linf/{name}.pt"
 
 
 # ---------------------------------------------------------------------------- diffusion

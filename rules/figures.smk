@@ -238,15 +238,57 @@ rule figure10:
         " --out-pdf {output.pdf} --out-csv {output.csv} 2> {log}"
 
 
+rule download_zoo_checkpoint:
+    output:
+        zoo_checkpoint("{zoo_model}"),
+    log:
+        f"{RESULTS}/robustbench/{{zoo_model}}/download.log",
+    wildcard_constraints:
+        zoo_model=_one_of(ZOO_MODELS),
+    localrule: True
+    conda:
+        "../envs/robustbench.yaml"
+    params:
+        # the model_dir of RobustBench's layout: the folder above cifar10/Linf/
+        model_dir=lambda wc, output: Path(output[0]).parents[2],
+    shell:
+        "python -m scripts.download_zoo_checkpoint --name {wildcards.zoo_model}"
+        " --model-dir {params.model_dir} 2> {log}"
+
+
+rule zoo_representation:
+    input:
+        checkpoint=zoo_checkpoint("{zoo_model}"),
+        test=lambda wc: cfg.split_store(config, ZOO_DATASET, "test"),
+    output:
+        zoo_features("{zoo_model}"),
+    log:
+        f"{RESULTS}/robustbench/{{zoo_model}}/features.log",
+    benchmark:
+        f"{RESULTS}/robustbench/{{zoo_model}}/features.zoo_representation.benchmark.tsv"
+    wildcard_constraints:
+        zoo_model=_one_of(ZOO_MODELS),
+    conda:
+        "../envs/robustbench.yaml"
+    threads: resource("evaluate", "cpus")
+    resources:
+        gpu=resource("evaluate", "gpu"),
+        tasks_per_gpu=0,
+        runtime=runtime_per_attempt("evaluate"),
+        mem_mb=resource("evaluate", "mem_mb"),
+    params:
+        model_dir=lambda wc, input: Path(input.checkpoint).parents[2],
+        n=FIGURES["eval_n"],
+    shell:
+        "python -m scripts.zoo_representation --name {wildcards.zoo_model} --model-dir {params.model_dir}"
+        " --test-store {input.test} --n {params.n} --threads {threads} --out {output} 2> {log}"
+
+
 rule figure1_9:
     input:
-        representations=[
-            representation_of(m)
-            for m in FIGURES.get("figure1_models", []) + [FIGURES.get("standard")]
-            if m
-        ],
+        unpack(zoo_figure_inputs),
+        cells=[representation_of(m) for m in FIGURES.get("figure1_models", [])],
         accuracy=accuracy_files(FIGURES.get("figure1_models", [])),
-        diffusion=lambda wc: diffusion_representation_of(figure_dataset()),
     output:
         png=report(f"{FIGURE_DIR}/figure1.png", category="Figures", labels={"figure": "1"}),
         pdf=f"{FIGURE_DIR}/figure1.pdf",
@@ -261,13 +303,17 @@ rule figure1_9:
     params:
         # results/<scale>, the folder above figures/
         results_root=lambda wc, output: Path(output.png).parent.parent,
-        models=" ".join(FIGURES.get("figure1_models", [])),
-        standard=FIGURES.get("standard"),
+        # name, features, the AutoAttack accuracy RobustBench reports (config.yaml cites its source)
+        zoo=" ".join(
+            f"--zoo {model['name']} {zoo_features(model['name'])} {model['autoattack']}"
+            for model in ZOO.get("models", [])
+        ),
+        cells=" ".join(FIGURES.get("figure1_models", [])),
         topk=FIGURES["cknna_topk"],
     shell:
-        "python -m scripts.figure_1_9 --results-root {params.results_root} --models {params.models}"
-        " --standard {params.standard} --diffusion {input.diffusion} --topk {params.topk}"
-        " --out-png {output.png} --out-pdf {output.pdf} --out-csv {output.csv}"
+        "python -m scripts.figure_1_9 {params.zoo} --standard {input.standard}"
+        " --diffusion {input.diffusion} --topk {params.topk} --results-root {params.results_root}"
+        " --cells {params.cells} --out-png {output.png} --out-pdf {output.pdf} --out-csv {output.csv}"
         " --out9-png {output.png9} --out9-pdf {output.pdf9} 2> {log}"
 
 

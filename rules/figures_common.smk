@@ -4,6 +4,10 @@
 FIGURES = config["figures"]
 FIGURE_MODELS = cfg.figure_models(config)
 FIGURE_DIR = f"{RESULTS}/figures"
+# Figures 1 and 9: RobustBench's CIFAR-10 l_inf model zoo (figures.robustbench; none at mini scale)
+ZOO = FIGURES.get("robustbench") or {}
+ZOO_MODELS = [ZOO["standard"], *(model["name"] for model in ZOO["models"])] if ZOO else []
+ZOO_DATASET = "cifar10"
 
 # Figure cells that are no table row (the ST model, the lambda sweep) are cells all the same.
 CELLS_BY_ID.update({cell.id: cell for cell in cfg.figure_cells(config)})
@@ -11,6 +15,23 @@ CELLS_BY_ID.update({cell.id: cell for cell in cfg.figure_cells(config)})
 
 def representation_of(model):
     return f"{RESULTS}/{model}/representation.npz"
+
+
+def zoo_features(name):
+    return f"{RESULTS}/robustbench/{name}/features.npz"
+
+
+def zoo_figure_inputs(wildcards):
+    if not ZOO:
+        raise WorkflowError(
+            "Figures 1 and 9 plot RobustBench's CIFAR-10 models: set figures.robustbench "
+            "(config.yaml lists RobustBench's zoo); this configuration has none"
+        )
+    return {
+        "zoo": [zoo_features(model["name"]) for model in ZOO["models"]],
+        "standard": zoo_features(ZOO["standard"]),
+        "diffusion": diffusion_representation_of(ZOO_DATASET),
+    }
 
 
 def figure_dataset():
@@ -56,14 +77,15 @@ def configured_figures():
         "figure6": "figure6_models",
         "figure8": "figure8_models",
         "figure10": "figure10_pairs",
-        "figure1": "figure1_models",
-        "figure9": "figure1_models",
     }
-    return [
+    drawn = [
         f"{FIGURE_DIR}/{name}.png"
         for name, key in wanted.items()
         if FIGURES.get(key) and all(can_run(model) for model in models_listed(key))
     ]
+    if ZOO and all(can_run(model) for model in FIGURES.get("figure1_models", [])):
+        drawn += [f"{FIGURE_DIR}/figure1.png", f"{FIGURE_DIR}/figure9.png"]
+    return drawn
 
 
 def models_listed(key):

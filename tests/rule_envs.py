@@ -41,6 +41,7 @@ PACKAGE_OF_MODULE = {
     "PIL": "pillow",
     "tabulate": "tabulate",
     "jinja2": "jinja2",
+    "robustbench": "robustbench",
 }
 
 # pandas methods that import an optional package when called
@@ -56,6 +57,9 @@ BRINGS_ALONG = {
     "torchvision": {"torch", "numpy", "pillow"},
     "timm": {"torch", "torchvision", "pyyaml", "huggingface_hub", "safetensors"},
     "pyautoattack": {"torch", "numpy"},
+    # robustbench 1.1.1's declared requirements (its PyPI metadata)
+    "robustbench": {"torch", "torchvision", "torchdiffeq", "geotorch", "requests", "numpy", "jinja2", "tqdm",
+                    "pandas", "pyautoattack", "timm", "gdown", "pyyaml"},
 }
 
 

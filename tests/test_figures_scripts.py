@@ -193,20 +193,41 @@ def test_figure10_is_the_difference_of_folded_gradient_spectra(results):
 
 
 def test_figures1_and_9(results):
+    # zoo models stand in here as representation.npz files (they hold clean_features and labels, as the
+    # zoo rule's npz does); tests/test_robustbench_zoo.py measures real zoo architectures
     paths = outputs(results / "out", "figure1")
     nine = {"png": results / "out" / "figure9.png", "pdf": results / "out" / "figure9.pdf"}
-    models = [cell("st"), cell("at"), cell("dm-at"), cell("dm-at+dra")]
-    figure_1_9.main(["--results-root", str(results / "results"), "--models", *models, "--standard", cell("st"),
-                     "--diffusion", str(results / "dr.npz"), "--topk", "3", *flags(paths),
-                     "--out9-png", str(nine["png"]), "--out9-pdf", str(nine["pdf"])])
+    npz = {m: str(results / "results" / cell(m) / "representation.npz") for m in ("st", "at", "dm-at", "dm-at+dra")}
+    figure_1_9.main(["--zoo", "Standard", npz["st"], "0.0", "--zoo", "ZooAT", npz["at"], "53.08",
+                     "--standard", npz["st"], "--diffusion", str(results / "dr.npz"), "--topk", "3",
+                     "--results-root", str(results / "results"), "--cells", cell("dm-at"), cell("dm-at+dra"),
+                     *flags(paths), "--out9-png", str(nine["png"]), "--out9-pdf", str(nine["pdf"])])
     assert_drawn(paths)
     assert_drawn(nine)
     table = pd.read_csv(paths["csv"]).set_index("model")
     # CKNNA of a representation with itself is s / (s + 1e-6), s its HSIC with itself (platonic-rep metrics.py)
-    assert table.loc[cell("st"), "cknna_standard"] == pytest.approx(1.0, abs=1e-4)
-    assert table.loc[cell("at"), "cknna_standard"] < 0.999
+    assert table.loc["Standard", "cknna_standard"] == pytest.approx(1.0, abs=1e-4)
+    assert table.loc["ZooAT", "cknna_standard"] < 0.999
     assert table["cknna_diffusion"].between(-1, 1).all()
-    assert table.loc[cell("at"), "robust"] == 40.0
+    # zoo models at the accuracy RobustBench reports, our cells at the one our AutoAttack rule measured
+    assert table.loc["ZooAT", "robust"] == 53.08 and table.loc["ZooAT", "series"] == "RobustBench"
+    assert table.loc[cell("dm-at+dra"), "robust"] == 47.5
+    assert table.loc[cell("dm-at+dra"), "series"] == "this workflow"
+    assert table.loc[cell("dm-at"), "accuracy_source"] == "our AutoAttack rule"
+
+
+def test_figure1_refuses_features_of_other_test_images(results, tmp_path):
+    from dra.analysis.figures import FigureInputError
+
+    record = dict(np.load(results / "results" / cell("at") / "representation.npz"))
+    record["labels"] = record["labels"][::-1].copy()
+    np.savez(tmp_path / "shuffled.npz", **record)
+    paths = outputs(tmp_path, "figure1")
+    with pytest.raises(FigureInputError, match="other test images"):
+        figure_1_9.main(["--zoo", "X", str(tmp_path / "shuffled.npz"), "50", "--standard",
+                         str(results / "results" / cell("st") / "representation.npz"), "--diffusion",
+                         str(results / "dr.npz"), *flags(paths), "--out9-png", str(tmp_path / "9.png"),
+                         "--out9-pdf", str(tmp_path / "9.pdf")])
 
 
 def test_missing_representation_names_the_rule(results):

@@ -58,6 +58,12 @@ def test_envs_are_lean_and_the_data_env_has_no_torch():
         needed = set().union(*(rule_needs(rule) for rule in RULES.values() if rule.env == env))
         assert env_packages(env) - needed == set(), f"envs/{env}.yaml names packages no rule of it imports"
     assert "torch" not in env_provides("data") and "torch" not in env_provides("analysis")
+    # the zoo's env names robustbench and what robustbench's own import needs beside it: fra31's
+    # `autoattack` (from git, so git) and pkg_resources (setuptools)
+    needed = set().union(*(rule_needs(rule) for rule in RULES.values() if rule.env == "robustbench"))
+    assert "robustbench" in needed
+    assert env_packages("robustbench") - needed == {"autoattack", "git", "setuptools"}
+    assert "timm" not in env_packages("robustbench")  # robustbench pins its own timm; envs/torch.yaml has another
 
 
 def test_run_blocks_carry_no_conda_and_every_other_rule_does():
@@ -89,6 +95,9 @@ def test_pyproject_lists_what_the_code_imports_and_nothing_else():
     third -= {"snakemake"}  # benchmarks read configs with snakemake.utils: tooling, listed below
     # benchmarks that replay test cases import the tests' own helper modules
     third = {module for module in third if not (ROOT / "tests" / f"{module}.py").exists()}
+    # robustbench pins timm 1.0.9 (the workflow's timm is newer): it lives in envs/robustbench.yaml only,
+    # and tests/test_robustbench_zoo.py installs it into a venv of its own
+    third -= {"robustbench"}
     unknown = third - set(PACKAGE_OF_MODULE)
     assert unknown == set(), f"add these modules to PACKAGE_OF_MODULE in tests/rule_envs.py: {unknown}"
     imported = {PACKAGE_OF_MODULE[module].replace("_", "-") for module in third}

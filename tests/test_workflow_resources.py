@@ -21,6 +21,7 @@ GPU_RULES = {
     "reference_autoattack": "evaluate",
     "classification_dimension": "evaluate",
     "figure_representation": "evaluate",
+    "zoo_representation": "evaluate",
     "figure6": "evaluate",
     "train_cell": "train",
 }

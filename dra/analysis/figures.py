@@ -447,37 +447,69 @@ def figure10(results_root: str | Path, pairs: Sequence[tuple[str, str]], out_png
     return pd.DataFrame(rows)
 
 
-def figure1_9(results_root: str | Path, models: Sequence[str], standard: str, diffusion_npz: str | Path, topk: int,
-              out_png: str | Path, out_pdf: str | Path, out_csv: str | Path, out9_png: str | Path,
-              out9_pdf: str | Path) -> pd.DataFrame:
-    """CKNNA of each model's clean features with the DR's (Figure 1, red in Figure 9) and with the
-    standard-trained model's (grey in Figure 9), against AutoAttack robust accuracy."""
+def _clean_features(path: str | Path, labels: np.ndarray | None = None) -> torch.Tensor:
+    """clean_features of a representation.npz or a zoo model's npz, checked against the DR's labels."""
+    path = Path(path)
+    if not path.exists():
+        raise FigureInputError(f"{path} does not exist; run the rule that writes it first")
+    with np.load(path) as stored:
+        if "clean_features" not in stored.files or "labels" not in stored.files:
+            raise FigureInputError(f"{path} lacks clean_features or labels; delete it and rerun its rule")
+        features, own_labels = stored["clean_features"], stored["labels"]
+    if labels is not None and not np.array_equal(own_labels, labels):
+        raise FigureInputError(f"{path} was measured on other test images than the diffusion representation "
+                               f"({len(own_labels)} vs {len(labels)} labels); rerun both with one figures.eval_n")
+    if not np.isfinite(features).all():
+        raise FigureInputError(f"{path}: clean_features contain NaN or inf; the model it was measured on is broken")
+    return torch.from_numpy(features)
+
+
+def figure1_9(zoo: Sequence[tuple[str, str | Path, float]], standard_npz: str | Path, diffusion_npz: str | Path,
+              topk: int, out_png: str | Path, out_pdf: str | Path, out_csv: str | Path, out9_png: str | Path,
+              out9_pdf: str | Path, results_root: str | Path | None = None,
+              cells: Sequence[str] = ()) -> pd.DataFrame:
+    """Figure 1: CKNNA of each RobustBench model's clean features with the DR's against its AutoAttack
+    accuracy as RobustBench reports it; Figure 9 adds, in grey, CKNNA with RobustBench's standard-trained
+    model. ``zoo`` holds (name, features npz, reported AutoAttack accuracy). Our own ``cells`` (paths below
+    results_root, with representation.npz and autoattack.json) are drawn as a second series, at the
+    accuracy our AutoAttack rule measured."""
     plt, sns = _pyplot()
-    diffusion = torch.from_numpy(load_representation(diffusion_npz)["clean_features"])
-    standard_features = torch.from_numpy(
-        load_representation(_model_dir(results_root, standard) / "representation.npz")["clean_features"])
-    labels = short_labels(list(models))
+    with np.load(diffusion_npz) as stored:
+        labels = stored["labels"]
+    diffusion = _clean_features(diffusion_npz)
+    standard = _clean_features(standard_npz, labels)
     rows = []
-    for model in models:
-        features = torch.from_numpy(load_representation(_model_dir(results_root, model) / "representation.npz")
-                                    ["clean_features"])
-        if features.shape[0] != diffusion.shape[0] or features.shape[0] != standard_features.shape[0]:
-            raise FigureInputError(f"{model} has {features.shape[0]} test representations, the DR "
-                                   f"{diffusion.shape[0]} and ST {standard_features.shape[0]}; rerun with one eval_n")
-        rows.append({"model": model, "label": labels[model], **read_accuracy(_model_dir(results_root, model)),
+    for name, path, reported in zoo:
+        features = _clean_features(path, labels)
+        rows.append({"series": "RobustBench", "model": name, "robust": float(reported),
+                     "accuracy_source": "reported by RobustBench",
                      "cknna_diffusion": cknna(features, diffusion, topk=topk),
-                     "cknna_standard": cknna(features, standard_features, topk=topk)})
+                     "cknna_standard": cknna(features, standard, topk=topk)})
+    for cell in cells:
+        features = _clean_features(_model_dir(results_root, cell) / "representation.npz", labels)
+        rows.append({"series": "this workflow", "model": cell,
+                     "robust": read_accuracy(_model_dir(results_root, cell))["robust"],
+                     "accuracy_source": "our AutoAttack rule",
+                     "cknna_diffusion": cknna(features, diffusion, topk=topk),
+                     "cknna_standard": cknna(features, standard, topk=topk)})
     table = pd.DataFrame(rows)
+    zoo_rows, cell_rows = table[table.series == "RobustBench"], table[table.series == "this workflow"]
+    xlabel = "AutoAttack robust accuracy (%)"
     figure, axis = plt.subplots(figsize=(5, 3.8))
-    sns.scatterplot(table, x="robust", y="cknna_diffusion", ax=axis, color="tab:red", s=60)
-    for row in table.itertuples():
-        axis.annotate(row.label, (row.robust, row.cknna_diffusion), fontsize=6)
-    axis.set(xlabel="AutoAttack robust accuracy (%)", ylabel="CKNNA with the diffusion representation")
+    sns.scatterplot(zoo_rows, x="robust", y="cknna_diffusion", ax=axis, color="tab:red", s=40,
+                    label="RobustBench CIFAR-10 $\\ell_\\infty$ models")
+    if len(cell_rows):
+        sns.scatterplot(cell_rows, x="robust", y="cknna_diffusion", ax=axis, color="tab:blue", marker="^", s=50,
+                        label="this workflow's cells")
+    axis.set(xlabel=xlabel, ylabel="CKNNA with the diffusion representation")
+    axis.legend(fontsize=7)
     _save(figure, table, out_png, out_pdf, out_csv)
     figure, axis = plt.subplots(figsize=(5, 3.8))
-    sns.scatterplot(table, x="robust", y="cknna_diffusion", ax=axis, color="tab:red", s=60, label="diffusion")
-    sns.scatterplot(table, x="robust", y="cknna_standard", ax=axis, color="grey", s=60, label="standard-trained")
-    axis.set(xlabel="AutoAttack robust accuracy (%)", ylabel=f"CKNNA (top-{topk})")
+    sns.scatterplot(zoo_rows, x="robust", y="cknna_diffusion", ax=axis, color="tab:red", s=40,
+                    label="diffusion model")
+    sns.scatterplot(zoo_rows, x="robust", y="cknna_standard", ax=axis, color="grey", s=40,
+                    label="RobustBench standard-trained model")
+    axis.set(xlabel=xlabel, ylabel=f"CKNNA (top-{topk})")
     axis.legend(fontsize=7)
     figure.tight_layout()
     with atomic_file(out9_pdf) as tmp:
