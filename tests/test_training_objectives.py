@@ -79,7 +79,7 @@ def _numpy_forward(model, x, batch_statistics):
 
 
 def test_pgd_at_attacks_in_eval_mode_and_trains_on_plain_cross_entropy():
-    """DM-AT's adversarial_loss (core/utils/train.py, recipe.md 1.5b): the attack sees BatchNorm's
+    """DM-AT's adversarial_loss (core/utils/train.py): the attack sees BatchNorm's
     running statistics (eval mode), the loss is plain cross-entropy of a train-mode forward."""
     model = _linear_batchnorm_network()
     rng = np.random.default_rng(5)

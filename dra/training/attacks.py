@@ -107,7 +107,8 @@ def robust_accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor
                     generator: torch.Generator) -> tuple[float, float]:
     """(clean accuracy, PGD-`steps` CW-margin robust accuracy) of `model` in eval mode.
 
-    DM-AT's per-epoch validation: 40 steps, CW margin loss with margin 0, uniform start (recipe.md 1.5).
+    DM-AT's per-epoch validation: 40 steps, CW margin loss with margin 0, uniform start
+    (DM-AT gowal21uncovering/utils/watrain.py, core/attacks/utils.py).
     """
     clean_correct = robust_correct = 0
     with evaluation_mode(model):

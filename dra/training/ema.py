@@ -1,4 +1,4 @@
-"""DM-AT's weight averaging (reference/recipe.md 1.6; DM-AT gowal21uncovering/utils/watrain.py).
+"""DM-AT's weight averaging (wzekai99/DM-Improves-AT gowal21uncovering/utils/watrain.py).
 
 After every optimizer step, on parameters only: avg = decay * avg + (1 - decay) * raw, with
 decay 0 while the step count is below the warm-up (0.025 * epochs * steps per epoch), then

@@ -9,7 +9,7 @@ TRADES (reference/recipe.md 1.3):
 - label smoothing 0.1 on the clean CE only: 0.9 NLL(y) + 0.1 mean_c(-log p_c).
 
 PGD-AT (Madry et al.) as DM-AT's Trainer.adversarial_loss runs it when no beta is given
-(reference/recipe.md 1.5b; DM-AT core/utils/train.py, core/utils/context.py):
+(wzekai99/DM-Improves-AT core/utils/train.py, core/utils/context.py):
 - attack: uniform start, sign steps maximizing cross-entropy, with the model in EVAL mode
   (BatchNorm uses its running statistics), unlike TRADES' train-mode attack;
 - outer loss: plain cross-entropy of one train-mode forward of the adversarial batch; DM-AT
