@@ -119,6 +119,32 @@ def test_train_cell_writes_loadable_ema_model_and_log(stores, tmp_path, objectiv
             torch.testing.assert_close(value, raw[key], rtol=0, atol=0)
 
 
+def test_ema_counts_and_best_epoch_tie_follow_dmat(stores, tmp_path, monkeypatch):
+    """The loop hands the EMA DM-AT's step counts, and a validation tie keeps the LATER epoch
+    (train-wa.py compares with >=)."""
+    import dra.training.loop as loop
+
+    seen = []
+    update = loop.WeightAverage.update
+
+    def recording_update(self, model, step):
+        seen.append((step, self.warmup_steps))
+        update(self, model, step)
+
+    monkeypatch.setattr(loop.WeightAverage, "update", recording_update)
+    monkeypatch.setattr(loop, "robust_accuracy", lambda *args, **kwargs: (0.5, 0.25))  # every epoch ties
+    recipe = tiny_recipe(stores, dra=False, synthetic=False)
+    recipe["checkpoint"]["select"] = "best_val"
+    train_cell(recipe, tmp_path / "out", tmp_path / "state", threads=1)
+    # 48 reference images, batch 16: 3 batches per epoch, DM-AT's update_steps floor(48 / 16) + 1 = 4,
+    # so the counts skip 4; warm-up 0.025 * 2 epochs * 4 = 0.2 steps
+    assert [step for step, _ in seen] == [1, 2, 3, 5, 6, 7]
+    assert [warmup for _, warmup in seen] == pytest.approx([0.2] * 6)
+    weights = torch.load(tmp_path / "out" / "model.pt", weights_only=True)
+    last = torch.load(tmp_path / "state" / "state.pt", weights_only=True)["ema"]
+    assert all(torch.equal(weights[key], last[key]) for key in last)  # epoch 2's average, not epoch 1's
+
+
 def _final_weights(tmp_path, name, recipe, interrupt_after=None):
     out, state = tmp_path / name / "out", tmp_path / name / "state"
 

@@ -8,10 +8,10 @@ import torch
 from torch import nn
 
 from dra.models import create_classifier
-from dra.training.attacks import (cw_margin_objective, frozen_batchnorm_statistics, robust_accuracy,
-                                  uniform_ball_noise)
+from dra.training.attacks import (cross_entropy_objective, cw_margin_objective, frozen_batchnorm_statistics, pgd_linf,
+                                  robust_accuracy, uniform_ball_noise)
 from dra.training.dra_head import ProjectionHead, StoredTargets, dra_loss
-from dra.training.losses import adversarial_examples, smooth_cross_entropy, trades_outer_loss
+from dra.training.losses import adversarial_examples, pgd_at_outer_loss, smooth_cross_entropy, trades_outer_loss
 from dra.training.loop import TrainingModule
 
 EPS, STEP = 8 / 255, 2 / 255
@@ -50,6 +50,63 @@ def test_pgd_cross_entropy_matches_float64_reference():
     x_adv = adversarial_examples("pgd_at", model, torch.from_numpy(x), torch.from_numpy(y), EPS, STEP, 7,
                                  torch.from_numpy(noise))
     np.testing.assert_allclose(x_adv.numpy(), expected, rtol=0, atol=1e-12)
+
+
+def _linear_batchnorm_network():
+    """Linear(12, 6) -> BatchNorm1d(6) -> Linear(6, 4) in float64, running statistics far from a batch's."""
+    torch.manual_seed(4)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 6), nn.BatchNorm1d(6), nn.Linear(6, 4)).double()
+    with torch.no_grad():
+        norm = model[2]
+        norm.running_mean.copy_(torch.linspace(-1.0, 1.0, 6))
+        norm.running_var.copy_(torch.linspace(0.05, 3.0, 6))
+        norm.weight.copy_(torch.linspace(0.5, 2.0, 6))
+        norm.bias.copy_(torch.linspace(-0.3, 0.4, 6))
+    return model
+
+
+def _numpy_forward(model, x, batch_statistics):
+    """float64 forward of `_linear_batchnorm_network`: BatchNorm with the batch's (biased) statistics
+    or with the running ones."""
+    first, norm, last = (model[i].state_dict() for i in (1, 2, 3))
+    h = x.reshape(len(x), -1) @ first["weight"].numpy().T + first["bias"].numpy()
+    if batch_statistics:
+        mean, var = h.mean(0), h.var(0)
+    else:
+        mean, var = norm["running_mean"].numpy(), norm["running_var"].numpy()
+    h = (h - mean) / np.sqrt(var + model[2].eps) * norm["weight"].numpy() + norm["bias"].numpy()
+    return h @ last["weight"].numpy().T + last["bias"].numpy()
+
+
+def test_pgd_at_attacks_in_eval_mode_and_trains_on_plain_cross_entropy():
+    """DM-AT's adversarial_loss (core/utils/train.py): the attack sees BatchNorm's
+    running statistics (eval mode), the loss is plain cross-entropy of a train-mode forward."""
+    model = _linear_batchnorm_network()
+    rng = np.random.default_rng(5)
+    x = rng.uniform(0, 1, (6, 1, 3, 4))
+    y = rng.integers(0, 4, 6)
+    noise = rng.uniform(-EPS, EPS, x.shape)
+    before = copy.deepcopy(model.state_dict())
+    onehot = np.eye(4)[y]
+    # In eval mode the network is affine, z = A x + c, so the float64 PGD reference applies as is.
+    c = _numpy_forward(model, np.zeros((1, 12)), batch_statistics=False)[0]
+    A = np.stack([_numpy_forward(model, np.eye(12)[i:i + 1], batch_statistics=False)[0] - c for i in range(12)], 1)
+    expected = _reference_pgd(x, noise, lambda z: _softmax(z) - onehot, A, c, steps=7)
+    x_adv = adversarial_examples("pgd_at", model, torch.from_numpy(x), torch.from_numpy(y), EPS, STEP, 7,
+                                 torch.from_numpy(noise))
+    np.testing.assert_allclose(x_adv.numpy(), expected, rtol=0, atol=1e-12)
+    assert model.training and all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    # the attack with batch statistics (TRADES' mode, and ours before) lands elsewhere
+    with frozen_batchnorm_statistics(model):
+        train_mode = pgd_linf(model, torch.from_numpy(x), cross_entropy_objective(torch.from_numpy(y)), EPS, STEP, 7,
+                              torch.from_numpy(noise))
+    assert (train_mode - x_adv).abs().max() > STEP
+    # outer loss: mean NLL of the train-mode logits, no label smoothing
+    def plain_ce(images):
+        return np.mean(-np.log(_softmax(_numpy_forward(model, images, batch_statistics=True)))[np.arange(6), y])
+    loss = pgd_at_outer_loss(model(x_adv), torch.from_numpy(y)).item()
+    assert loss == pytest.approx(plain_ce(expected), rel=1e-6)  # the loss is taken in float32
+    assert loss != pytest.approx(pgd_at_outer_loss(model(train_mode), torch.from_numpy(y)).item(), rel=1e-3)
 
 
 def test_trades_attack_matches_float64_reference():
@@ -134,8 +191,34 @@ def test_trades_outer_loss_does_not_detach_the_natural_branch():
 def test_cw_margin_objective_against_float64_formula():
     z = np.array([[3.0, 1.0, 2.5], [0.0, 80.0, 1.0], [5.0, -1.0, 4.0]])
     y = np.array([0, 1, 2])
+    # DM-AT's CWLoss, confidence 0: -(max(3 - 2.5, 0) + max(80 - 1, 0) + max(4 - 5, 0))
+    assert cw_margin_objective(torch.from_numpy(y))(torch.from_numpy(z)).item() == pytest.approx(-79.5)
     expected = -sum(max(z[i, y[i]] - max(np.delete(z[i], y[i])) + 50.0, 0.0) for i in range(3))
-    assert cw_margin_objective(torch.from_numpy(y))(torch.from_numpy(z)).item() == pytest.approx(expected)
+    assert cw_margin_objective(torch.from_numpy(y), margin=50.0)(torch.from_numpy(z)).item() == pytest.approx(expected)
+
+
+def test_validation_attack_leaves_an_already_misclassified_example_at_its_start():
+    """DM-AT's validation attack has margin 0 (core/attacks/utils.py CWLoss): a misclassified example
+    gives no gradient. With the margin 50 used before, the same example moves; a correctly classified
+    one far from the boundary takes the same path under both margins."""
+    W = np.zeros((3, 12))
+    W[0, :6], W[1, 6:], W[2] = 4.0, 4.0, 1.0
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 3)).double()
+    with torch.no_grad():
+        model[1].weight.copy_(torch.from_numpy(W))
+        model[1].bias.zero_()
+    x = np.full((2, 1, 3, 4), 0.5)
+    x[0, 0, :, :2] = x[0, 0, 0, 2:] = 0.9   # logits 21.6, 15.2, 9.2: class 0 by 6.4
+    y = torch.tensor([0, 2])                # the second example (logits 12, 12, 6) is misclassified by 6
+    noise = torch.from_numpy(np.random.default_rng(3).uniform(-EPS, EPS, x.shape))
+    start = torch.from_numpy(x) + noise
+    # a logit moves by at most 6 * 4 * EPS < 0.76 inside the ball: neither margin changes sign
+    dmat = pgd_linf(model, torch.from_numpy(x), cw_margin_objective(y), EPS, STEP, 10, noise)
+    margin50 = pgd_linf(model, torch.from_numpy(x), cw_margin_objective(y, margin=50.0), EPS, STEP, 10, noise)
+    torch.testing.assert_close(dmat[1], start[1], rtol=0, atol=0)
+    assert (margin50[1] - start[1]).abs().max() > EPS / 2
+    torch.testing.assert_close(dmat[0], margin50[0], rtol=0, atol=0)
+    assert (dmat[0] - start[0]).abs().max() > EPS / 2
 
 
 def test_dra_loss_against_float64_formula():

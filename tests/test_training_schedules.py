@@ -9,7 +9,7 @@ from torch import nn
 
 from dra.models import create_classifier
 from dra.training.augment import random_crop_flip_rotate
-from dra.training.ema import WeightAverage, ema_decay
+from dra.training.ema import WeightAverage, dmat_step_count, dmat_steps_per_epoch, ema_decay
 from dra.training.recipe import RecipeError, validate_recipe
 from dra.training.schedules import WarmupCosine, build_optimizer, build_schedule
 
@@ -68,6 +68,30 @@ def test_lion_from_timm_with_no_decay_for_1d_parameters():
     by_decay = {g["weight_decay"]: sum(p.numel() for p in g["params"]) for g in optimizer.param_groups}
     assert by_decay == {0.5: 12, 0.0: 4 + 4 + 4}
     assert optimizer.param_groups[0]["betas"] == (0.9, 0.99)
+
+
+def test_dmat_epoch_length_and_warmup():
+    # DM-AT's update_steps = floor(50000 / batch) + 1 (watrain.py): one more than the real batches
+    # (ceil) exactly when the batch divides 50000
+    assert [dmat_steps_per_epoch(50000, b) for b in (128, 500, 512, 1024, 2048)] == [391, 101, 98, 49, 25]
+    assert 0.025 * 400 * dmat_steps_per_epoch(50000, 500) == pytest.approx(1010)  # not 1000 = 0.025 * 400 * 100
+    assert 0.025 * 400 * dmat_steps_per_epoch(50000, 512) == pytest.approx(980)
+
+
+def test_dmat_step_count_and_decay_sequence():
+    # The README cell (batch 512): 98 batches per epoch = update_steps, so the k-th update (1-based)
+    # sees count k; updates 1..979 copy the model, update 980 has d = 0: decay 1 / 10.
+    assert [dmat_step_count(0, s, 98) for s in (0, 1, 97)] == [1, 2, 98]
+    assert dmat_step_count(1, 0, 98) == 99
+    warmup = 0.025 * 400 * 98
+    counts = [dmat_step_count(e, s, 98) for e in range(11) for s in range(98)]
+    decays = [ema_decay(c, 0.995, warmup) for c in counts]
+    assert decays[:979] == [0.0] * 979 and decays[979] == pytest.approx(0.1) and decays[980] == pytest.approx(2 / 11)
+    # A batch dividing the reference size: 2 real batches per epoch but update_steps 3, so the count
+    # skips 3, 6, ...; 40 epochs give a warm-up of 0.025 * 40 * 3 = 3 steps. By hand:
+    counts = [dmat_step_count(e, s, 3) for e in range(3) for s in range(2)]
+    assert counts == [1, 2, 4, 5, 7, 8]
+    assert [ema_decay(c, 0.995, 3.0) for c in counts] == pytest.approx([0, 0, 2 / 11, 3 / 12, 5 / 14, 6 / 15])
 
 
 def test_ema_decay_rule():

@@ -84,6 +84,12 @@ def test_resolved_recipe_follows_dmat_and_the_paper(paper):
     assert small["dra"]["diffusion"]["extra_view"] is False
     plain = resolve_recipe(paper, parse_cell("cifar10/wrn-34-10/at/nosyn-bs128-ep200"))
     assert plain["dra"] is None and plain["data"]["synthetic"] is None
+    # AT is DM-AT's TRADES without synthetic data (Section 5.1), as is the encoder ablation's "same AT setting"
+    for cell in ("cifar10/wrn-34-10/at/nosyn-bs128-ep200", "cifar10/wrn-34-10/at+dra/nosyn-bs128-ep200",
+                 "cifar10/edm-encoder/at/nosyn-bs128-ep200"):
+        recipe = resolve_recipe(paper, parse_cell(cell))
+        assert recipe["objective"] == {"name": "trades", "beta": 5.0, "label_smoothing": 0.1}, cell
+        assert recipe["data"]["synthetic"] is None, cell
 
 
 def _set(config, path, value):

@@ -1,13 +1,14 @@
-"""L-inf PGD as DM-AT runs it (gowal21uncovering/utils/trades.py, watrain.py).
+"""L-inf PGD as DM-AT runs it (DM-AT gowal21uncovering/utils/trades.py, watrain.py).
 
 The attack starts uniformly in the eps-ball, takes sign-of-gradient steps, and projects onto
 the ball and onto [0, 1] after every step. The objective (what the attack maximizes) is a
 function of the logits: cross-entropy for PGD-AT, TRADES' KL for TRADES, the CW margin for the
 40-step validation attack.
 
-During training DM-AT keeps the model in train mode but switches BatchNorm's running-statistic
-tracking off, so the attack uses batch statistics without moving the running averages;
-`frozen_batchnorm_statistics` does that.
+DM-AT's TRADES attack keeps the model in train mode but switches BatchNorm's running-statistic
+tracking off, so the attack uses batch statistics without moving the running averages
+(`frozen_batchnorm_statistics`); its PGD-AT attack and its validation attack run the model in
+eval mode (`evaluation_mode`).
 """
 
 from __future__ import annotations
@@ -21,7 +22,10 @@ from torch import nn
 
 Objective = Callable[[torch.Tensor], torch.Tensor]  # logits -> scalar to maximize
 
-CW_MARGIN = 50.0  # DM-AT's CWLoss default margin (imrahulr/DM-AT core/attacks/utils.py, margin=50)
+# DM-AT's validation attack uses CWLoss with its default confidence 0 (wzekai99/DM-Improves-AT,
+# core/attacks/utils.py CWLoss, built in gowal21uncovering/utils/watrain.py): an example that is
+# already misclassified gives no gradient, so its iterate stays where it is.
+CW_MARGIN = 0.0
 
 
 @contextlib.contextmanager
@@ -36,6 +40,18 @@ def frozen_batchnorm_statistics(model: nn.Module) -> Iterator[None]:
     finally:
         for m, tracked in zip(norms, previous):
             m.track_running_stats = tracked
+
+
+@contextlib.contextmanager
+def evaluation_mode(model: nn.Module) -> Iterator[None]:
+    """Every submodule in eval mode; each one's own train/eval flag is restored afterwards."""
+    previous = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for m, training in previous:
+            m.training = training
 
 
 def uniform_ball_noise(shape: torch.Size | tuple[int, ...], eps: float, generator: torch.Generator,
@@ -91,18 +107,15 @@ def robust_accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor
                     generator: torch.Generator) -> tuple[float, float]:
     """(clean accuracy, PGD-`steps` CW-margin robust accuracy) of `model` in eval mode.
 
-    DM-AT's per-epoch validation: 40 steps, CW margin loss, uniform start (watrain.py, core/attacks/utils.py).
+    DM-AT's per-epoch validation: 40 steps, CW margin loss with margin 0, uniform start
+    (DM-AT gowal21uncovering/utils/watrain.py, core/attacks/utils.py).
     """
-    was_training = model.training
-    model.eval()
     clean_correct = robust_correct = 0
-    try:
+    with evaluation_mode(model):
         for start in range(0, len(images), batch_size):
             x, y = images[start:start + batch_size], labels[start:start + batch_size]
             clean_correct += (model(x).argmax(1) == y).sum().item()
             noise = uniform_ball_noise(x.shape, eps, generator, x.device)
             x_adv = pgd_linf(model, x, cw_margin_objective(y), eps, step_size, steps, noise)
             robust_correct += (model(x_adv).argmax(1) == y).sum().item()
-    finally:
-        model.train(was_training)
     return clean_correct / len(images), robust_correct / len(images)

@@ -29,8 +29,8 @@ from dra.training.attacks import robust_accuracy, uniform_ball_noise
 from dra.training.augment import random_crop_flip_rotate
 from dra.training.distributed import init_distributed, shutdown_distributed, wrap_for_training
 from dra.training.dra_head import OnlineTargets, ProjectionHead, StoredTargets, dra_loss
-from dra.training.ema import WeightAverage
-from dra.training.losses import adversarial_examples, smooth_cross_entropy, trades_outer_loss
+from dra.training.ema import WeightAverage, dmat_step_count, dmat_steps_per_epoch
+from dra.training.losses import adversarial_examples, pgd_at_outer_loss, smooth_cross_entropy, trades_outer_loss
 from dra.training.recipe import validate_recipe
 from dra.training.schedules import (FIRST_STEP_BATCHNORM_MOMENTUM, TRAINING_BATCHNORM_MOMENTUM, build_optimizer,
                                     build_schedule, set_batchnorm_momentum)
@@ -295,7 +295,9 @@ def train_cell(recipe: dict, out_dir: str | Path, state_dir: str | Path, threads
     trainable = TrainingModule(classifier, head)
     optimizer = build_optimizer(recipe["optimizer"], trainable)
     schedule = build_schedule(recipe["schedule"], optimizer, recipe["optimizer"]["lr"], epochs, steps_per_epoch)
-    ema = WeightAverage(classifier, recipe["ema"]["tau"], recipe["ema"]["warmup_fraction"] * epochs * steps_per_epoch)
+    # DM-AT's EMA counts steps with its own epoch length (dra.training.ema)
+    dmat_steps = dmat_steps_per_epoch(data_cfg["epoch_reference_size"], recipe["batch_size"])
+    ema = WeightAverage(classifier, recipe["ema"]["tau"], recipe["ema"]["warmup_fraction"] * epochs * dmat_steps)
     randomness = TrainingRandomness(recipe["seed"], device)
     progress = Progress()
     if (state_dir / STATE_FILE).exists():
@@ -354,6 +356,8 @@ def train_cell(recipe: dict, out_dir: str | Path, state_dir: str | Path, threads
                 logits_clean, logits_adv, projected = train_forward(x if objective["name"] == "trades" else None, x_adv)
             if objective["name"] == "trades":
                 loss_main, _ = trades_outer_loss(logits_clean, logits_adv, y, objective["beta"], objective["label_smoothing"])
+            elif objective["name"] == "pgd_at":
+                loss_main = pgd_at_outer_loss(logits_adv, y)
             else:
                 loss_main = smooth_cross_entropy(logits_adv, y, objective["label_smoothing"])
             loss_dra = torch.zeros((), device=device)
@@ -380,7 +384,7 @@ def train_cell(recipe: dict, out_dir: str | Path, state_dir: str | Path, threads
             optimizer.step()
             if schedule.per == "step":
                 schedule.scheduler.step()
-            ema.update(classifier, progress.global_step)
+            ema.update(classifier, dmat_step_count(epoch, progress.step_in_epoch, dmat_steps))
 
             progress.global_step += 1
             progress.step_in_epoch += 1
@@ -406,7 +410,8 @@ def train_cell(recipe: dict, out_dir: str | Path, state_dir: str | Path, threads
                 validation = robust_accuracy(ema.model, val_images, val_labels, attack["eps"], attack["step"],
                                              recipe["validation"]["attack_steps"], recipe["batch_size"],
                                              torch.Generator(device=device).manual_seed(recipe["seed"]))
-            if recipe["checkpoint"]["select"] == "best_val" and validation[1] > progress.best_val_robust:
+            # a tie keeps the later epoch, as DM-AT's train-wa.py does (>=)
+            if recipe["checkpoint"]["select"] == "best_val" and validation[1] >= progress.best_val_robust:
                 progress.best_val_robust = validation[1]
                 with atomic_file(state_dir / BEST_FILE) as tmp:
                     torch.save(ema.model.state_dict(), tmp)

@@ -1,4 +1,4 @@
-"""Training objectives: TRADES as DM-AT runs it, PGD-AT, and standard training.
+"""Training objectives: TRADES as DM-AT runs it, PGD-AT as DM-AT runs it, and standard training.
 
 TRADES (DM-AT gowal21uncovering/utils/trades.py):
 - attack: uniform start, 10 sign steps maximizing KL_batchmean(p_nat || p_adv) with p_nat
@@ -7,6 +7,13 @@ TRADES (DM-AT gowal21uncovering/utils/trades.py):
   CE_ls(logits_nat, y) + beta * KL_batchmean(softmax(logits_nat) || softmax(logits_adv)),
   softmax(logits_nat) NOT detached;
 - label smoothing 0.1 on the clean CE only: 0.9 NLL(y) + 0.1 mean_c(-log p_c).
+
+PGD-AT (Madry et al.) as DM-AT's Trainer.adversarial_loss runs it when no beta is given
+(wzekai99/DM-Improves-AT core/utils/train.py, core/utils/context.py):
+- attack: uniform start, sign steps maximizing cross-entropy, with the model in EVAL mode
+  (BatchNorm uses its running statistics), unlike TRADES' train-mode attack;
+- outer loss: plain cross-entropy of one train-mode forward of the adversarial batch; DM-AT
+  passes its label smoothing to TRADES only.
 """
 
 from __future__ import annotations
@@ -15,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dra.training.attacks import (cross_entropy_objective, frozen_batchnorm_statistics, pgd_linf,
+from dra.training.attacks import (cross_entropy_objective, evaluation_mode, frozen_batchnorm_statistics, pgd_linf,
                                   trades_kl_objective)
 
 OBJECTIVES = ("trades", "pgd_at", "standard")
@@ -37,22 +44,27 @@ def trades_outer_loss(logits_natural: torch.Tensor, logits_adversarial: torch.Te
     return smooth_cross_entropy(logits_natural, labels, label_smoothing) + beta * robust, robust
 
 
+def pgd_at_outer_loss(logits_adversarial: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of the adversarial logits, without label smoothing (DM-AT's adversarial_loss)."""
+    return F.cross_entropy(logits_adversarial.float(), labels)
+
+
 def adversarial_examples(objective: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                          eps: float, step_size: float, steps: int, start_noise: torch.Tensor) -> torch.Tensor:
     """The training-time inputs of the adversarial branch for `objective`.
 
-    'trades' attacks KL to the clean prediction, 'pgd_at' attacks cross-entropy; both in train
-    mode with BatchNorm statistics frozen. 'standard' returns x itself (no attack).
+    'trades' attacks KL to the clean prediction in train mode with BatchNorm statistics frozen;
+    'pgd_at' attacks cross-entropy in eval mode (running statistics). 'standard' returns x
+    itself (no attack).
     """
     if objective == "standard":
         return x
-    with frozen_batchnorm_statistics(model):
-        if objective == "trades":
+    if objective == "trades":
+        with frozen_batchnorm_statistics(model):
             with torch.no_grad():
                 natural_probabilities = F.softmax(model(x).float(), dim=1)
-            attack_objective = trades_kl_objective(natural_probabilities)
-        elif objective == "pgd_at":
-            attack_objective = cross_entropy_objective(y)
-        else:
-            raise ValueError(f"objective.name: expected one of {OBJECTIVES}, got {objective!r}")
-        return pgd_linf(model, x, attack_objective, eps, step_size, steps, start_noise)
+            return pgd_linf(model, x, trades_kl_objective(natural_probabilities), eps, step_size, steps, start_noise)
+    if objective == "pgd_at":
+        with evaluation_mode(model):
+            return pgd_linf(model, x, cross_entropy_objective(y), eps, step_size, steps, start_noise)
+    raise ValueError(f"objective.name: expected one of {OBJECTIVES}, got {objective!r}")
