@@ -267,6 +267,20 @@ def train_inputs(wildcards):
     return inputs
 
 
+def train_gpus(wildcards):
+    # the fewest GPUs whose memory holds the cell's share of the batch (dra.gpu_plan, config hardware)
+    return cfg.train_plan(config, cell_of(wildcards)).gpus
+
+
+def train_runtime(wildcards, attempt):
+    """From the cell's steps and the measured GPU seconds per image where the memory table has them,
+    else resources.train.runtime; times the attempt, as runtime_per_attempt."""
+    minutes = cfg.train_plan(config, cell_of(wildcards)).runtime_minutes
+    if minutes is None:
+        return runtime_per_attempt("train")(wildcards, attempt)
+    return f"{minutes * attempt}m"
+
+
 def train_launcher(wildcards, resources):
     # one process per allocated GPU; torchrun splits the recipe's global batch across them
     if resources.gpu > 1:
