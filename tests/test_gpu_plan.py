@@ -105,3 +105,32 @@ def test_paper_dry_run_shows_each_cells_gpus(tmp_path):
     expected = {cell.id: cfg.train_plan(config, cell).gpus for cell in cfg.table_cells(config)}
     assert shown == expected
     assert set(shown.values()) == {1, 2, 4}  # cells differ: one global GPU count could not serve them
+
+
+def test_measured_gpu_seconds_give_runtime_and_gpu_hours_marked_canary(tmp_path):
+    import subprocess
+    import sys
+
+    # a GPU canary measured 2 ms per WRN-28-10 image: its cells take their time from it, the rest from FLOPs
+    lines = (ROOT / PAPER["hardware"]["memory_per_image"]).read_text().splitlines()
+    table = tmp_path / "table.csv"
+    table.write_text("\n".join(line.replace(",,cpu", ",0.002,cuda") if line.startswith("wrn-28-10,") else line
+                               for line in lines) + "\n")
+    config = copy.deepcopy(PAPER)
+    config["hardware"]["memory_per_image"] = str(table)
+    cell = cfg.parse_cell("cifar10/wrn-28-10/dm-at/syn20m-bs2048-ep2400")
+    plan = cfg.train_plan(config, cell)
+    # 60000 steps x 1024 images per GPU x 2 ms x 1.5 (validation, checkpoints, loading) = 3072 minutes
+    assert (plan.steps, plan.runtime_minutes) == (60000, 3072)
+    assert cfg.train_plan(config, cfg.parse_cell("cifar10/vit-b-2/dm-at/syn50m-bs1024-ep2000")).runtime_minutes is None
+
+    overlay = tmp_path / "overlay.yaml"
+    overlay.write_text(yaml.safe_dump({"hardware": {"memory_per_image": str(table)}}))
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_hours.py"), "--configfile", str(overlay),
+                             "--wrn28-images-per-second", "1000"], cwd=ROOT, capture_output=True, text=True,
+                            env={**__import__("os").environ, "PYTHONPATH": str(ROOT)}, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = {line.split()[0]: line.split() for line in result.stdout.splitlines() if line.startswith(("cifar", "imagenet"))}
+    # 122.9M images x 2 ms = 68 GPU-hours, marked canary; ViT-B/2 keeps the FLOP estimate
+    assert rows[cell.id][-2:] == ["68", "canary"]
+    assert rows["cifar10/vit-b-2/dm-at/syn50m-bs1024-ep2000"][-1] == "FLOPs"
