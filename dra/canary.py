@@ -12,7 +12,8 @@ smoke test cannot download:
   features extracted by the project's own extractors (layer, sigma or t, views as configured);
 - pretrained backbones (DINOv3) start from random weights; the EDM encoder from a random EDM.
 Then train_cell runs `steps` steps of `micro_batch` images (one GPU's share of one micro-batch
-in the planned job). Recorded: pass or fail, seconds per step (after the first), peak memory
+in the planned job), one epoch without validation (its 40-step attack on held-out images is not
+what the canary measures). Recorded: pass or fail, seconds per step (after the first), peak memory
 (torch.cuda.max_memory_allocated on a GPU, the process's peak RSS on the CPU, which includes the
 interpreter and torch themselves) and the bytes saved for backward per image
 (dra.training.memory), the figure the GPU plan (dra.gpu_plan) reads.
@@ -92,7 +93,7 @@ def edm_features(checkpoint: str, images: str, out: Path, diffusion: dict, views
     return str(out)
 
 
-def lightningdit_features(stores: dict[str, tuple[str, str]], folder: Path, layer: int, threads: int) -> dict[str, str]:
+def lightningdit_features(stores: dict[str, tuple[str, str]], folder: Path, layer: int) -> dict[str, str]:
     """Features of each (kind, path) in `stores` (kind: 'index' or 'store') by a randomly initialised
     LightningDiT-XL/1 and VA-VAE f16d32, the release's sizes."""
     from dra.data.imagenet_loader import ImageNetIndexDataset, ImageStoreDataset, imagenet_transform
@@ -114,7 +115,7 @@ def lightningdit_features(stores: dict[str, tuple[str, str]], folder: Path, laye
     return out
 
 
-def canary_recipe(recipe: dict, work: Path, micro_batch: int, steps: int, threads: int) -> dict:
+def canary_recipe(recipe: dict, work: Path, micro_batch: int, steps: int) -> dict:
     """The recipe with random data and random diffusion networks in place of the downloads."""
     recipe = copy.deepcopy(recipe)
     data = recipe["data"]
@@ -144,7 +145,7 @@ def canary_recipe(recipe: dict, work: Path, micro_batch: int, steps: int, thread
             stores = {"real": ("index", data["train"])}
             if data["synthetic"]:
                 stores["synthetic"] = ("store", data["synthetic"])
-            dra["features"].update(lightningdit_features(stores, work / "features", int(dra["diffusion"]["layer"]), threads))
+            dra["features"].update(lightningdit_features(stores, work / "features", int(dra["diffusion"]["layer"])))
         else:
             checkpoint = random_edm(work / "diffusion", data["num_classes"], seed=4)
             dra["diffusion"]["checkpoint"] = checkpoint
@@ -159,7 +160,7 @@ def canary_recipe(recipe: dict, work: Path, micro_batch: int, steps: int, thread
 def _prepare(recipe: dict, work: Path, micro_batch: int, steps: int, threads: int, queue) -> None:
     try:
         torch.set_num_threads(threads)
-        queue.put(("ok", canary_recipe(recipe, work, micro_batch, steps, threads)))
+        queue.put(("ok", canary_recipe(recipe, work, micro_batch, steps)))
     except Exception:  # reported by the parent as the cell's failure
         queue.put(("error", traceback.format_exc()))
 

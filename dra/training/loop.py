@@ -325,8 +325,9 @@ def train_cell(recipe: dict, out_dir: str | Path, state_dir: str | Path, threads
 
     def train_micro_batch(x, y, start_noise, target_keys, global_size: int, first: bool) -> torch.Tensor:
         """Attack, forward and backward of one micro-batch (`target_keys`: its store indices,
-        is-synthetic flags and target views), its loss weighted by its share of the global batch, so that the gradients summed over
-        micro-batches (and averaged over DDP ranks, times world_size) are the global-batch mean.
+        is-synthetic flags and target views), its loss weighted by its share of the global batch, so
+        that the gradients summed over micro-batches (and averaged over DDP ranks, times world_size)
+        are the global-batch mean.
         BatchNorm normalizes by this micro-batch's statistics, as on one GPU of DM-AT's DataParallel;
         the running statistics keep the first micro-batch's update only, as DataParallel keeps
         device 0's replica and DDP broadcasts rank 0's buffers. Returns this micro-batch's log sums."""
