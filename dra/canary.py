@@ -257,7 +257,7 @@ def write_canary_table(rows: list[dict], out_csv: str | Path, out_md: str | Path
     with atomic_file(out_csv) as tmp:
         frame.to_csv(tmp, index=False)
     with atomic_file(out_md) as tmp:
-        tmp.write_text(frame.to_markdown(index=False, floatfmt=".3g") + "\n")
+        tmp.write_text(frame.to_markdown(index=False, floatfmt="g") + "\n")
 
 
 def update_memory_table(rows: list[dict], path: str | Path, measured: str) -> int:
