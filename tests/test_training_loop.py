@@ -261,17 +261,21 @@ def _torchrun_train(tmp_path, name, recipe, processes):
 
 
 @pytest.mark.slow
-def test_accumulated_micro_batches_match_ddp_over_as_many_gloo_processes(stores, tmp_path):
-    """TRADES + DRA on a WRN with BatchNorm, a global batch of 15 (micro-batches of 8 and 7): two
-    micro-batches in one process take the optimizer steps, and keep the BatchNorm running
-    statistics, of DDP over two processes, where each rank normalizes by its own micro-batch and
-    rank 0's buffers are kept (broadcast before every forward)."""
+@pytest.mark.parametrize("chunks,ddp_accumulation", [(2, 1), (4, 2)])
+def test_accumulated_micro_batches_match_ddp_over_as_many_gloo_processes(stores, tmp_path, chunks, ddp_accumulation):
+    """TRADES + DRA on a WRN with BatchNorm, a global batch of 15 cut into `chunks` micro-batches
+    (8 + 7, or 4 + 4 + 4 + 3): all of them in one process take the optimizer steps, and keep the
+    BatchNorm running statistics, of DDP over two gloo processes (each with chunks / 2 micro-batches,
+    gradients reduced at the last), where each rank normalizes by its own micro-batch and rank 0's
+    buffers are kept (broadcast before a step's forwards)."""
     recipe = tiny_recipe(stores, objective="trades", dra=True, epochs=2, batch_size=15)
     accumulated = copy.deepcopy(recipe)
-    accumulated["accumulation_steps"] = 2
+    accumulated["accumulation_steps"] = chunks
     single_weights, _, single_state = _final_weights(tmp_path, "accumulated", accumulated)
     single_trainable = torch.load(single_state / "state.pt", weights_only=True)["trainable"]
+    recipe["accumulation_steps"] = ddp_accumulation
     ddp_weights, ddp_trainable = _torchrun_train(tmp_path, "ddp", recipe, processes=2)
+    recipe["accumulation_steps"] = 1
     whole_batch, _, _ = _final_weights(tmp_path, "whole_batch", recipe)
 
     assert any("running_mean" in key for key in single_weights)  # BatchNorm statistics are compared too
