@@ -101,8 +101,10 @@ def lightningdit_features(stores: dict[str, tuple[str, str]], folder: Path, laye
     from dra.diffusion.lightningdit_features import LightningDiTFeatureExtractor, extract_lightningdit_feature_store
     from dra.diffusion.vavae import VAVAE, VAVAE_F16D32, LatentStats
 
+    # on the GPU where there is one: the planned micro-batches make thousands of images to encode
+    device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.manual_seed(0)
-    dit, vae = LightningDiT(**LIGHTNINGDIT_XL_1).eval(), VAVAE(**VAVAE_F16D32).eval()
+    dit, vae = LightningDiT(**LIGHTNINGDIT_XL_1).eval().to(device), VAVAE(**VAVAE_F16D32).eval().to(device)
     stats = LatentStats(torch.zeros(1, vae.embed_dim, 1, 1), torch.ones(1, vae.embed_dim, 1, 1))
     extractor = LightningDiTFeatureExtractor(dit, vae, stats, layer=layer)
     out = {}
@@ -111,7 +113,7 @@ def lightningdit_features(stores: dict[str, tuple[str, str]], folder: Path, laye
                    else ImageStoreDataset(path))
         out[name] = str(extract_lightningdit_feature_store(extractor, dataset, folder / name, source=path,
                                                            diffusion_model="canary: random LightningDiT-XL/1",
-                                                           batch_size=4, num_workers=0))
+                                                           batch_size=4, num_workers=0, device=device))
     return out
 
 
