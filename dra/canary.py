@@ -24,6 +24,7 @@ from __future__ import annotations
 import copy
 import multiprocessing
 import resource
+import shutil
 import statistics
 import time
 import traceback
@@ -196,7 +197,8 @@ def canary_cell(recipe: dict, work: str | Path, out_json: str | Path, micro_batc
     from dra.training import train_cell
 
     work = Path(work)
-    work.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(work, ignore_errors=True)  # a rerun measures afresh instead of resuming a finished run
+    work.mkdir(parents=True)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     cell = recipe["cell"]
     row = {"cell": f"{cell['dataset']}/{cell['arch']}/{cell['method']}/{cell['budget']}", "arch": cell["arch"],
