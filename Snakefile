@@ -1,5 +1,6 @@
 # Reproduction of "Expanding the Role of Diffusion Models for Robust Classifier Training" (DRA).
 #
+#   snakemake --profile slurm canary --configfile config/canary.yaml   first: does each cell fit your GPUs?
 #   snakemake --profile slurm all_tables                               the paper, on a SLURM cluster
 #   snakemake all --cores 2 --configfile config/mini.yaml               offline mini scale, CPU
 #   snakemake --profile slurm results/paper/<dataset>/<arch>/<method>/<budget>/autoattack.json
@@ -51,6 +52,7 @@ include: "rules/evaluate.smk"
 include: "rules/reference.smk"
 include: "rules/analysis.smk"
 include: "rules/figures.smk"
+include: "rules/canary.smk"
 
 
 rule all:

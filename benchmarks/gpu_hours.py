@@ -4,6 +4,11 @@
     python benchmarks/gpu_hours.py --wrn28-images-per-second 1500   # + GPU-hours from a measured rate
     python benchmarks/gpu_hours.py --configfile config/short.yaml
 
+GPU-hours come from the canary's measured GPU seconds per image where the per-image memory table
+(config hardware.memory_per_image, rewritten by scripts/canary_table.py --memory-table after a GPU
+canary) has them for the cell's architecture, size and precision (column source: canary), else from
+the FLOP estimate below (source: FLOPs). The GPUs column is the cell's plan (dra.gpu_plan).
+
 Method: a cell trains ceil(epoch_reference_size / batch) * epochs steps of `batch` images
 (DM-AT's epoch length, core/data/semisup.py). Per image, a TRADES-k step costs k attack forward+backward
 passes, one forward of p_nat, and two forward+backward passes of the outer loss; PGD-AT has no
@@ -17,7 +22,6 @@ architecture; it is an estimate to plan with, not a measurement.
 from __future__ import annotations
 
 import argparse
-import math
 from pathlib import Path
 
 import torch
@@ -25,7 +29,8 @@ import yaml
 from snakemake.utils import update_config
 from torch.utils.flop_counter import FlopCounterMode
 
-from dra.config import resolve_arch, table_cells
+from dra.config import resolve_arch, table_cells, train_plan, training_steps
+from dra.gpu_plan import precision_name, read_memory_table
 from dra.models import create_classifier
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -61,12 +66,13 @@ def main(argv=None):
         update_config(config, yaml.safe_load(Path(args.configfile).read_text()))
     reference = forward_flops({"family": "wrn", "depth": 28, "width": 10, "activation": "silu"}, 10, 32)
     reference_per_image = reference * passes_per_image("trades", 10)
-    print(f"{'cell':<52}{'steps':>9}{'Mimages':>9}{'fwd GFLOP':>10}{'PFLOP':>10}{'GPU-h':>8}")
+    memory_table = read_memory_table(ROOT / config["hardware"]["memory_per_image"])
+    print(f"{'cell':<52}{'steps':>9}{'Mimages':>9}{'fwd GFLOP':>10}{'PFLOP':>10}{'GPUs':>5}{'GPU-h':>8}  source")
     total_hours = 0.0
     for cell in table_cells(config):
         dataset = config["datasets"][cell.dataset]
         recipe = config["recipes"][cell.dataset][cell.arch]
-        steps = math.ceil(dataset["epoch_reference_size"] / cell.batch_size) * cell.epochs
+        steps = training_steps(config, cell)
         images = steps * cell.batch_size
         arch = resolve_arch(config, cell.arch, config["seed"])
         # FLOPs need the architecture only, not its (pretrained or encoder) weights
@@ -79,14 +85,21 @@ def main(argv=None):
         flops = forward_flops(arch, dataset["num_classes"], dataset["image_size"])
         objective = config["methods"][cell.method]["objective"]
         total = images * flops * passes_per_image(objective, recipe["attack"]["steps"])
-        hours = "-"
-        if args.wrn28_images_per_second:
-            seconds = total / (reference_per_image * args.wrn28_images_per_second)
+        row = memory_table.get((cell.arch, dataset["image_size"], precision_name(recipe["precision"])))
+        hours, source = "-", "-"
+        if row is not None and row.gpu_seconds_per_image is not None:
+            # every GPU of the job spends its images' measured seconds: GPU-hours = images x seconds per image
+            seconds, source = images * row.gpu_seconds_per_image, "canary"
+        elif args.wrn28_images_per_second:
+            seconds, source = total / (reference_per_image * args.wrn28_images_per_second), "FLOPs"
+        if source != "-":
             total_hours += seconds / 3600
             hours = f"{seconds / 3600:.0f}"
-        print(f"{cell.id:<52}{steps:>9}{images / 1e6:>9.1f}{flops / 1e9:>10.2f}{total / 1e15:>10.0f}{hours:>8}")
-    if args.wrn28_images_per_second:
-        print(f"total GPU-hours (training only): {total_hours:.0f}")
+        gpus = train_plan(config, cell).gpus
+        print(f"{cell.id:<52}{steps:>9}{images / 1e6:>9.1f}{flops / 1e9:>10.2f}{total / 1e15:>10.0f}{gpus:>5}{hours:>8}"
+              f"  {source}")
+    if total_hours:
+        print(f"total GPU-hours (training only, the cells with a source): {total_hours:.0f}")
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ at the end of its budget (``syn2k-bs128-ep30-seed2``); the plain budget is train
 from __future__ import annotations
 
 import copy
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -125,6 +126,18 @@ def validate_config(config: dict) -> None:
     _check_downloads(config)
     _check_sizes_and_ranges(config)
     _check_duplicate_rows(config)
+    _check_gpu_plans(config)
+
+
+def _check_gpu_plans(config: dict) -> None:
+    """Every cell fits the configured GPUs (with accumulation) before any job starts."""
+    from dra.gpu_plan import PlanError
+
+    for cell in {cell.id: cell for cell in table_cells(config) + figure_cells(config)}.values():
+        try:
+            train_plan(config, cell)
+        except PlanError as error:
+            raise ConfigError(f"config keys hardware / resources.train: {error}") from None
 
 
 def _require(condition: bool, key: str, message: str) -> None:
@@ -718,6 +731,20 @@ def resolve_arch(config: dict, arch: str, seed: int) -> dict:
     }
 
 
+def training_steps(config: dict, cell: Cell) -> int:
+    """DM-AT's epoch length (ceil(epoch_reference_size / batch) steps) times the cell's epochs."""
+    return math.ceil(config["datasets"][cell.dataset]["epoch_reference_size"] / cell.batch_size) * cell.epochs
+
+
+def train_plan(config: dict, cell: Cell):
+    """GPUs, micro-batches per GPU and time limit of the cell's training job (dra.gpu_plan)."""
+    from dra.gpu_plan import plan_cell
+
+    return plan_cell(config, cell, config["methods"][cell.method]["objective"],
+                     config["recipes"][cell.dataset][cell.arch]["precision"],
+                     config["datasets"][cell.dataset]["image_size"], training_steps(config, cell))
+
+
 def resolve_recipe(config: dict, cell: Cell) -> dict:
     """Everything the training script needs for one cell (docs/architecture.md)."""
     dataset = config["datasets"][cell.dataset]
@@ -791,6 +818,8 @@ def resolve_recipe(config: dict, cell: Cell) -> dict:
         **recipe,
         "batch_size": cell.batch_size,
         "epochs": cell.epochs,
+        # micro-batches per GPU: what the memory model gives the cell on the configured hardware
+        "accumulation_steps": train_plan(config, cell).accumulation_steps,
     }
 
 

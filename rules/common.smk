@@ -316,6 +316,44 @@ def train_inputs(wildcards):
     return inputs
 
 
+def train_gpus(wildcards):
+    # the fewest GPUs whose memory holds the cell's share of the batch (dra.gpu_plan, config hardware)
+    return cfg.train_plan(config, cell_of(wildcards)).gpus
+
+
+def train_runtime(wildcards, attempt):
+    """From the cell's steps and the measured GPU seconds per image where the memory table has them,
+    else resources.train.runtime; times the attempt, as runtime_per_attempt."""
+    minutes = cfg.train_plan(config, cell_of(wildcards)).runtime_minutes
+    if minutes is None:
+        return runtime_per_attempt("train")(wildcards, attempt)
+    return f"{minutes * attempt}m"
+
+
+# every trained cell, once: the canary runs them all
+CANARY_CELLS = list({cell.id: cell for cell in CELLS + cfg.figure_cells(config)}.values())
+
+
+def canary_micro_batch(wildcards):
+    # planned: the images each GPU of the cell's job holds at once; a number: that (the CPU's 2)
+    chosen = config["canary"]["micro_batch"]
+    if chosen == "planned":
+        return cfg.train_plan(config, cell_of(wildcards)).micro_batch
+    return chosen
+
+
+def canary_planned(wildcards):
+    plan = cfg.train_plan(config, cell_of(wildcards))
+    gib = plan.bytes_per_gpu / 2**30 if plan.bytes_per_gpu is not None else None
+    return json.dumps(
+        {
+            "planned_gpus": plan.gpus,
+            "planned_accumulation": plan.accumulation_steps,
+            "planned_gib_per_gpu": gib,
+        }
+    )
+
+
 def train_launcher(wildcards, resources):
     # one process per allocated GPU; torchrun splits the recipe's global batch across them
     if resources.gpu > 1:

@@ -34,9 +34,9 @@ rule train_cell:
         "../envs/torch.yaml"
     threads: resource("train", "cpus")
     resources:
-        gpu=resource("train", "gpu"),
+        gpu=train_gpus,
         tasks_per_gpu=0,
-        runtime=runtime_per_attempt("train"),
+        runtime=train_runtime,
         mem_mb=resource("train", "mem_mb"),
     params:
         # resumable state: deliberately not a declared output, so a failed or killed attempt keeps it

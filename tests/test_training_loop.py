@@ -79,6 +79,7 @@ def tiny_recipe(stores, objective="trades", dra=True, synthetic=True, arch=None,
         "ema": {"tau": 0.995, "warmup_fraction": 0.025},
         "batch_size": batch_size,
         "epochs": epochs,
+        "accumulation_steps": 1,
         "precision": {"bf16": False, "channels_last": False, "compile": False},
         "checkpoint": {"every_steps": 1, "select": "last"},
         "validation": {"every_epochs": 1, "attack_steps": 3},
@@ -269,6 +270,51 @@ def test_two_gloo_processes_match_one_process(stores, imagenet_folder, tmp_path,
     for ours, theirs in zip(single_log, ddp_log):
         assert float(theirs["loss"]) == pytest.approx(float(ours["loss"]), rel=1e-4)
         assert float(theirs["loss_dra"]) == pytest.approx(float(ours["loss_dra"]), rel=1e-4, abs=1e-6)
+
+
+def _torchrun_train(tmp_path, name, recipe, processes):
+    write_yaml(tmp_path / f"{name}.yaml", recipe)
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env["PYTHONPATH"] = str(REPO)
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1", "--nproc_per_node",
+         str(processes), str(REPO / "scripts" / "train.py"), "--recipe", str(tmp_path / f"{name}.yaml"),
+         "--out-dir", str(tmp_path / name / "out"), "--state-dir", str(tmp_path / name / "state"), "--threads", "1"],
+        env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    state = torch.load(tmp_path / name / "state" / "state.pt", weights_only=True)
+    return torch.load(tmp_path / name / "out" / "model.pt", weights_only=True), state["trainable"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("chunks,ddp_accumulation", [(2, 1), (4, 2)])
+def test_accumulated_micro_batches_match_ddp_over_as_many_gloo_processes(stores, tmp_path, chunks, ddp_accumulation):
+    """TRADES + DRA on a WRN with BatchNorm, a global batch of 15 cut into `chunks` micro-batches
+    (8 + 7, or 4 + 4 + 4 + 3): all of them in one process take the optimizer steps, and keep the
+    BatchNorm running statistics, of DDP over two gloo processes (each with chunks / 2 micro-batches,
+    gradients reduced at the last), where each rank normalizes by its own micro-batch and rank 0's
+    buffers are kept (broadcast before a step's forwards)."""
+    recipe = tiny_recipe(stores, objective="trades", dra=True, epochs=2, batch_size=15)
+    accumulated = copy.deepcopy(recipe)
+    accumulated["accumulation_steps"] = chunks
+    single_weights, _, single_state = _final_weights(tmp_path, "accumulated", accumulated)
+    single_trainable = torch.load(single_state / "state.pt", weights_only=True)["trainable"]
+    recipe["accumulation_steps"] = ddp_accumulation
+    ddp_weights, ddp_trainable = _torchrun_train(tmp_path, "ddp", recipe, processes=2)
+    recipe["accumulation_steps"] = 1
+    whole_batch, _, _ = _final_weights(tmp_path, "whole_batch", recipe)
+
+    assert any("running_mean" in key for key in single_weights)  # BatchNorm statistics are compared too
+    largest = max((single_trainable[key].double() - ddp_trainable[key].double()).abs().max().item()
+                  for key in single_trainable)
+    print(f"largest |accumulation - DDP| over the trained weights and buffers: {largest:.3g}")
+    for ours, theirs in ((single_weights, ddp_weights), (single_trainable, ddp_trainable)):
+        assert ours.keys() == theirs.keys()
+        for key in ours:
+            torch.testing.assert_close(ours[key].double(), theirs[key].double(), rtol=1e-4, atol=1e-5, msg=key)
+    # BatchNorm over the whole batch of 15 trains another model: the comparison above can fail
+    apart = max((single_weights[key].double() - whole_batch[key].double()).abs().max().item() for key in single_weights)
+    assert apart > 1e-3
 
 
 def test_online_targets_from_a_diffusion_checkpoint_with_bf16_and_channels_last(stores, tmp_path):

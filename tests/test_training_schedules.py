@@ -184,7 +184,8 @@ def _valid_recipe():
         "objective": {"name": "trades", "beta": 5.0, "label_smoothing": 0.1}, "dra": None,
         "optimizer": {"name": "sgd", "lr": 0.2, "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4},
         "schedule": {"name": "dmat_onecycle", "warmup_fraction": 0.025}, "ema": {"tau": 0.995, "warmup_fraction": 0.025},
-        "batch_size": 512, "epochs": 400, "precision": {"bf16": False, "channels_last": False, "compile": False},
+        "batch_size": 512, "epochs": 400, "accumulation_steps": 1,
+        "precision": {"bf16": False, "channels_last": False, "compile": False},
         "checkpoint": {"every_steps": 100, "select": "best_val"}, "validation": {"every_epochs": 1, "attack_steps": 40},
     }
 

@@ -208,10 +208,13 @@ def gather_batch(data: TrainingData, real_idx: np.ndarray, synthetic_idx: np.nda
     return store_index, is_synthetic, images, labels
 
 
+HARDWARE_KEYS = ("precision", "checkpoint", "accumulation_steps")
+
+
 def _resumable_part(recipe: dict) -> dict:
-    """What must not change between a run and its resumption (precision and checkpoint
-    frequency may: a run can continue on other hardware)."""
-    return {key: value for key, value in recipe.items() if key not in ("precision", "checkpoint")}
+    """What must not change between a run and its resumption (precision, checkpoint frequency and
+    the micro-batches per GPU may: a run can continue on other hardware)."""
+    return {key: value for key, value in recipe.items() if key not in HARDWARE_KEYS}
 
 
 def save_state(path: Path, recipe: dict, trainable: TrainingModule, ema: WeightAverage, optimizer, scheduler,
@@ -271,7 +274,7 @@ def train_cell(recipe: dict, out_dir: str | Path, state_dir: str | Path, threads
     """
     recipe = validate_recipe(recipe)
     torch.set_num_threads(threads)
-    context = init_distributed()
+    context = init_distributed(recipe["accumulation_steps"])
     device = context.device
     out_dir, state_dir = Path(out_dir), Path(state_dir)
     data_cfg, attack, objective, precision = recipe["data"], recipe["attack"], recipe["objective"], recipe["precision"]
@@ -322,6 +325,42 @@ def train_cell(recipe: dict, out_dir: str | Path, state_dir: str | Path, threads
         imagenet = ImageNetBatches(data_cfg["train"], data_cfg["synthetic"], data_cfg["image_size"], recipe["seed"],
                                    num_workers=threads)
 
+    def train_micro_batch(x, y, start_noise, target_keys, global_size: int, first: bool) -> torch.Tensor:
+        """Attack, forward and backward of one micro-batch (`target_keys`: its store indices,
+        is-synthetic flags and target views), its loss weighted by its share of the global batch, so
+        that the gradients summed over micro-batches (and averaged over DDP ranks, times world_size)
+        are the global-batch mean.
+        BatchNorm normalizes by this micro-batch's statistics, as on one GPU of DM-AT's DataParallel;
+        the running statistics keep the first micro-batch's update only, as DataParallel keeps
+        device 0's replica and DDP broadcasts rank 0's buffers. Returns this micro-batch's log sums."""
+        with autocast():
+            x_adv = adversarial_examples(objective["name"], attack_forward, x, y, attack["eps"], attack["step"],
+                                         attack["steps"], start_noise)
+            kept = None if first else [buffer.clone() for buffer in classifier.buffers()]
+            logits_clean, logits_adv, projected = train_forward(x if objective["name"] == "trades" else None, x_adv)
+        if objective["name"] == "trades":
+            loss_main, _ = trades_outer_loss(logits_clean, logits_adv, y, objective["beta"], objective["label_smoothing"])
+        elif objective["name"] == "pgd_at":
+            loss_main = pgd_at_outer_loss(logits_adv, y)
+        else:
+            loss_main = smooth_cross_entropy(logits_adv, y, objective["label_smoothing"])
+        loss_dra = torch.zeros((), device=device)
+        if head is not None:
+            target = targets(*target_keys, x, y)
+            loss_dra = dra_loss(projected, target)
+        loss = loss_main + (dra["lambda"] if dra else 0.0) * loss_dra
+        n = len(y)
+        # DDP averages gradients over ranks, hence world_size; the share keeps uneven splits exact
+        (loss * (n * context.world_size / global_size)).backward()
+        if kept is not None:  # after backward: BatchNorm's backward reads the buffers it was given
+            with torch.no_grad():
+                for buffer, value in zip(classifier.buffers(), kept):
+                    buffer.copy_(value)
+        clean_correct = (logits_clean.argmax(1) == y).sum() if logits_clean is not None else torch.zeros((), device=device)
+        return torch.stack([loss.detach().float() * n, loss_main.detach().float() * n, loss_dra.detach().float() * n,
+                            clean_correct.float(), (logits_adv.argmax(1) == y).sum().float(),
+                            torch.tensor(float(n), device=device)])
+
     bar = tqdm(total=epochs * steps_per_epoch, initial=progress.global_step, disable=not context.is_main,
                desc="train", unit="step", dynamic_ncols=True)
     while progress.epoch < epochs:
@@ -350,37 +389,24 @@ def train_cell(recipe: dict, out_dir: str | Path, state_dir: str | Path, threads
 
             set_batchnorm_momentum(classifier, FIRST_STEP_BATCHNORM_MOMENTUM if progress.global_step == 0
                                    else TRAINING_BATCHNORM_MOMENTUM)
-            with autocast():
-                x_adv = adversarial_examples(objective["name"], attack_forward, x, y, attack["eps"], attack["step"],
-                                             attack["steps"], start_noise)
-                logits_clean, logits_adv, projected = train_forward(x if objective["name"] == "trades" else None, x_adv)
-            if objective["name"] == "trades":
-                loss_main, _ = trades_outer_loss(logits_clean, logits_adv, y, objective["beta"], objective["label_smoothing"])
-            elif objective["name"] == "pgd_at":
-                loss_main = pgd_at_outer_loss(logits_adv, y)
-            else:
-                loss_main = smooth_cross_entropy(logits_adv, y, objective["label_smoothing"])
-            loss_dra = torch.zeros((), device=device)
-            if head is not None:
-                target = targets(store_index[mine], is_synthetic[mine], view[mine], x, y)
-                loss_dra = dra_loss(projected, target)
-            loss = loss_main + (dra["lambda"] if dra else 0.0) * loss_dra
-
-            n_local = len(y)
-            clean_correct = (logits_clean.argmax(1) == y).sum() if logits_clean is not None else torch.zeros((), device=device)
-            totals = context.all_reduce_sum(torch.stack([
-                loss.detach().float() * n_local, loss_main.detach().float() * n_local, loss_dra.detach().float() * n_local,
-                clean_correct.float(), (logits_adv.argmax(1) == y).sum().float(), torch.tensor(float(n_local), device=device),
-            ])).tolist()
+            optimizer.zero_grad(set_to_none=True)
+            # [loss, loss_main, loss_dra] x images, clean correct, adversarial correct, images
+            sums = torch.zeros(6, device=device)
+            micro_batches = context.micro_batches(len(store_index))
+            for index, micro in enumerate(micro_batches):
+                local = slice(micro.start - mine.start, micro.stop - mine.start)  # within this rank's share
+                # DDP reduces gradients at the last micro-batch's backward only
+                sync = contextlib.nullcontext() if index == len(micro_batches) - 1 or not context.enabled \
+                    else train_forward.no_sync()
+                keys = (store_index[micro], is_synthetic[micro], view[micro]) if targets else None
+                with sync:
+                    sums += train_micro_batch(x[local], y[local], start_noise[local], keys, len(store_index), index == 0)
+            totals = context.all_reduce_sum(sums).tolist()
             if not all(math.isfinite(v) for v in totals[:3]):
                 raise TrainingDivergedError(
                     f"non-finite loss {totals[0] / totals[5]} at epoch {epoch + 1}, step {progress.step_in_epoch + 1} "
                     f"(global step {progress.global_step + 1}); the last good state is {state_dir / STATE_FILE}. "
                     "Lower optimizer.lr or check the data for NaN.")
-            optimizer.zero_grad(set_to_none=True)
-            # DDP averages gradients over ranks; weighting by the local share keeps that equal to the
-            # global-batch mean when the global batch does not split evenly.
-            (loss * (n_local * context.world_size / totals[5])).backward()
             optimizer.step()
             if schedule.per == "step":
                 schedule.scheduler.step()
@@ -392,7 +418,7 @@ def train_cell(recipe: dict, out_dir: str | Path, state_dir: str | Path, threads
             for key, value in zip(("loss", "loss_main", "loss_dra", "clean_correct", "adv_correct", "images"), totals):
                 progress.sums[key] = progress.sums.get(key, 0.0) + value
             progress.sums["seconds"] = progress.sums.get("seconds", 0.0) + seconds
-            if logits_clean is not None:
+            if objective["name"] == "trades":  # only TRADES has a clean branch to count
                 progress.sums["clean_counted"] = progress.sums.get("clean_counted", 0.0) + totals[5]
             if context.is_main and progress.global_step % recipe["checkpoint"]["every_steps"] == 0:
                 save_state(state_dir / STATE_FILE, recipe, trainable, ema, optimizer, schedule.scheduler, progress, randomness)

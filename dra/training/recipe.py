@@ -74,6 +74,7 @@ _CHECKS: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "ema.warmup_fraction": ("a number in [0, 1)", lambda v: _is_number(v) and 0 <= v < 1),
     "batch_size": ("an integer >= 1", lambda v: _is_int(v) and v >= 1),
     "epochs": ("an integer >= 1", lambda v: _is_int(v) and v >= 1),
+    "accumulation_steps": ("an integer >= 1 (micro-batches per GPU per optimizer step)", lambda v: _is_int(v) and v >= 1),
     "precision.bf16": ("true or false", lambda v: isinstance(v, bool)),
     "precision.channels_last": ("true or false", lambda v: isinstance(v, bool)),
     "precision.compile": ("true or false", lambda v: isinstance(v, bool)),

@@ -1,0 +1,136 @@
+"""GPUs and micro-batches per training cell from the memory model (dra.gpu_plan), and the paper's
+dry run showing them."""
+
+import copy
+import math
+import re
+
+import pytest
+import yaml
+
+from dra import config as cfg
+from dra.gpu_plan import GIB, MIB, bytes_per_gpu, graphs_kept, precision_name, read_memory_table
+from workflow_helpers import ROOT, run_snakemake
+
+PAPER = yaml.safe_load((ROOT / "config.yaml").read_text())
+TABLE = read_memory_table(ROOT / PAPER["hardware"]["memory_per_image"])
+
+
+def with_hardware(memory_gib, gpus_per_node, gpu="auto"):
+    config = copy.deepcopy(PAPER)
+    config["hardware"].update(gpu_memory_gib=memory_gib, gpus_per_node=gpus_per_node)
+    config["resources"]["train"]["gpu"] = gpu
+    return config
+
+
+def planned_cells(config):
+    return {cell.id: cell for cell in cfg.table_cells(config) + cfg.figure_cells(config)}.values()
+
+
+def estimate(config, cell, micro_batch):
+    recipe = config["recipes"][cell.dataset][cell.arch]
+    row = TABLE[(cell.arch, config["datasets"][cell.dataset]["image_size"], precision_name(recipe["precision"]))]
+    graphs = graphs_kept(config["methods"][cell.method]["objective"])
+    return bytes_per_gpu(row, graphs, micro_batch, recipe["precision"]["bf16"])
+
+
+@pytest.mark.parametrize("memory_gib,gpus_per_node", [(80, 8), (40, 4)])
+def test_every_planned_cell_fits_its_gpus_with_the_fewest_gpus_and_micro_batches(memory_gib, gpus_per_node):
+    config = with_hardware(memory_gib, gpus_per_node)
+    cfg.validate_config(config)
+    usable = memory_gib * GIB * (1 - config["hardware"]["headroom_fraction"])
+    cells = list(planned_cells(config))
+    assert len(cells) == 30  # 24 table cells and the lambda sweep of Figure 8
+    for cell in cells:
+        plan = cfg.train_plan(config, cell)
+        assert 1 <= plan.gpus <= gpus_per_node
+        assert plan.micro_batch == math.ceil(cell.batch_size / (plan.gpus * plan.accumulation_steps))
+        assert plan.bytes_per_gpu == pytest.approx(estimate(config, cell, plan.micro_batch))
+        assert plan.bytes_per_gpu <= usable, cell.id
+        # minimal: one GPU fewer (without accumulation) or one micro-batch fewer would not fit
+        if plan.accumulation_steps == 1 and plan.gpus > 1:
+            assert estimate(config, cell, math.ceil(cell.batch_size / (plan.gpus - 1))) > usable, cell.id
+        if plan.accumulation_steps > 1:
+            assert plan.gpus == gpus_per_node
+            fewer = math.ceil(cell.batch_size / (plan.gpus * (plan.accumulation_steps - 1)))
+            assert estimate(config, cell, fewer) > usable, cell.id
+        assert cfg.resolve_recipe(config, cell)["accumulation_steps"] == plan.accumulation_steps
+
+
+def test_known_plans_from_the_measured_per_image_memory():
+    # WRN-28-10, TRADES (2 graphs) at batch 2048: 2 x 28.2 MiB x 1024 images + 16 bytes x 42.5M
+    # parameters = 57.0 GiB on each of 2 GPUs; one GPU would need 113 GiB of the 64 usable
+    cell = cfg.parse_cell("cifar10/wrn-28-10/dm-at/syn20m-bs2048-ep2400")
+    plan = cfg.train_plan(PAPER, cell)
+    assert (plan.gpus, plan.accumulation_steps, plan.micro_batch) == (2, 1, 1024)
+    assert plan.bytes_per_gpu == pytest.approx(2 * 28.2 * MIB * 1024 + 16 * 42512858)
+    assert plan.bytes_per_gpu / GIB == pytest.approx(57.0, abs=0.05)
+    # ConvNeXt-B on ImageNet under 4 x 40 GB: 4 GPUs are not enough for 256 images each, so
+    # 2 micro-batches of 128 per GPU (2 x 112.1 MiB x 128 + 18 bytes x 97.2M = 29.7 GiB of 32)
+    small = with_hardware(40, 4)
+    plan = cfg.train_plan(small, cfg.parse_cell("imagenet/convnext-b/dm-at+dra/syn4m-bs1024-ep100"))
+    assert (plan.gpus, plan.accumulation_steps, plan.micro_batch) == (4, 2, 128)
+    # a fixed GPU count (config/short.yaml's one GPU): only the accumulation is planned
+    plan = cfg.train_plan(with_hardware(80, 8, gpu=1), cell)
+    assert (plan.gpus, plan.accumulation_steps, plan.micro_batch) == (1, 2, 1024)
+
+
+def test_a_gpu_too_small_for_one_image_and_a_missing_table_row_stop_with_the_keys(tmp_path):
+    # WRN-70-16: 16 bytes x 273.6M parameters + 2 x 121.2 MiB = 4.3 GiB, over 80% of 5 GiB
+    with pytest.raises(cfg.ConfigError, match=r"hardware / resources.train: cell cifar10/wrn-70-16/dm-at/syn50m-bs1024-"
+                                              r"ep2000: one image of wrn-70-16 needs 4.3 GiB, more than the 4.0 GiB usable"):
+        cfg.validate_config(with_hardware(5, 8))
+    config = with_hardware(80, 8)
+    table = tmp_path / "table.csv"
+    lines = (ROOT / PAPER["hardware"]["memory_per_image"]).read_text().splitlines()
+    table.write_text("\n".join(line for line in lines if not line.startswith("vit-b-2,")) + "\n")
+    config["hardware"]["memory_per_image"] = str(table)
+    with pytest.raises(cfg.ConfigError, match=r"no row for arch vit-b-2 at 32x32 in fp32.*run the canary"):
+        cfg.validate_config(config)
+
+
+def test_paper_dry_run_shows_each_cells_gpus(tmp_path):
+    overlay = tmp_path / "overlay.yaml"
+    overlay.write_text("datasets:\n  imagenet:\n    source:\n      path: /data/ILSVRC2012\n"
+                       "hardware: {gpu_memory_gib: 40, gpus_per_node: 4}\n")
+    result = run_snakemake(ROOT, "all_models", "--configfile", str(overlay), "--dry-run", timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    config = copy.deepcopy(PAPER)
+    config["hardware"].update(gpu_memory_gib=40, gpus_per_node=4)
+    shown = {}
+    for job in result.stdout.split("rule train_cell:")[1:]:
+        wildcards = dict(re.findall(r"(\w+)=([^,\s]+)", re.search(r"wildcards: (.*)", job)[1]))
+        gpus = int(re.search(r"resources: .*\bgpu=(\d+)", job)[1])
+        shown[f"{wildcards['dataset']}/{wildcards['arch']}/{wildcards['method']}/{wildcards['budget']}"] = gpus
+    expected = {cell.id: cfg.train_plan(config, cell).gpus for cell in cfg.table_cells(config)}
+    assert shown == expected
+    assert set(shown.values()) == {1, 2, 4}  # cells differ: one global GPU count could not serve them
+
+
+def test_measured_gpu_seconds_give_runtime_and_gpu_hours_marked_canary(tmp_path):
+    import subprocess
+    import sys
+
+    # a GPU canary measured 2 ms per WRN-28-10 image: its cells take their time from it, the rest from FLOPs
+    lines = (ROOT / PAPER["hardware"]["memory_per_image"]).read_text().splitlines()
+    table = tmp_path / "table.csv"
+    table.write_text("\n".join(line.replace(",,cpu", ",0.002,cuda") if line.startswith("wrn-28-10,") else line
+                               for line in lines) + "\n")
+    config = copy.deepcopy(PAPER)
+    config["hardware"]["memory_per_image"] = str(table)
+    cell = cfg.parse_cell("cifar10/wrn-28-10/dm-at/syn20m-bs2048-ep2400")
+    plan = cfg.train_plan(config, cell)
+    # 60000 steps x 1024 images per GPU x 2 ms x 1.5 (validation, checkpoints, loading) = 3072 minutes
+    assert (plan.steps, plan.runtime_minutes) == (60000, 3072)
+    assert cfg.train_plan(config, cfg.parse_cell("cifar10/vit-b-2/dm-at/syn50m-bs1024-ep2000")).runtime_minutes is None
+
+    overlay = tmp_path / "overlay.yaml"
+    overlay.write_text(yaml.safe_dump({"hardware": {"memory_per_image": str(table)}}))
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_hours.py"), "--configfile", str(overlay),
+                             "--wrn28-images-per-second", "1000"], cwd=ROOT, capture_output=True, text=True,
+                            env={**__import__("os").environ, "PYTHONPATH": str(ROOT)}, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = {line.split()[0]: line.split() for line in result.stdout.splitlines() if line.startswith(("cifar", "imagenet"))}
+    # 122.9M images x 2 ms = 68 GPU-hours, marked canary; ViT-B/2 keeps the FLOP estimate
+    assert rows[cell.id][-2:] == ["68", "canary"]
+    assert rows["cifar10/vit-b-2/dm-at/syn50m-bs1024-ep2000"][-1] == "FLOPs"
