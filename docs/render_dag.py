@@ -41,6 +41,8 @@ NOT_DRAWN = {
     "train_diffusion": "mini scale only: the workflow trains its own small EDM",
     "generate_synthetic": "mini scale only: synthetic digits sampled from that EDM",
     "synthetic_quality": "mini scale only: how often a generated digit shows its label",
+    "canary_cell": "the canary's (config/canary.yaml): a few steps of one cell on random data, its own target",
+    "canary": "the canary's table of every canary_cell (target `canary`, not part of `all`)",
 }
 
 

@@ -16,6 +16,7 @@ rule canary_cell:
     resources:
         # one GPU of the planned job, or the CPU where the plan has none
         gpu=lambda wc: min(train_gpus(wc), 1),
+        tasks_per_gpu=0,
         runtime=config["canary"]["runtime"],
         mem_mb=resource("train", "mem_mb"),
     params:
@@ -24,9 +25,9 @@ rule canary_cell:
         steps=config["canary"]["steps"],
         planned=canary_planned,
     shell:
-        "python -m scripts.canary_cell --recipe {input.recipe} --out {output} --work-dir {params.work}"
+        "python -m scripts.canary_cell --recipe {input.recipe:q} --out {output:q} --work-dir {params.work:q}"
         " --micro-batch {params.micro_batch} --steps {params.steps} --threads {threads}"
-        " --planned '{params.planned}' 2>> {log}"
+        " --planned {params.planned:q} 2>> {log:q}"
 
 
 rule canary:
@@ -38,7 +39,8 @@ rule canary:
     log:
         f"{RESULTS}/canary.log",
     localrule: True
+    # dra.canary, which writes the table, is torch code (it also builds the canary's networks)
     conda:
-        "../envs/analysis.yaml"
+        "../envs/torch.yaml"
     shell:
-        "python -m scripts.canary_table --cells {input} --out-csv {output.csv} --out-md {output.md} 2> {log}"
+        "python -m scripts.canary_table --cells {input:q} --out-csv {output.csv:q} --out-md {output.md:q} 2> {log:q}"

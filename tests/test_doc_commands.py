@@ -36,6 +36,9 @@ PYTHON_EXEMPT = {
     "python benchmarks/epoch_time_ratio.py --cell ... --baseline ...": "two trained cells, named by the user",
     "python benchmarks/gpu_train_step.py": "measures a CUDA GPU",
     "python -m scripts.<step>": "the pattern of every rule's command, not a command",
+    "python -m scripts.canary_table --cells results/canary/*/*/*/*/canary.json --out-csv results/canary/canary.csv "
+    "--out-md results/canary/canary.md --memory-table config/data/memory_per_image.csv --measured <date>":
+        "reads a finished canary run's cells (tests/test_canary.py runs canary cells and this table)",
 }
 # the GPU rate R of README's cost estimate, at the value README quotes ("At R = 1000 images/s")
 PYTHON_VALUES = {"--wrn28-images-per-second R": "--wrn28-images-per-second 1000"}
