@@ -12,17 +12,15 @@ per image from EDM's training distribution, ln(sigma) ~ N(-1.2, 1.2^2) (NVlabs/e
 from __future__ import annotations
 
 import math
-import sys
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from dra.diffusion.edm import EDMPrecond, one_hot_labels
-from dra.diffusion.shards import ShardedJob
+from dra.diffusion.shards import row_batches, run_sharded_job
 
 #: EDM's training noise distribution (training/loss.py EDMLoss): ln(sigma) ~ N(P_MEAN, P_STD^2).
 P_MEAN, P_STD = -1.2, 1.2
@@ -151,29 +149,27 @@ def extract_feature_store(net: EDMPrecond, image_store: str | Path, out_path: st
     dim = extractor.dims[layer]
     out_path = Path(out_path)
     n = len(store)
-    job = ShardedJob(state_dir or out_path.with_name(out_path.name + ".state"), n, shard_size or batch_size * 16,
-                     fingerprint=dict(layer=layer, sigma=sigma, views=views, seed=seed, image_store=str(image_store),
-                                      diffusion_model=diffusion_model))
-    pending = job.pending()
-    progress = tqdm(total=n, initial=n - sum(len(range(*job.bounds(k))) for k in pending),
-                    desc="features", unit="img", file=sys.stderr)
-    for shard in pending:
-        start, stop = job.bounds(shard)
+
+    def compute(start: int, stop: int, advance) -> dict[str, np.ndarray]:
         parts = []
-        for lo in range(start, stop, batch_size):
-            hi = min(stop, lo + batch_size)
+        for lo, hi in row_batches(start, stop, batch_size):
             images = images_to_tensor(store.images[lo:hi])
             labels = torch.from_numpy(np.array(store.labels[lo:hi], dtype=np.int64))
             per_view = [extractor(images, labels, range(lo, hi), view) for view in range(views)]
             parts.append(torch.stack(per_view, dim=1).numpy().astype(np.float16))
-            progress.update(hi - lo)
-        job.save(shard, features=np.concatenate(parts))
-    progress.close()
+            advance(hi - lo)
+        return {"features": np.concatenate(parts)}
 
     meta = dict(layer=layer, sigma=float(sigma), extra_view=views == 2, diffusion_model=diffusion_model,
                 image_store=str(image_store), seed=seed, extra_view_sigma=f"lognormal({P_MEAN}, {P_STD})")
-    with FeatureStoreWriter(out_path, n, views, dim, meta=meta) as writer:
-        for start, arrays in job.finished_shards():
-            writer.write(start, arrays["features"])
-    job.remove()
+
+    def write_output(shards) -> None:
+        with FeatureStoreWriter(out_path, n, views, dim, meta=meta) as writer:
+            for start, arrays in shards:
+                writer.write(start, arrays["features"])
+
+    run_sharded_job(out_path, n, shard_size or batch_size * 16,
+                    dict(layer=layer, sigma=sigma, views=views, seed=seed, image_store=str(image_store),
+                         diffusion_model=diffusion_model),
+                    compute, write_output, "features", state_dir)
     return out_path

@@ -25,18 +25,16 @@ of dra.diffusion.features): first the posterior sample, then the diffusion noise
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from dra.diffusion.features import noise_seed
 from dra.diffusion.lightningdit import LightningDiT
-from dra.diffusion.shards import ShardedJob
+from dra.diffusion.shards import run_sharded_job
 from dra.diffusion.vavae import VAVAE, LatentStats
 
 #: Paper Appendix D: middle layer 14 of 28, t = 0.8, massive-activation channels of the release.
@@ -159,30 +157,27 @@ def extract_lightningdit_feature_store(extractor: LightningDiTFeatureExtractor, 
     settings = dict(layer=extractor.layer, t=extractor.t, zero_channels=extractor.zero_channels,
                     seed=extractor.seed, use_labels=extractor.use_labels, sample_posterior=extractor.sample_posterior,
                     bf16=extractor.bf16, source=source, diffusion_model=diffusion_model)
-    job = ShardedJob(state_dir or out_path.with_name(out_path.name + ".state"), n, shard_size or batch_size * 64,
-                     fingerprint=settings)
-    pending = job.pending()
-    progress = tqdm(total=n, initial=n - sum(len(range(*job.bounds(k))) for k in pending),
-                    desc="lightningdit features", unit="img", file=sys.stderr)
-    for shard in pending:
-        start, stop = job.bounds(shard)
+    def compute(start: int, stop: int, advance) -> dict[str, np.ndarray]:
         features = np.empty((stop - start, 1, extractor.dim), dtype=np.float16)
         loader = imagenet_loader(Subset(dataset, range(start, stop)), batch_size, num_workers=num_workers)
         for images, labels, indices in loader:
             images01 = images.to(device).float() / 255
             rows = extractor(images01, labels.to(device), indices.tolist())
             features[indices.numpy() - start, 0] = rows.cpu().numpy().astype(np.float16)
-            progress.update(len(indices))
-        job.save(shard, features=features)
-    progress.close()
+            advance(len(indices))
+        return {"features": features}
 
     meta = dict(settings, sigma=None, extra_view=False, image_store=source,
                 feature=f"mean over tokens of blocks[{extractor.layer}].modulate_msa output, channels "
                         f"{extractor.zero_channels} zeroed before blocks[{extractor.layer}].norm1")
-    with FeatureStoreWriter(out_path, n, 1, extractor.dim, meta=meta) as writer:
-        for start, arrays in job.finished_shards():
-            writer.write(start, arrays["features"])
-    job.remove()
+
+    def write_output(shards) -> None:
+        with FeatureStoreWriter(out_path, n, 1, extractor.dim, meta=meta) as writer:
+            for start, arrays in shards:
+                writer.write(start, arrays["features"])
+
+    run_sharded_job(out_path, n, shard_size or batch_size * 64, settings, compute, write_output,
+                    "lightningdit features", state_dir)
     return out_path
 
 

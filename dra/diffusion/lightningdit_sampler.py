@@ -16,16 +16,14 @@ dra.diffusion.sampler.generation_plan), so image i does not depend on the batch 
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from dra.diffusion.lightningdit import LightningDiT
 from dra.diffusion.sampler import generation_plan, seeded_latents
-from dra.diffusion.shards import ShardedJob
+from dra.diffusion.shards import row_batches, run_sharded_job
 from dra.diffusion.vavae import VAVAE, LatentStats, to_uint8_hwc
 
 #: The release's sampling settings for the 800-epoch XL/1 checkpoint (that yaml file).
@@ -125,30 +123,26 @@ def generate_imagenet_synthetic(dit: LightningDiT, vae: VAVAE, stats: LatentStat
     settings = dict(n_per_class=n_per_class, num_classes=num_classes, num_steps=num_steps,
                     timestep_shift=timestep_shift, cfg_scale=cfg_scale, cfg_interval_start=cfg_interval_start,
                     cfg_channels=cfg_channels, seed=seed, bf16=bf16, part=[index, parts], rows=[first, last])
-    job = ShardedJob(state_dir or out_store.with_name(out_store.name + ".state"), n, shard_size or batch_size * 16,
-                     fingerprint=dict(settings, resolution=vae.resolution, diffusion_model=(meta or {}).get(
-                         "diffusion_model", "")))
-    pending = job.pending()
-    progress = tqdm(total=n, initial=n - sum(len(range(*job.bounds(k))) for k in pending),
-                    desc="lightningdit sampling", unit="img", file=sys.stderr)
-    for shard in pending:
-        start, stop = job.bounds(shard)
+    def compute(start: int, stop: int, advance) -> dict[str, np.ndarray]:
         shard_images = []
-        for lo in range(start, stop, batch_size):
-            hi = min(stop, lo + batch_size)
+        for lo, hi in row_batches(start, stop, batch_size):
             noise = seeded_latents(seeds[lo:hi].tolist(), shape).to(device)
             latents = euler_sample(dit, noise, torch.from_numpy(labels[lo:hi]), num_steps, timestep_shift,
                                    cfg_scale, cfg_interval_start, cfg_channels, bf16=bf16)
             shard_images.append(decode_latents(vae, stats, latents, bf16=bf16))
-            progress.update(hi - lo)
-        job.save(shard, images=np.concatenate(shard_images))
-    progress.close()
+            advance(hi - lo)
+        return {"images": np.concatenate(shard_images)}
 
     store_meta = dict(meta or {}, **settings, source="lightningdit_euler_sampler")
-    with ImageStoreWriter(out_store, n, vae.resolution, vae.resolution, num_classes, meta=store_meta) as writer:
-        for start, arrays in job.finished_shards():
-            writer.write(start, arrays["images"], labels[start:start + len(arrays["images"])])
-    job.remove()
+
+    def write_output(shards) -> None:
+        with ImageStoreWriter(out_store, n, vae.resolution, vae.resolution, num_classes, meta=store_meta) as writer:
+            for start, arrays in shards:
+                writer.write(start, arrays["images"], labels[start:start + len(arrays["images"])])
+
+    run_sharded_job(out_store, n, shard_size or batch_size * 16,
+                    dict(settings, resolution=vae.resolution, diffusion_model=(meta or {}).get("diffusion_model", "")),
+                    compute, write_output, "lightningdit sampling", state_dir)
     return out_store
 
 

@@ -7,16 +7,14 @@ Every image has its own random generator, so image i is the same whatever the ba
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from dra.diffusion.edm import EDMPrecond, one_hot_labels
-from dra.diffusion.shards import ShardedJob
+from dra.diffusion.shards import row_batches, run_sharded_job
 
 
 def edm_sigma_steps(num_steps: int, sigma_min: float = 0.002, sigma_max: float = 80.0,
@@ -94,27 +92,24 @@ def generate_synthetic(net: EDMPrecond, out_store: str | Path, n_per_class: int,
     resolution, channels = net.img_resolution, net.img_channels
     if channels != 3:
         raise ValueError(f"image stores hold RGB; the diffusion model makes {channels} channels")
-    job = ShardedJob(state_dir or out_store.with_name(out_store.name + ".state"), n, shard_size or batch_size * 16,
-                     fingerprint=dict(n_per_class=n_per_class, num_classes=num_classes, num_steps=num_steps,
-                                      seed=seed, resolution=resolution))
-    pending = job.pending()
-    progress = tqdm(total=n, initial=n - sum(len(range(*job.bounds(k))) for k in pending),
-                    desc="sampling", unit="img", file=sys.stderr)
-    for shard in pending:
-        start, stop = job.bounds(shard)
+    def compute(start: int, stop: int, advance) -> dict[str, np.ndarray]:
         shard_images = []
-        for lo in range(start, stop, batch_size):
-            hi = min(stop, lo + batch_size)
+        for lo, hi in row_batches(start, stop, batch_size):
             latents = seeded_latents(seeds[lo:hi].tolist(), (channels, resolution, resolution))
             class_labels = one_hot_labels(torch.from_numpy(labels[lo:hi]), net.label_dim)
             shard_images.append(to_uint8_hwc(edm_heun_sample(net, latents, class_labels, num_steps)))
-            progress.update(hi - lo)
-        job.save(shard, images=np.concatenate(shard_images))
-    progress.close()
+            advance(hi - lo)
+        return {"images": np.concatenate(shard_images)}
 
     store_meta = dict(meta or {}, source="edm_heun_sampler", num_steps=num_steps, seed=seed, n_per_class=n_per_class)
-    with ImageStoreWriter(out_store, n, resolution, resolution, num_classes, meta=store_meta) as writer:
-        for start, arrays in job.finished_shards():
-            writer.write(start, arrays["images"], labels[start:start + len(arrays["images"])])
-    job.remove()
+
+    def write_output(shards) -> None:
+        with ImageStoreWriter(out_store, n, resolution, resolution, num_classes, meta=store_meta) as writer:
+            for start, arrays in shards:
+                writer.write(start, arrays["images"], labels[start:start + len(arrays["images"])])
+
+    run_sharded_job(out_store, n, shard_size or batch_size * 16,
+                    dict(n_per_class=n_per_class, num_classes=num_classes, num_steps=num_steps, seed=seed,
+                         resolution=resolution),
+                    compute, write_output, "sampling", state_dir)
     return out_store

@@ -5,16 +5,22 @@ not start over. A job splits its rows [0, n) into fixed shards, saves each finis
 atomically as ``shard_<k>.npz`` in its state folder, and on restart computes only the
 shards that are not there. ``job.json`` fingerprints the settings, so a state folder left by
 different settings is refused rather than silently mixed in.
+
+``run_sharded_job`` is the one loop every long job of dra.diffusion runs (EDM features, EDM
+sampling, LightningDiT sampling, LightningDiT features): compute the pending shards, then
+write the output from all shards, then remove the state folder.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+import sys
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
+from tqdm import tqdm
 
 from dra.io import atomic_file, write_json
 
@@ -73,3 +79,41 @@ class ShardedJob:
 
     def remove(self) -> None:
         shutil.rmtree(self.state_dir, ignore_errors=True)
+
+
+def default_state_dir(out_path: str | Path) -> Path:
+    """``<out_path>.state``: beside the output, so that a rerun of the same rule finds it."""
+    out_path = Path(out_path)
+    return out_path.with_name(out_path.name + ".state")
+
+
+def row_batches(start: int, stop: int, batch_size: int) -> Iterator[tuple[int, int]]:
+    """(lo, hi) of consecutive batches of at most ``batch_size`` rows covering [start, stop)."""
+    for lo in range(start, stop, batch_size):
+        yield lo, min(stop, lo + batch_size)
+
+
+#: compute(start, stop, advance) -> the arrays of rows [start, stop); advance(k) reports k rows done
+ShardCompute = Callable[[int, int, Callable[[int], Any]], dict[str, np.ndarray]]
+
+
+def run_sharded_job(out_path: str | Path, n: int, shard_size: int, fingerprint: dict[str, Any],
+                    compute: ShardCompute, write_output: Callable[[Iterator[tuple[int, dict[str, np.ndarray]]]], Any],
+                    desc: str, state_dir: str | Path | None = None) -> None:
+    """Compute the shards not yet in the state folder, then write the output from all of them.
+
+    ``write_output`` receives the (start row, arrays) of every shard in order and writes the
+    output atomically (an image or feature store writer); only after it returns is the state
+    folder (default ``<out_path>.state``) removed, so a kill at any point loses at most the
+    shard being computed.
+    """
+    job = ShardedJob(state_dir or default_state_dir(out_path), n, shard_size, fingerprint)
+    pending = job.pending()
+    done = n - sum(stop - start for start, stop in map(job.bounds, pending))
+    progress = tqdm(total=n, initial=done, desc=desc, unit="img", file=sys.stderr)
+    for shard in pending:
+        start, stop = job.bounds(shard)
+        job.save(shard, **compute(start, stop, progress.update))
+    progress.close()
+    write_output(job.finished_shards())
+    job.remove()
