@@ -15,11 +15,12 @@ def main() -> None:
     parser.add_argument("--test-store", required=True, help="image store the probes are scored on")
     parser.add_argument("--sigmas", type=float, nargs="+", required=True)
     parser.add_argument("--layers", nargs="*", help="module names (default: every decoder block)")
-    parser.add_argument("--eps-255", type=float, nargs="+", default=[0, 1, 2, 4, 8], help="L-inf budgets, x/255")
+    parser.add_argument("--eps-255", type=float, nargs="+", required=True, help="L-inf budgets, x/255")
     parser.add_argument("--train-n", type=int, help="training images for the probes (default: all)")
     parser.add_argument("--test-n", type=int, help="test images (default: all)")
-    parser.add_argument("--attack-n", type=int, default=256, help="test images attacked with PGD")
-    parser.add_argument("--pgd-steps", type=int, default=20)
+    parser.add_argument("--attack-n", type=int, required=True, help="test images attacked with PGD")
+    parser.add_argument("--pgd-steps", type=int, required=True, help="PGD sign steps")
+    parser.add_argument("--pgd-step-factor", type=float, required=True, help="each step is factor * eps / steps")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out-probe", required=True, help="probe accuracy per (layer, sigma), .csv")
@@ -31,8 +32,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     validate_features(args.weights, args.network, args.train_store, args.test_store, args.out_probe,
                       args.out_probe_png, args.out_robustness, args.out_robustness_png, args.sigmas, args.layers,
-                      [e / 255 for e in args.eps_255], n_train=args.train_n, n_test=args.test_n,
-                      n_attack=args.attack_n, pgd_steps=args.pgd_steps, batch_size=args.batch_size, seed=args.seed)
+                      [e / 255 for e in args.eps_255], pgd_steps=args.pgd_steps, pgd_step_factor=args.pgd_step_factor,
+                      n_attack=args.attack_n, n_train=args.train_n, n_test=args.test_n, batch_size=args.batch_size,
+                      seed=args.seed)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ from sklearn.linear_model import LogisticRegression
 from dra.data.store import ImageStoreWriter
 from dra.diffusion.checkpoint import save_edm
 from dra.diffusion.edm import EDMPrecond
-from dra.diffusion.probe import (decoder_blocks, fit_linear_probe, pgd_linf, probe_grid, probe_robustness,
+from dra.diffusion.probe import (decoder_blocks, fit_linear_probe, pgd_from_clean, probe_grid, probe_robustness,
                                  validate_features)
 
 torch.set_num_threads(1)
@@ -58,13 +58,15 @@ def test_probe_grid_finds_separable_classes(net):
 
 
 def test_pgd_reaches_the_linear_worst_case():
-    # For a linear score w.x the worst L-inf perturbation moves every pixel by eps against sign(w).
-    w = torch.tensor([[1.0, -2.0, 0.5, 0.0]])
+    # Two classes with logits (0, w.x): the cross-entropy of class 0 grows with w.x, so the worst
+    # L-inf perturbation moves every pixel by eps along sign(w) (a zero weight leaves its pixel).
+    w = torch.tensor([1.0, -2.0, 0.5, 0.0])
+    logits = lambda adv: torch.stack([torch.zeros(len(adv)), adv @ w], dim=1)
     x = torch.full((1, 4), 0.5)
-    loss = lambda adv, _y: (adv * w).sum()
-    adv = pgd_linf(loss, x, torch.zeros(1), eps=0.1, steps=5, step_size=0.05)
+    adv = pgd_from_clean(logits, x, torch.zeros(1, dtype=torch.long), eps=0.1, steps=5, step_size=0.05)
     torch.testing.assert_close(adv, torch.tensor([[0.6, 0.4, 0.6, 0.5]]))
-    clipped = pgd_linf(loss, torch.tensor([[0.95, 0.02, 0.5, 0.5]]), torch.zeros(1), eps=0.1, steps=3, step_size=0.1)
+    clipped = pgd_from_clean(logits, torch.tensor([[0.95, 0.02, 0.5, 0.5]]), torch.zeros(1, dtype=torch.long),
+                             eps=0.1, steps=3, step_size=0.1)
     torch.testing.assert_close(clipped, torch.tensor([[1.0, 0.0, 0.6, 0.5]]))
 
 
@@ -74,8 +76,10 @@ def test_robustness_is_deterministic_and_monotone(net):
     table, probes = probe_grid(net, train, brightness_classes(9, 1), brightness_classes(9, 2), [layer], [sigma])
     images, labels = brightness_classes(24, 3)
     eps = [0, 2 / 255, 0.2]
-    first = probe_robustness(net, probes[(layer, sigma)], layer, sigma, images, labels, 500, eps, steps=5)
-    second = probe_robustness(net, probes[(layer, sigma)], layer, sigma, images, labels, 500, eps, steps=5)
+    first = probe_robustness(net, probes[(layer, sigma)], layer, sigma, images, labels, 500, eps, steps=5,
+                             step_factor=2.5)
+    second = probe_robustness(net, probes[(layer, sigma)], layer, sigma, images, labels, 500, eps, steps=5,
+                             step_factor=2.5)
     pd.testing.assert_frame_equal(first, second)  # noise held fixed: the attacked function is deterministic
     accuracy = first["robust_accuracy"].tolist()
     assert accuracy[0] == 1.0 and accuracy[0] >= accuracy[1] >= accuracy[2]
@@ -100,7 +104,7 @@ def test_validate_features_writes_tables_and_figures(tmp_path, net):
                                 tmp_path / "test", out / "probe.csv", out / "probe.png", out / "robustness.csv",
                                 out / "robustness.png", sigmas=[0.05, 0.5],
                                 layers=["model.dec.4x4_in1", "model.dec.8x8_block1"], eps_list=[0, 8 / 255],
-                                n_attack=10, pgd_steps=3)
+                                n_attack=10, pgd_steps=3, pgd_step_factor=2.5)
     grid = pd.read_csv(out / "probe.csv")
     robust = pd.read_csv(out / "robustness.csv")
     assert len(grid) == 4 and robust["eps_255"].tolist() == [0, 8]

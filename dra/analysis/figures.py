@@ -7,7 +7,7 @@ Two kinds of functions:
   pairs of Figures 4 and 5), robust accuracy over an eps grid (Figure 3b), the Fourier
   magnitude of the PGD perturbations (Figure 3a) and of the input gradients (Figure 10).
   Classifiers and the linear-probed diffusion representation (DR) are attacked with the same
-  deterministic PGD (dra.diffusion.probe.pgd_linf: clean start, 2.5 eps / steps sign steps);
+  deterministic PGD (dra.diffusion.probe.pgd_from_clean: clean start, 2.5 eps / steps sign steps);
   the DR's diffusion noise is fixed per image, as in validate_features (Section 4.1).
 - figures drawn from those files, autoattack.json and recipe.yaml, each written as PNG, PDF
   and the CSV of the plotted numbers.
@@ -54,12 +54,9 @@ class FigureInputError(ValueError):
 
 
 def _pgd(forward: Forward, x: torch.Tensor, y: torch.Tensor, first: int, eps: float, steps: int) -> torch.Tensor:
-    from dra.diffusion.probe import pgd_linf
+    from dra.diffusion.probe import pgd_from_clean
 
-    def loss(adv, target):
-        return F.cross_entropy(forward(adv, first)[0], target, reduction="sum")
-
-    return pgd_linf(loss, x, y, eps, steps, step_size=2.5 * eps / steps)
+    return pgd_from_clean(lambda adv: forward(adv, first)[0], x, y, eps, steps, step_size=2.5 * eps / steps)
 
 
 def unit_gradient_spectrum(gradients: torch.Tensor) -> torch.Tensor:

@@ -19,7 +19,6 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from sklearn.linear_model import LogisticRegression
 from torch import nn
 from tqdm import tqdm
@@ -27,6 +26,7 @@ from tqdm import tqdm
 from dra.diffusion.edm import EDMPrecond, UNetBlock
 from dra.diffusion.features import DiffusionFeatureExtractor, images_to_tensor
 from dra.io import atomic_file
+from dra.training.attacks import cross_entropy_objective, pgd_linf
 
 
 class LinearProbe(nn.Module):
@@ -99,24 +99,21 @@ def probe_grid(net: EDMPrecond, train: tuple[torch.Tensor, torch.Tensor], val: t
     return pd.DataFrame(rows), probes
 
 
-def pgd_linf(loss_fn, images01: torch.Tensor, labels: torch.Tensor, eps: float, steps: int,
-             step_size: float) -> torch.Tensor:
-    """L-inf PGD from the clean image (deterministic), sign steps, projected to the ball and [0, 1]."""
-    adv = images01.clone()
-    for _ in range(steps):
-        adv.requires_grad_(True)
-        loss = loss_fn(adv, labels)
-        (grad,) = torch.autograd.grad(loss, adv)
-        with torch.no_grad():
-            adv = adv + step_size * grad.sign()
-            adv = torch.min(torch.max(adv, images01 - eps), images01 + eps).clamp(0, 1)
-    return adv.detach()
+def pgd_from_clean(logits_of, images01: torch.Tensor, labels: torch.Tensor, eps: float, steps: int,
+                   step_size: float) -> torch.Tensor:
+    """Deterministic L-inf PGD on the summed cross-entropy: the training attack
+    (dra.training.attacks.pgd_linf) started at the clean image instead of a random point of the ball,
+    so that a curve over eps is a function of the model alone."""
+    return pgd_linf(logits_of, images01, cross_entropy_objective(labels), eps, step_size, steps,
+                    start_noise=torch.zeros_like(images01))
 
 
 def probe_robustness(net: EDMPrecond, probe: LinearProbe, layer: str, sigma: float, images01: torch.Tensor,
-                     labels: torch.Tensor, index_offset: int, eps_list: Sequence[float], steps: int = 20,
-                     batch_size: int = 128, seed: int = 0) -> pd.DataFrame:
+                     labels: torch.Tensor, index_offset: int, eps_list: Sequence[float], steps: int,
+                     step_factor: float, batch_size: int = 128, seed: int = 0) -> pd.DataFrame:
     """Robust accuracy of encoder + probe under PGD-Linf, noise fixed per image (Figure 3b).
+
+    The attack takes ``steps`` sign steps of ``step_factor * eps / steps`` from the clean image.
 
     The extractor draws the noise from (seed, image index), so every PGD step and the final
     evaluation see the same noise: the attack faces a deterministic function.
@@ -134,8 +131,8 @@ def probe_robustness(net: EDMPrecond, probe: LinearProbe, layer: str, sigma: flo
             indices = range(index_offset + lo, index_offset + hi)
             x, y = images01[lo:hi], labels[lo:hi]
             if eps > 0:
-                x = pgd_linf(lambda adv, target: F.cross_entropy(logits_of(adv, indices), target, reduction="sum"),
-                             x, y, eps, steps, step_size=2.5 * eps / steps)
+                x = pgd_from_clean(lambda adv: logits_of(adv, indices), x, y, eps, steps,
+                                   step_size=step_factor * eps / steps)
             with torch.no_grad():
                 correct += int((logits_of(x, indices).argmax(1) == y).sum())
         rows.append(dict(eps=float(eps), eps_255=float(eps) * 255, robust_accuracy=correct / len(images01),
@@ -185,10 +182,10 @@ def _plot_robustness(table: pd.DataFrame, path: Path) -> None:
 
 def validate_features(weights: str | Path, network: str | Path, train_store: str | Path, test_store: str | Path,
                       out_probe: str | Path, out_probe_png: str | Path, out_robustness: str | Path,
-                      out_robustness_png: str | Path, sigmas: Sequence[float], layers: Sequence[str] | None = None,
-                      eps_list: Sequence[float] = (0,), n_train: int | None = None, n_test: int | None = None,
-                      n_attack: int = 256, val_fraction: float = 0.2, pgd_steps: int = 20, batch_size: int = 256,
-                      seed: int = 0) -> dict:
+                      out_robustness_png: str | Path, sigmas: Sequence[float], layers: Sequence[str] | None,
+                      eps_list: Sequence[float], pgd_steps: int, pgd_step_factor: float, n_attack: int,
+                      n_train: int | None = None, n_test: int | None = None, val_fraction: float = 0.2,
+                      batch_size: int = 256, seed: int = 0) -> dict:
     """Probe grid (CSV + heatmap) and PGD robustness of the cell best on validation (CSV + plot).
 
     Returns a summary: the best cell, its accuracies and the robust accuracy per eps.
@@ -222,7 +219,8 @@ def validate_features(weights: str | Path, network: str | Path, train_store: str
     layer, sigma = best["layer"], float(best["sigma"])
     n_attack = min(n_attack, n_test)
     robust = probe_robustness(net, probes[(layer, sigma)], layer, sigma, test[0][:n_attack], test[1][:n_attack],
-                              2 * 10**8, eps_list, pgd_steps, batch_size=min(batch_size, 128), seed=seed)
+                              2 * 10**8, eps_list, pgd_steps, pgd_step_factor,
+                              batch_size=min(batch_size, 128), seed=seed)
     with atomic_file(out_robustness) as tmp:
         robust.to_csv(tmp, index=False)
     _plot_robustness(robust, Path(out_robustness_png))
