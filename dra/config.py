@@ -178,6 +178,10 @@ def _check_references(config: dict) -> None:
         )
         if source["kind"] in ("edm_pickle", "train"):
             _require("validation" in model, f"diffusion_models.{name}.validation", "required for an EDM model")
+        # the LightningDiT sampler's settings; an EDM set's Heun sampler takes only the set's num_steps
+        _require(("sampling" in model) == (source["kind"] == "lightningdit"), f"diffusion_models.{name}.sampling",
+                 "required for a LightningDiT model ({timestep_shift, cfg_scale, cfg_interval_start, cfg_channels}) "
+                 "and for no other")
         if source["kind"] == "lightningdit":
             _require(_has(source, "url") or _has(source, "hf"), f"diffusion_models.{name}.source.hf",
                      "the checkpoint's hf: {repo, type, path, revision} (or url) is required for LightningDiT")

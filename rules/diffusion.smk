@@ -234,7 +234,9 @@ rule validate_features:
         "python -m scripts.validate_features --weights {input.weights} --network {input.network}"
         " --train-store {input.train} --test-store {input.test} --layers {params.layers}"
         " --sigmas {params.sigmas} --eps-255 {params.eps} --train-n {params.spec[train_n]}"
-        " --test-n {params.spec[test_n]} --seed {params.seed} --threads {threads}"
+        " --test-n {params.spec[test_n]} --attack-n {params.spec[attack][n]}"
+        " --pgd-steps {params.spec[attack][steps]} --pgd-step-factor {params.spec[attack][step_factor]}"
+        " --seed {params.seed} --threads {threads}"
         " --out-probe {output.probe} --out-probe-png {output.probe_png}"
         " --out-robustness {output.robustness} --out-robustness-png {output.robustness_png} 2> {log}"
 

@@ -87,6 +87,7 @@ rule generate_imagenet_synthetic_part:
         ),
         num_classes=lambda wc: config["datasets"][wc.dataset]["num_classes"],
         networks=lambda wc: lightningdit_config_flags(diffusion_of(wc.dataset)),
+        sampling=lambda wc: config["diffusion_models"][diffusion_of(wc.dataset)]["sampling"],
         # resumable shards of an interrupted job, not a declared output
         state=f"{RESULTS}/state/{{dataset}}/generated-{{set}}/part{{part}}",
         seed=config["seed"],
@@ -94,6 +95,9 @@ rule generate_imagenet_synthetic_part:
         "python -m scripts.generate_imagenet_synthetic --dit {input.dit} --vae {input.vae}"
         " --latent-stats {input.latents_stats} --images-per-class {params.spec[images_per_class]}"
         " --num-classes {params.num_classes} --num-steps {params.spec[num_steps]}"
+        " --timestep-shift {params.sampling[timestep_shift]} --cfg-scale {params.sampling[cfg_scale]}"
+        " --cfg-interval-start {params.sampling[cfg_interval_start]}"
+        " --cfg-channels {params.sampling[cfg_channels]}"
         " --part {wildcards.part} --parts {params.parts} --seed {params.seed} {params.networks}"
         " --state-dir {params.state} --threads {threads} --out {output} 2> {log}"
 

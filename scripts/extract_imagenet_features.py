@@ -6,7 +6,7 @@ import json
 
 import torch
 
-from dra.diffusion.lightningdit_features import PAPER_LAYER, PAPER_T, PAPER_ZERO_CHANNELS, extract_from_checkpoints
+from dra.diffusion.lightningdit_features import extract_from_checkpoints
 
 
 def main(argv=None) -> None:
@@ -19,10 +19,11 @@ def main(argv=None) -> None:
     source.add_argument("--imagenet-index", help="ImageNet index folder written by prepare_imagenet")
     parser.add_argument("--split", default="train", choices=("train", "val", "eval"), help="split of --imagenet-index")
     parser.add_argument("--out", required=True, help="output feature store folder")
-    parser.add_argument("--layer", type=int, default=PAPER_LAYER, help="hidden state after this many blocks (paper: 14)")
-    parser.add_argument("--t", type=float, default=PAPER_T, help="time, 0 = noise, 1 = clean (paper: 0.8)")
-    parser.add_argument("--zero-channels", type=int, nargs="*", default=list(PAPER_ZERO_CHANNELS),
-                        help="massive-activation channels zeroed before the AdaLN modulation (paper: 1053 259)")
+    # the feature's settings come from config.yaml (diffusion_models.<model>.feature, Appendix D)
+    parser.add_argument("--layer", type=int, required=True, help="hidden state after this many blocks")
+    parser.add_argument("--t", type=float, required=True, help="time, 0 = noise, 1 = clean")
+    parser.add_argument("--zero-channels", type=int, nargs="*", required=True,
+                        help="massive-activation channels zeroed before the AdaLN modulation (none: give no value)")
     parser.add_argument("--seed", type=int, default=0, help="noise seed (noise depends on seed and image index)")
     parser.add_argument("--null-class", action="store_true", help="condition on the null class, not the label")
     parser.add_argument("--posterior-mean", action="store_true",

@@ -6,7 +6,7 @@ import json
 
 import torch
 
-from dra.diffusion.lightningdit_sampler import RELEASE_SAMPLING, generate_from_checkpoints
+from dra.diffusion.lightningdit_sampler import generate_from_checkpoints
 
 
 def main(argv=None) -> None:
@@ -16,14 +16,13 @@ def main(argv=None) -> None:
     parser.add_argument("--latent-stats", required=True, help="latents_stats.pt of the VA-VAE")
     parser.add_argument("--out", required=True, help="output image store folder")
     parser.add_argument("--images-per-class", type=int, required=True, help="paper: 4000 (4M images)")
-    parser.add_argument("--num-classes", type=int, default=1000)
-    parser.add_argument("--num-steps", type=int, default=RELEASE_SAMPLING["num_steps"], help="Euler grid points")
-    parser.add_argument("--timestep-shift", type=float, default=RELEASE_SAMPLING["timestep_shift"])
-    parser.add_argument("--cfg-scale", type=float, default=RELEASE_SAMPLING["cfg_scale"],
-                        help="6.7 for the 800-epoch checkpoint, 10.0 for the 64-epoch one; <= 1 disables guidance")
-    parser.add_argument("--cfg-interval-start", type=float, default=RELEASE_SAMPLING["cfg_interval_start"])
-    parser.add_argument("--cfg-channels", type=int, default=RELEASE_SAMPLING["cfg_channels"],
-                        help="guidance on the first N latent channels (release: 3)")
+    parser.add_argument("--num-classes", type=int, required=True, help="classes 0..N-1 are sampled")
+    # the sampler's settings come from config.yaml (diffusion_models.<model>.sampling, with their sources)
+    parser.add_argument("--num-steps", type=int, required=True, help="Euler grid points")
+    parser.add_argument("--timestep-shift", type=float, required=True, help="s of t' = s t / (1 + (s - 1) t)")
+    parser.add_argument("--cfg-scale", type=float, required=True, help="guidance scale; <= 1 disables guidance")
+    parser.add_argument("--cfg-interval-start", type=float, required=True, help="guidance only where t >= this")
+    parser.add_argument("--cfg-channels", type=int, required=True, help="guidance on the first N latent channels")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0, help="first noise seed; seeds repeat for every class")
     parser.add_argument("--state-dir", help="where finished shards wait (default: <out>.state)")

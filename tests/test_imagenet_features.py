@@ -2,16 +2,17 @@
 the AdaLN modulation, seeded noise, and the resumable feature store."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from dra.data.imagenet_loader import ImageStoreDataset
 from dra.data.store import ImageStoreWriter, open_feature_store
 from dra.diffusion.lightningdit import LightningDiT
-from dra.diffusion.lightningdit_features import (PAPER_LAYER, PAPER_T, PAPER_ZERO_CHANNELS,
-                                                 LightningDiTFeatureExtractor, extract_lightningdit_feature_store)
+from dra.diffusion.lightningdit_features import LightningDiTFeatureExtractor, extract_lightningdit_feature_store
 from dra.diffusion.vavae import VAVAE, LatentStats
 
 torch.set_num_threads(1)
@@ -41,9 +42,11 @@ def images(n, seed=0):
     return torch.rand(n, 3, 16, 16, generator=torch.Generator().manual_seed(seed))
 
 
-def test_paper_settings():
+def test_paper_settings_are_in_config():
     # paper Appendix D: layer 14 (of 28), t = 0.8, channels 1053 and 259.
-    assert (PAPER_LAYER, PAPER_T, tuple(sorted(PAPER_ZERO_CHANNELS))) == (14, 0.8, (259, 1053))
+    config = yaml.safe_load((Path(__file__).parents[1] / "config.yaml").read_text())
+    feature = config["diffusion_models"]["lightningdit-xl"]["feature"]
+    assert (feature["layer"], feature["t"], tuple(sorted(feature["zero_channels"]))) == (14, 0.8, (259, 1053))
 
 
 @torch.no_grad()
@@ -119,19 +122,20 @@ def test_features_are_deterministic_per_image_index(parts):
     assert not torch.allclose(extractor(x, y, [20, 21, 22, 23]), batch)  # the noise belongs to the index
     other_seed = LightningDiTFeatureExtractor(dit, vae, stats, layer=2, t=0.8, zero_channels=ZERO, seed=6)
     assert not torch.allclose(other_seed(x, y, [10, 11, 12, 13]), batch)
-    mean_posterior = LightningDiTFeatureExtractor(dit, vae, stats, layer=2, zero_channels=ZERO, sample_posterior=False)
+    mean_posterior = LightningDiTFeatureExtractor(dit, vae, stats, layer=2, t=0.8, zero_channels=ZERO,
+                                                  sample_posterior=False)
     assert not torch.allclose(mean_posterior(x, y, [10, 11, 12, 13]), extractor(x, y, [10, 11, 12, 13]))
 
 
 def test_bad_settings_are_refused(parts):
     dit, vae, stats = parts
     with pytest.raises(ValueError, match=r"layer must be in \[0, 4\)"):
-        LightningDiTFeatureExtractor(dit, vae, stats, layer=4)
+        LightningDiTFeatureExtractor(dit, vae, stats, layer=4, t=0.8, zero_channels=())
     with pytest.raises(ValueError, match="outside"):
-        LightningDiTFeatureExtractor(dit, vae, stats, layer=1, zero_channels=(1053,))
+        LightningDiTFeatureExtractor(dit, vae, stats, layer=1, t=0.8, zero_channels=(1053,))
     with pytest.raises(ValueError, match="do not fit"):
-        LightningDiTFeatureExtractor(dit, VAVAE(**dict(TINY_VAE, embed_dim=8)), stats, layer=1, zero_channels=())
-    extractor = LightningDiTFeatureExtractor(dit, vae, stats, layer=1, zero_channels=())
+        LightningDiTFeatureExtractor(dit, VAVAE(**dict(TINY_VAE, embed_dim=8)), stats, layer=1, t=0.8, zero_channels=())
+    extractor = LightningDiTFeatureExtractor(dit, vae, stats, layer=1, t=0.8, zero_channels=())
     with pytest.raises(ValueError, match="labels"):
         extractor(images(1), None, [0])
 
@@ -187,12 +191,12 @@ def test_script_extracts_from_checkpoints(parts, tmp_path):
     store = write_store(tmp_path / "images", 3)
     main(["--dit", str(tmp_path / "dit.pt"), "--vae", str(tmp_path / "vae.pt"), "--latent-stats",
           str(tmp_path / "stats.pt"), "--images", str(store), "--out", str(tmp_path / "f"), "--layer", "2",
-          "--zero-channels", "3", "7", "--workers", "0", "--dit-config", json.dumps(TINY_DIT),
+          "--t", "0.8", "--zero-channels", "3", "7", "--workers", "0", "--dit-config", json.dumps(TINY_DIT),
           "--vae-config", json.dumps(TINY_VAE)])
     got = open_feature_store(tmp_path / "f")
     assert got.features.shape == (3, 1, 64) and got.meta["diffusion_model"] == str(tmp_path / "dit.pt")
     with torch.no_grad():
-        direct = LightningDiTFeatureExtractor(dit, vae, stats, layer=2, zero_channels=ZERO)(
+        direct = LightningDiTFeatureExtractor(dit, vae, stats, layer=2, t=0.8, zero_channels=ZERO)(
             store_images(ImageStoreDataset(store)), torch.arange(3) % 10, range(3))
     np.testing.assert_allclose(got.features[:, 0].astype(np.float32), direct.numpy(), rtol=2e-3, atol=2e-3)
 
@@ -201,7 +205,7 @@ def test_script_extracts_from_checkpoints(parts, tmp_path):
 def test_bf16_autocast_stays_close_to_float32(parts):
     dit, vae, stats = parts
     x, y = images(4), torch.tensor([0, 1, 2, 3])
-    full = LightningDiTFeatureExtractor(dit, vae, stats, layer=2, zero_channels=ZERO)(x, y, range(4))
-    half = LightningDiTFeatureExtractor(dit, vae, stats, layer=2, zero_channels=ZERO, bf16=True)(x, y, range(4))
+    full = LightningDiTFeatureExtractor(dit, vae, stats, layer=2, t=0.8, zero_channels=ZERO)(x, y, range(4))
+    half = LightningDiTFeatureExtractor(dit, vae, stats, layer=2, t=0.8, zero_channels=ZERO, bf16=True)(x, y, range(4))
     assert half.dtype == torch.float32 and not torch.equal(half, full)
     assert float(torch.corrcoef(torch.stack([full.flatten(), half.flatten()]))[0, 1]) > 0.99

@@ -2,16 +2,18 @@
 synthetic ImageNet generation."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import yaml
 from torch import nn
 
 import dra.diffusion.lightningdit_sampler as sampler_module
 from dra.data.store import open_image_store
 from dra.diffusion.lightningdit import LightningDiT
-from dra.diffusion.lightningdit_sampler import (RELEASE_SAMPLING, euler_sample, generate_imagenet_synthetic,
+from dra.diffusion.lightningdit_sampler import (euler_sample, generate_imagenet_synthetic,
                                                 shifted_time_grid)
 from dra.diffusion.shards import StaleStateError
 from dra.diffusion.vavae import VAVAE, LatentStats
@@ -22,10 +24,12 @@ TINY_DIT = dict(input_size=8, patch_size=2, in_channels=4, hidden_size=64, depth
 TINY_VAE = dict(embed_dim=4, ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(8,), resolution=16)
 
 
-def test_release_settings():
+def test_release_settings_are_in_config():
     # lightningdit_xl_vavae_f16d32_800ep_cfg.yaml: Euler, 250 steps, shift 0.3, cfg 6.7 (800ep), interval start 0.125, first 3 channels.
-    assert RELEASE_SAMPLING == dict(num_steps=250, timestep_shift=0.3, cfg_scale=6.7, cfg_interval_start=0.125,
-                                    cfg_channels=3)
+    config = yaml.safe_load((Path(__file__).parents[1] / "config.yaml").read_text())
+    assert config["diffusion_models"]["lightningdit-xl"]["sampling"] == dict(
+        timestep_shift=0.3, cfg_scale=6.7, cfg_interval_start=0.125, cfg_channels=3)
+    assert config["datasets"]["imagenet"]["synthetic"]["4m"]["generate"]["num_steps"] == 250
 
 
 def test_shifted_grid_known_values():
@@ -62,7 +66,8 @@ class ConstantFlow(nn.Module):
 def test_euler_lands_on_a_point_mass_exactly():
     target = torch.randn(1, 4, 8, 8)
     noise = torch.randn(2, 4, 8, 8)
-    out = euler_sample(PointMassFlow(target), noise, torch.tensor([1, 2]), num_steps=7, cfg_scale=1.0)
+    out = euler_sample(PointMassFlow(target), noise, torch.tensor([1, 2]), num_steps=7, timestep_shift=0.3,
+                       cfg_scale=1.0, cfg_interval_start=0.125, cfg_channels=3)
     torch.testing.assert_close(out, target.expand(2, -1, -1, -1), rtol=1e-5, atol=1e-5)
 
 
@@ -90,7 +95,8 @@ def tiny_parts():
 
 def generate(parts, out, **kwargs):
     dit, vae, stats = parts
-    settings = dict(n_per_class=3, num_classes=2, num_steps=4, cfg_scale=2.0, batch_size=2, seed=7, shard_size=2)
+    settings = dict(n_per_class=3, num_classes=2, num_steps=4, timestep_shift=0.3, cfg_scale=2.0, cfg_interval_start=0.125,
+                    cfg_channels=3, batch_size=2, seed=7, shard_size=2)
     return generate_imagenet_synthetic(dit, vae, stats, out, **{**settings, **kwargs})
 
 
@@ -131,7 +137,9 @@ def test_generation_is_deterministic_per_seed_and_resumes(tmp_path, monkeypatch)
 def test_mismatched_tokenizer_is_refused(tmp_path):
     dit, _, stats = tiny_parts()
     with pytest.raises(ValueError, match="do not fit"):
-        generate_imagenet_synthetic(dit, VAVAE(**dict(TINY_VAE, resolution=32)), stats, tmp_path / "x", 1, 2)
+        generate_imagenet_synthetic(dit, VAVAE(**dict(TINY_VAE, resolution=32)), stats, tmp_path / "x", 1, 2,
+                                    num_steps=4, timestep_shift=0.3, cfg_scale=2.0, cfg_interval_start=0.125,
+                                    cfg_channels=3)
 
 
 def test_script_generates_from_checkpoints(tmp_path):
@@ -143,7 +151,8 @@ def test_script_generates_from_checkpoints(tmp_path):
     torch.save({"mean": stats.mean, "std": stats.std}, tmp_path / "stats.pt")
     main(["--dit", str(tmp_path / "dit.pt"), "--vae", str(tmp_path / "vae.pt"), "--latent-stats",
           str(tmp_path / "stats.pt"), "--out", str(tmp_path / "syn"), "--images-per-class", "3", "--num-classes", "2",
-          "--num-steps", "4", "--cfg-scale", "2.0", "--batch-size", "2", "--seed", "7",
+          "--num-steps", "4", "--timestep-shift", "0.3", "--cfg-scale", "2.0", "--cfg-interval-start", "0.125",
+          "--cfg-channels", "3", "--batch-size", "2", "--seed", "7",
           "--dit-config", json.dumps(TINY_DIT), "--vae-config", json.dumps(TINY_VAE)])
     got = open_image_store(tmp_path / "syn")
     reference = open_image_store(generate((dit, vae, stats), tmp_path / "ref"))

@@ -37,10 +37,6 @@ from dra.diffusion.lightningdit import LightningDiT
 from dra.diffusion.shards import run_sharded_job
 from dra.diffusion.vavae import VAVAE, LatentStats
 
-#: Paper Appendix D: middle layer 14 of 28, t = 0.8, massive-activation channels of the release.
-PAPER_LAYER, PAPER_T, PAPER_ZERO_CHANNELS = 14, 0.8, (1053, 259)
-
-
 class _Captured(Exception):
     """Raised by the capture hook: the blocks after the feature layer are not needed."""
 
@@ -52,8 +48,8 @@ class LightningDiTFeatureExtractor:
     of the image's class. ``sample_posterior=False`` uses the VA-VAE posterior mean.
     """
 
-    def __init__(self, dit: LightningDiT, vae: VAVAE, stats: LatentStats, layer: int = PAPER_LAYER,
-                 t: float = PAPER_T, zero_channels: Sequence[int] = PAPER_ZERO_CHANNELS, seed: int = 0,
+    def __init__(self, dit: LightningDiT, vae: VAVAE, stats: LatentStats, layer: int, t: float,
+                 zero_channels: Sequence[int], seed: int = 0,
                  use_labels: bool = True, sample_posterior: bool = True, bf16: bool = False):
         if not 0 <= layer < dit.depth:
             raise ValueError(f"feature layer must be in [0, {dit.depth}) (the state after `layer` blocks, read by "
@@ -182,9 +178,9 @@ def extract_lightningdit_feature_store(extractor: LightningDiTFeatureExtractor, 
 
 
 def extract_from_checkpoints(dit_checkpoint: str | Path, vae_checkpoint: str | Path, latent_stats: str | Path,
-                             out_path: str | Path, images: str | Path | None = None,
-                             imagenet_index: str | Path | None = None, split: str = "train", layer: int = PAPER_LAYER,
-                             t: float = PAPER_T, zero_channels: Sequence[int] = PAPER_ZERO_CHANNELS, seed: int = 0,
+                             out_path: str | Path, layer: int, t: float, zero_channels: Sequence[int],
+                             images: str | Path | None = None, imagenet_index: str | Path | None = None,
+                             split: str = "train", seed: int = 0,
                              use_labels: bool = True, sample_posterior: bool = True, batch_size: int = 64,
                              num_workers: int = 8, state_dir: str | Path | None = None, device: str = "cpu",
                              bf16: bool = False, dit_config: dict | None = None,

@@ -1,12 +1,14 @@
 """Synthetic ImageNet 256x256 from LightningDiT + VA-VAE with the release's Euler ODE sampler.
 
-Settings of configs/reproductions/lightningdit_xl_vavae_f16d32_800ep_cfg.yaml (hustvl/LightningDiT @ 2725fed):
+The sampler of hustvl/LightningDiT (@ 2725fed; its settings, from
+configs/reproductions/lightningdit_xl_vavae_f16d32_800ep_cfg.yaml, live in config.yaml under
+``diffusion_models.<model>.sampling`` and ``datasets.<d>.synthetic.<set>.generate.num_steps``):
 Euler on the probability-flow ODE of the linear path from t = 0 (noise) to t = 1 (data) over
-a grid of ``num_steps`` = 250 times (torchdiffeq 'euler' on that grid: 249 updates),
-each time warped by the timestep shift s = 0.3, t' = s t / (1 + (s - 1) t), which spends more
-steps near the noise end. Classifier-free guidance with scale 6.7 (800-epoch checkpoint; 10.0
-for the 64-epoch one) only where t >= cfg_interval_start = 0.125, and, as the release does for
-reproducibility, only on the first 3 latent channels (models/lightningdit.py forward_with_cfg).
+a grid of ``num_steps`` times (torchdiffeq 'euler' on that grid: num_steps - 1 updates),
+each time warped by the timestep shift s, t' = s t / (1 + (s - 1) t), which for s < 1 spends more
+steps near the noise end. Classifier-free guidance with ``cfg_scale`` only where
+t >= ``cfg_interval_start``, and, as the release does for reproducibility, only on the first
+``cfg_channels`` latent channels (models/lightningdit.py forward_with_cfg).
 Latents are denormalized with latents_stats and decoded; pixels are
 uint8(clamp(127.5 x + 128, 0, 255)) (tokenizer/vavae.py decode_to_images).
 
@@ -26,10 +28,6 @@ from dra.diffusion.sampler import generation_plan, seeded_latents
 from dra.diffusion.shards import row_batches, run_sharded_job
 from dra.diffusion.vavae import VAVAE, LatentStats, to_uint8_hwc
 
-#: The release's sampling settings for the 800-epoch XL/1 checkpoint (that yaml file).
-RELEASE_SAMPLING = dict(num_steps=250, timestep_shift=0.3, cfg_scale=6.7, cfg_interval_start=0.125, cfg_channels=3)
-
-
 def shifted_time_grid(num_steps: int, timestep_shift: float) -> torch.Tensor:
     """linspace(0, 1, num_steps) warped by t' = s t / (1 + (s - 1) t) (no warp when s <= 0), float32."""
     if num_steps < 2:
@@ -41,9 +39,9 @@ def shifted_time_grid(num_steps: int, timestep_shift: float) -> torch.Tensor:
 
 
 @torch.no_grad()
-def euler_sample(dit: LightningDiT, noise: torch.Tensor, labels: torch.Tensor, num_steps: int = 250,
-                 timestep_shift: float = 0.3, cfg_scale: float = 6.7, cfg_interval_start: float = 0.125,
-                 cfg_channels: int = 3, bf16: bool = False) -> torch.Tensor:
+def euler_sample(dit: LightningDiT, noise: torch.Tensor, labels: torch.Tensor, num_steps: int,
+                 timestep_shift: float, cfg_scale: float, cfg_interval_start: float, cfg_channels: int,
+                 bf16: bool = False) -> torch.Tensor:
     """Normalized latents at t = 1 from ``noise`` at t = 0 for class ``labels``.
 
     Guidance (when cfg_scale > 1) evaluates the conditional and the null-class velocity in one
@@ -88,9 +86,9 @@ def decode_latents(vae: VAVAE, stats: LatentStats, latents: torch.Tensor, bf16: 
 
 
 def generate_imagenet_synthetic(dit: LightningDiT, vae: VAVAE, stats: LatentStats, out_store: str | Path,
-                                n_per_class: int, num_classes: int = 1000, num_steps: int = 250,
-                                timestep_shift: float = 0.3, cfg_scale: float = 6.7, cfg_interval_start: float = 0.125,
-                                cfg_channels: int = 3, batch_size: int = 64, seed: int = 0,
+                                n_per_class: int, num_classes: int, num_steps: int, timestep_shift: float,
+                                cfg_scale: float, cfg_interval_start: float, cfg_channels: int,
+                                batch_size: int = 64, seed: int = 0,
                                 shard_size: int | None = None, state_dir: str | Path | None = None,
                                 meta: dict | None = None, device: str = "cpu", bf16: bool = False,
                                 part: tuple[int, int] = (0, 1)) -> Path:
@@ -147,7 +145,7 @@ def generate_imagenet_synthetic(dit: LightningDiT, vae: VAVAE, stats: LatentStat
 
 
 def generate_from_checkpoints(dit_checkpoint: str | Path, vae_checkpoint: str | Path, latent_stats: str | Path,
-                              out_store: str | Path, n_per_class: int, num_classes: int = 1000,
+                              out_store: str | Path, n_per_class: int, num_classes: int,
                               dit_config: dict | None = None, vae_config: dict | None = None,
                               device: str = "cpu", **sampling) -> Path:
     """Load the released LightningDiT + VA-VAE + latent stats and run generate_imagenet_synthetic."""
