@@ -171,8 +171,17 @@ def _check_references(config: dict) -> None:
     for name, model in models.items():
         source = model["source"]
         is_edm = source["kind"] in ("edm_pickle", "train", "noisy_classifier")
+        # a noisy classifier reads its diffusion model's feature (diffusion_feature): one layer and sigma
+        is_noisy = source["kind"] == "noisy_classifier"
         _require(
-            is_edm == isinstance(model["feature"]["layer"], str),
+            ("feature" in model) != is_noisy,
+            f"diffusion_models.{name}.feature",
+            f"a noisy classifier has none: it is read at diffusion_models.{source.get('diffusion')}.feature (Section "
+            "5.6 changes only the training objective, not the layer or the noise); remove the key"
+            if is_noisy else "required: the layer (and sigma, or t and zero_channels) of the DRA target",
+        )
+        _require(
+            is_noisy or is_edm == isinstance(model["feature"]["layer"], str),
             f"diffusion_models.{name}.feature",
             "an EDM model takes {layer: model.dec.<block>, sigma}, a LightningDiT {layer: <block>, t, zero_channels}",
         )
@@ -250,12 +259,6 @@ def _check_noisy_classifier(config: dict, name: str) -> None:
         base is not None and base["source"]["kind"] in ("edm_pickle", "train"),
         f"{key}.diffusion",
         f"'{source['diffusion']}' is not an EDM model of diffusion_models (its U-Net is the architecture)",
-    )
-    _require(
-        models[name]["feature"] == base["feature"],
-        f"diffusion_models.{name}.feature",
-        f"must equal diffusion_models.{source['diffusion']}.feature {base['feature']}: the ablation changes "
-        "only the training objective, not the layer or the noise",
     )
 
 
@@ -398,13 +401,10 @@ def _check_sizes_and_ranges(config: dict) -> None:
         for arch, recipe in archs.items():
             key = f"recipes.{dataset}.{arch}"
             _require(arch in config["archs"], key, f"'{arch}' is not in archs (known: {', '.join(config['archs'])})")
-            attack = recipe["attack"]
-            _require(attack["eps_255"] <= 255, f"{key}.attack.eps_255",
-                     f"{attack['eps_255']} is more than 255/255, the whole pixel range; the paper's budgets are 8 "
-                     "(CIFAR) and 4 (ImageNet)")
-            _require(attack["step_255"] <= attack["eps_255"], f"{key}.attack.step_255",
-                     f"a PGD step of {attack['step_255']}/255 is larger than the budget eps_255 {attack['eps_255']}; "
-                     "DM-AT steps eps/4 (2/255 for 8/255)")
+            attack, eps_255 = recipe["attack"], datasets[dataset]["eps_255"]
+            _require(attack["step_255"] <= eps_255, f"{key}.attack.step_255",
+                     f"a PGD step of {attack['step_255']}/255 is larger than the budget datasets.{dataset}.eps_255 "
+                     f"{eps_255}; DM-AT steps eps/4 (2/255 for 8/255)")
     evaluated = {
         "classification_dimension.eval_n": (config["classification_dimension"]["eval_n"],
                                             {c.dataset for c in table_cells(config, ["table3"])}),
@@ -715,6 +715,15 @@ def feature_store(config: dict, dataset: str, store: str, views: int, diffusion:
 # the resolved recipe
 
 
+def diffusion_feature(config: dict, model: str) -> dict:
+    """The DRA feature of a diffusion model: ``diffusion_models.<model>.feature``, or, for a noisy
+    classifier, the feature of the diffusion model it replaces (Section 5.6: the same layer and noise)."""
+    entry = config["diffusion_models"][model]
+    if entry["source"]["kind"] == "noisy_classifier":
+        return config["diffusion_models"][entry["source"]["diffusion"]]["feature"]
+    return entry["feature"]
+
+
 def resolve_arch(config: dict, arch: str, seed: int) -> dict:
     """The arch entry, with an edm_encoder's diffusion model expanded into files, layer and sigma."""
     entry = copy.deepcopy(config["archs"][arch])
@@ -729,8 +738,8 @@ def resolve_arch(config: dict, arch: str, seed: int) -> dict:
         **entry,
         "network": str(Path(weights).with_suffix(".json")),
         "weights": weights,
-        "layer": config["diffusion_models"][model]["feature"]["layer"],
-        "sigma": config["diffusion_models"][model]["feature"]["sigma"],
+        "layer": diffusion_feature(config, model)["layer"],
+        "sigma": diffusion_feature(config, model)["sigma"],
         "noise_seed": seed,
     }
 
@@ -767,7 +776,7 @@ def resolve_recipe(config: dict, cell: Cell) -> dict:
     if method["dra"]:
         views = feature_views(config, cell)
         diffusion_name = dra_target_model(config, cell.dataset, method.get("dra_target", "diffusion"))
-        diffusion = config["diffusion_models"][diffusion_name]
+        feature = diffusion_feature(config, diffusion_name)
         dra = {
             # a method may set its own strength (the lambda sweep of Figure 8)
             "lambda": method.get("lambda", config["dra"]["lambda"]),
@@ -784,8 +793,8 @@ def resolve_recipe(config: dict, cell: Cell) -> dict:
             },
             "diffusion": {
                 "checkpoint": diffusion_checkpoint(config, diffusion_name),
-                "layer": diffusion["feature"]["layer"],
-                "sigma": diffusion["feature"].get("sigma"),   # EDM; LightningDiT features are stored (t, channels)
+                "layer": feature["layer"],
+                "sigma": feature.get("sigma"),   # EDM; LightningDiT features are stored (t, channels)
                 "extra_view": views == 2,
             },
         }
@@ -813,7 +822,8 @@ def resolve_recipe(config: dict, cell: Cell) -> dict:
         },
         "arch": resolve_arch(config, cell.arch, seed),
         "attack": {
-            "eps": attack["eps_255"] / 255,
+            # one budget per dataset: the one AutoAttack evaluates (datasets.<d>.eps_255)
+            "eps": dataset["eps_255"] / 255,
             "step": attack["step_255"] / 255,
             "steps": attack["steps"],
         },

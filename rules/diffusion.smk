@@ -94,8 +94,8 @@ rule train_noisy_classifier:
         runtime=runtime_per_attempt("diffusion"),
         mem_mb=resource("diffusion", "mem_mb"),
     params:
-        feature=lambda wc: config["diffusion_models"][wc.model]["feature"],
-        layer=lambda wc: config["diffusion_models"][wc.model]["feature"]["layer"],
+        feature=lambda wc: cfg.diffusion_feature(config, wc.model),
+        layer=lambda wc: cfg.diffusion_feature(config, wc.model)["layer"],
         training=lambda wc: config["diffusion_models"][wc.model]["source"]["training"],
         augment=noisy_classifier_augment,
         seed=config["seed"],
@@ -177,8 +177,8 @@ rule extract_features:
         runtime=runtime_per_attempt("diffusion"),
         mem_mb=resource("diffusion", "mem_mb"),
     params:
-        layer=lambda wc: config["diffusion_models"][wc.diffusion]["feature"]["layer"],
-        sigma=lambda wc: config["diffusion_models"][wc.diffusion]["feature"]["sigma"],
+        layer=lambda wc: cfg.diffusion_feature(config, wc.diffusion)["layer"],
+        sigma=lambda wc: cfg.diffusion_feature(config, wc.diffusion)["sigma"],
         seed=config["seed"],
     shell:
         "python -m scripts.extract_features --weights {input.weights} --network {input.network}"

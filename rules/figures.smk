@@ -62,7 +62,7 @@ rule figure_diffusion_representation:
         runtime=runtime_per_attempt("diffusion"),
         mem_mb=resource("diffusion", "mem_mb"),
     params:
-        feature=lambda wc: config["diffusion_models"][wc.diffusion]["feature"],
+        feature=lambda wc: cfg.diffusion_feature(config, wc.diffusion),
         train_n=lambda wc: config["diffusion_models"][wc.diffusion]["validation"]["train_n"],
         eps=lambda wc: eps_grid_255(wc.dataset),
         attack_eps=lambda wc: config["datasets"][wc.dataset]["eps_255"],

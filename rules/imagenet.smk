@@ -142,9 +142,9 @@ rule extract_imagenet_features:
     params:
         # training JPEGs through the index (ADM center crop), synthetic images from their store
         source=lambda wc: "--imagenet-index" if wc.store == "train" else "--images",
-        feature=lambda wc: config["diffusion_models"][wc.diffusion]["feature"],
+        feature=lambda wc: cfg.diffusion_feature(config, wc.diffusion),
         zero=lambda wc: " ".join(
-            str(c) for c in config["diffusion_models"][wc.diffusion]["feature"]["zero_channels"]
+            str(c) for c in cfg.diffusion_feature(config, wc.diffusion)["zero_channels"]
         ),
         networks=lambda wc: lightningdit_config_flags(wc.diffusion),
         state=f"{RESULTS}/state/{{dataset}}/features/{{diffusion}}/{{store}}-v1",

@@ -14,8 +14,9 @@ def main() -> None:
     parser.add_argument("--network", required=True, help="EDM .json (init kwargs)")
     parser.add_argument("--images", required=True, help="input image store folder")
     parser.add_argument("--out", required=True, help="output feature store folder")
-    parser.add_argument("--layer", default="model.dec.8x8_in1", help="module whose output is pooled")
-    parser.add_argument("--sigma", type=float, default=0.1, help="noise level of view 0 (paper: 0.1)")
+    # the feature's layer and sigma come from config.yaml (diffusion_models.<model>.feature, Appendix D)
+    parser.add_argument("--layer", required=True, help="module whose output is pooled, e.g. model.dec.8x8_in1")
+    parser.add_argument("--sigma", type=float, required=True, help="noise level of view 0")
     parser.add_argument("--views", type=int, choices=(1, 2), default=1,
                         help="2 adds a view at a sigma drawn from EDM's training distribution")
     parser.add_argument("--batch-size", type=int, default=256)

@@ -14,7 +14,9 @@ T1_CELL = ["tables", "table1", "rows", 0, "cell"]
 # (name, path into the paper config, new value, key the message names, bad value it shows)
 CASES = [
     # ranges and relations the schema alone did not state (the list first)
-    ("eps 300/255", R + ["attack", "eps_255"], 300, "recipes.cifar10.wrn-28-10.attack.eps_255", "300"),
+    # the one budget of a dataset, for training and evaluation
+    ("eps 300/255", ["datasets", "cifar10", "eps_255"], 300, "datasets.cifar10.eps_255", "300"),
+    ("a recipe with its own eps", R + ["attack", "eps_255"], 8, "recipes.cifar10.wrn-28-10.attack", "eps_255"),
     ("PGD step larger than eps", R + ["attack", "step_255"], 20, "recipes.cifar10.wrn-28-10.attack.step_255", "20"),
     ("no attack steps", R + ["attack", "steps"], 0, "recipes.cifar10.wrn-28-10.attack.steps", "0"),
     ("std with a 0", ["datasets", "cifar10", "std"], [0.2471, 0, 0.2616], "datasets.cifar10.std[1]", "0"),

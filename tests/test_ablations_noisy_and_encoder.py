@@ -168,8 +168,9 @@ def test_ablation_methods_resolve_to_their_targets_and_files():
     assert encoder["arch"]["weights"] == "resources/diffusion/edm-cifar10-cond/model.safetensors"
     assert encoder["arch"]["network"] == "resources/diffusion/edm-cifar10-cond/model.json"
     broken = copy.deepcopy(paper)
-    broken["diffusion_models"]["noisy-cifar10"]["feature"]["sigma"] = 0.2
-    with pytest.raises(cfg.ConfigError, match="diffusion_models.noisy-cifar10.feature"):
+    # the layer and sigma live once, in the diffusion model's entry: a copy of them is refused
+    broken["diffusion_models"]["noisy-cifar10"]["feature"] = {"layer": "model.dec.8x8_in1", "sigma": 0.2}
+    with pytest.raises(cfg.ConfigError, match="diffusion_models.noisy-cifar10.feature: a noisy classifier has none"):
         cfg.validate_config(broken)
     orphan = copy.deepcopy(paper)
     del orphan["diffusion_models"]["noisy-cifar10"]

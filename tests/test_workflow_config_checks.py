@@ -105,10 +105,10 @@ def _rejected_before_any_job(result):
 
 def test_overlay_mistake_stops_the_dry_run_naming_the_key(workflow, paper):
     overlay = workflow / "eps.yaml"
-    overlay.write_text(yaml.safe_dump(overlay_of(["recipes", "cifar10", "wrn-28-10", "attack", "eps_255"], 300, paper)))
+    overlay.write_text(yaml.safe_dump(overlay_of(["datasets", "cifar10", "eps_255"], 300, paper)))
     result, seconds = _dry_run(workflow, "--configfile", overlay.name)
     output = _rejected_before_any_job(result)
-    assert "config key recipes.cifar10.wrn-28-10.attack.eps_255: 300 is more than 255/255" in output
+    assert "config key datasets.cifar10.eps_255: 300 is greater than the maximum of 255" in output
     print(f"rejected in {seconds:.1f} s")
 
 

@@ -75,7 +75,7 @@ def generation_plan(n_per_class: int, num_classes: int, seed: int) -> tuple[np.n
 
 
 def generate_synthetic(net: EDMPrecond, out_store: str | Path, n_per_class: int, num_classes: int,
-                       num_steps: int = 18, batch_size: int = 256, seed: int = 0, shard_size: int | None = None,
+                       num_steps: int, batch_size: int = 256, seed: int = 0, shard_size: int | None = None,
                        meta: dict | None = None, state_dir: str | Path | None = None) -> Path:
     """Sample ``n_per_class`` images per class into an ImageStore, resumable after a kill.
 
