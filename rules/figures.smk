@@ -33,10 +33,12 @@ rule figure_representation:
         attack_eps=lambda wc: config["datasets"][cfg.model_dataset(config, wc.model)]["eps_255"],
         n=FIGURES["eval_n"],
         steps=FIGURES["pgd_steps"],
+        step_factor=FIGURES["pgd_step_factor"],
     shell:
         "python -m scripts.figure_representation --model {input.model} --recipe {input.recipe}"
         " --test-store {input.test} --n {params.n} --eps-255 {params.eps}"
-        " --attack-eps-255 {params.attack_eps} --steps {params.steps} --threads {threads}"
+        " --attack-eps-255 {params.attack_eps} --steps {params.steps}"
+        " --step-factor {params.step_factor} --threads {threads}"
         " --out {output} 2> {log}"
 
 
@@ -68,13 +70,15 @@ rule figure_diffusion_representation:
         attack_eps=lambda wc: config["datasets"][wc.dataset]["eps_255"],
         n=FIGURES["eval_n"],
         steps=FIGURES["pgd_steps"],
+        step_factor=FIGURES["pgd_step_factor"],
         seed=config["seed"],
     shell:
         "python -m scripts.figure_diffusion_representation --weights {input.weights}"
         " --network {input.network} --train-store {input.train} --test-store {input.test}"
         " --layer {params.feature[layer]} --sigma {params.feature[sigma]} --train-n {params.train_n}"
         " --n {params.n} --eps-255 {params.eps} --attack-eps-255 {params.attack_eps}"
-        " --steps {params.steps} --seed {params.seed} --threads {threads} --out {output} 2> {log}"
+        " --steps {params.steps} --step-factor {params.step_factor} --seed {params.seed}"
+        " --threads {threads} --out {output} 2> {log}"
 
 
 rule figure3:

@@ -5,7 +5,8 @@ classifiers (dra.analysis.figures.diffusion_representation).
 Example:
     python -m scripts.figure_diffusion_representation --weights model.safetensors --network model.json \\
         --train-store resources/cifar10/train --test-store resources/cifar10/test --layer model.dec.8x8_in1 \\
-        --sigma 0.1 --train-n 10000 --n 1000 --eps-255 0 1 2 4 8 --attack-eps-255 8 --out dr.npz
+        --sigma 0.1 --train-n 10000 --n 1000 --eps-255 0 1 2 4 8 --attack-eps-255 8 \\
+        --steps 20 --step-factor 2.5 --out dr.npz
 """
 
 from __future__ import annotations
@@ -29,7 +30,9 @@ def main(argv=None) -> None:
     parser.add_argument("--n", type=int, required=True, help="use the first N test images")
     parser.add_argument("--eps-255", type=float, nargs="+", required=True, help="L-inf budgets of the robust curve, x/255")
     parser.add_argument("--attack-eps-255", type=float, required=True, help="budget of the adversarial features, x/255")
-    parser.add_argument("--steps", type=int, default=20, help="PGD steps")
+    parser.add_argument("--steps", type=int, required=True, help="PGD steps (config: figures.pgd_steps)")
+    parser.add_argument("--step-factor", type=float, required=True,
+                        help="each PGD step is factor * eps / steps (config: figures.pgd_step_factor)")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--seed", type=int, default=0, help="seed of the diffusion noise and the probe")
     parser.add_argument("--out", required=True, help="representation.npz")
@@ -39,7 +42,7 @@ def main(argv=None) -> None:
     torch.set_num_threads(args.threads)
     diffusion_representation(args.weights, args.network, args.train_store, args.test_store, args.layer, args.sigma,
                              args.train_n, args.n, [e / 255 for e in args.eps_255], args.attack_eps_255 / 255,
-                             args.steps, args.batch_size, args.seed, args.device, args.out)
+                             args.steps, args.step_factor, args.batch_size, args.seed, args.device, args.out)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ gradients (dra.analysis.figures.classifier_representation).
 Example:
     python -m scripts.figure_representation --model <cell>/train/model.pt --recipe <cell>/recipe.yaml \\
         --test-store resources/cifar10/test --n 1000 --eps-255 0 1 2 4 8 --attack-eps-255 8 --steps 20 \\
-        --out <cell>/representation.npz
+        --step-factor 2.5 --out <cell>/representation.npz
 """
 
 from __future__ import annotations
@@ -25,7 +25,9 @@ def main(argv=None) -> None:
     parser.add_argument("--n", type=int, required=True, help="use the first N test images")
     parser.add_argument("--eps-255", type=float, nargs="+", required=True, help="L-inf budgets of the robust curve, x/255")
     parser.add_argument("--attack-eps-255", type=float, required=True, help="budget of the adversarial features, x/255")
-    parser.add_argument("--steps", type=int, default=20, help="PGD steps")
+    parser.add_argument("--steps", type=int, required=True, help="PGD steps (config: figures.pgd_steps)")
+    parser.add_argument("--step-factor", type=float, required=True,
+                        help="each PGD step is factor * eps / steps (config: figures.pgd_step_factor)")
     parser.add_argument("--batch-size", type=int, default=250)
     parser.add_argument("--out", required=True, help="representation.npz")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
@@ -33,7 +35,8 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     classifier_representation(args.model, args.recipe, args.test_store, args.n, [e / 255 for e in args.eps_255],
-                              args.attack_eps_255 / 255, args.steps, args.batch_size, args.device, args.out)
+                              args.attack_eps_255 / 255, args.steps, args.step_factor, args.batch_size, args.device,
+                              args.out)
 
 
 if __name__ == "__main__":

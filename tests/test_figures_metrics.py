@@ -60,7 +60,8 @@ def linear_two_class(n=40, seed=0):
 def test_measure_representation_matches_the_linear_closed_form():
     forward, images, labels, w, scores = linear_two_class()
     eps = 0.02
-    record = measure_representation(forward, images, labels, [0.0, eps, 0.1], eps, steps=10, batch_size=16)
+    record = measure_representation(forward, images, labels, [0.0, eps, 0.1], eps, steps=10, step_factor=2.5,
+                                    batch_size=16)
     # the sign of the loss gradient never changes for a linear 2-class model, so 10 steps of
     # 2.5 eps / 10 reach the corner delta = eps * sign(w) * (1 - 2 y) of the ball
     margin = scores.abs()

@@ -69,13 +69,13 @@ def results(tmp_path_factory):
         figure_representation.main(
             ["--model", str(folder / "train" / "model.pt"), "--recipe", str(folder / "recipe.yaml"),
              "--test-store", str(root / "data" / "test"), "--n", "30", "--eps-255", "0", "8", "16",
-             "--attack-eps-255", "16", "--steps", "3", "--batch-size", "16", "--device", "cpu",
-             "--out", str(folder / "representation.npz")])
+             "--attack-eps-255", "16", "--steps", "3", "--step-factor", "2.5", "--batch-size", "16",
+             "--device", "cpu", "--out", str(folder / "representation.npz")])
     figure_diffusion_representation.main(
         ["--weights", str(root / "edm.safetensors"), "--network", str(root / "edm.json"),
          "--train-store", str(root / "data" / "train"), "--test-store", str(root / "data" / "test"),
          "--layer", "model.dec.4x4_in1", "--sigma", "0.1", "--train-n", "40", "--n", "30",
-         "--eps-255", "0", "8", "16", "--attack-eps-255", "16", "--steps", "3", "--batch-size", "16",
+         "--eps-255", "0", "8", "16", "--attack-eps-255", "16", "--steps", "3", "--step-factor", "2.5", "--batch-size", "16",
          "--device", "cpu", "--out", str(root / "dr.npz")])
     return root
 

@@ -7,7 +7,7 @@ Two kinds of functions:
   pairs of Figures 4 and 5), robust accuracy over an eps grid (Figure 3b), the Fourier
   magnitude of the PGD perturbations (Figure 3a) and of the input gradients (Figure 10).
   Classifiers and the linear-probed diffusion representation (DR) are attacked with the same
-  deterministic PGD (dra.diffusion.probe.pgd_from_clean: clean start, 2.5 eps / steps sign steps);
+  deterministic PGD (dra.diffusion.probe.pgd_from_clean: clean start, step_factor * eps / steps sign steps);
   the DR's diffusion noise is fixed per image, as in validate_features (Section 4.1).
 - figures drawn from those files, autoattack.json and recipe.yaml, each written as PNG, PDF
   and the CSV of the plotted numbers.
@@ -53,10 +53,11 @@ class FigureInputError(ValueError):
 # ---------------------------------------------------------------------------------------------- measurements
 
 
-def _pgd(forward: Forward, x: torch.Tensor, y: torch.Tensor, first: int, eps: float, steps: int) -> torch.Tensor:
+def _pgd(forward: Forward, x: torch.Tensor, y: torch.Tensor, first: int, eps: float, steps: int,
+         step_factor: float) -> torch.Tensor:
     from dra.diffusion.probe import pgd_from_clean
 
-    return pgd_from_clean(lambda adv: forward(adv, first)[0], x, y, eps, steps, step_size=2.5 * eps / steps)
+    return pgd_from_clean(lambda adv: forward(adv, first)[0], x, y, eps, steps, step_size=step_factor * eps / steps)
 
 
 def unit_gradient_spectrum(gradients: torch.Tensor) -> torch.Tensor:
@@ -67,7 +68,7 @@ def unit_gradient_spectrum(gradients: torch.Tensor) -> torch.Tensor:
 
 
 def measure_representation(forward: Forward, images01: torch.Tensor, labels: torch.Tensor,
-                           eps_grid: Sequence[float], attack_eps: float, steps: int,
+                           eps_grid: Sequence[float], attack_eps: float, steps: int, step_factor: float,
                            batch_size: int) -> dict[str, np.ndarray]:
     """Everything the figures read about one model (keys: REPRESENTATION_KEYS).
 
@@ -92,7 +93,7 @@ def measure_representation(forward: Forward, images01: torch.Tensor, labels: tor
         (gradient,) = torch.autograd.grad(F.cross_entropy(forward(x_grad, start)[0], y, reduction="sum"), x_grad)
         gradient_sum = gradient_sum + unit_gradient_spectrum(gradient) * len(x)
         for eps in budgets:
-            x_adv = _pgd(forward, x, y, start, eps, steps) if eps > 0 else x
+            x_adv = _pgd(forward, x, y, start, eps, steps, step_factor) if eps > 0 else x
             with torch.no_grad():
                 adv_logits, adv_features = forward(x_adv, start) if eps > 0 else (logits, features)
             correct[eps] += int((adv_logits.argmax(1) == y).sum())
@@ -141,8 +142,9 @@ def load_representation(path: str | Path) -> dict[str, np.ndarray]:
 
 
 def classifier_representation(model_path: str | Path, recipe_path: str | Path, test_store: str | Path, n: int,
-                              eps_grid: Sequence[float], attack_eps: float, steps: int, batch_size: int,
-                              device: str | torch.device, out_npz: str | Path) -> dict[str, np.ndarray]:
+                              eps_grid: Sequence[float], attack_eps: float, steps: int, step_factor: float,
+                              batch_size: int, device: str | torch.device,
+                              out_npz: str | Path) -> dict[str, np.ndarray]:
     """measure_representation of a trained classifier (its pooled penultimate features)."""
     from dra.evaluation.autoattack import load_classifier, load_test_images
 
@@ -155,15 +157,17 @@ def classifier_representation(model_path: str | Path, recipe_path: str | Path, t
         logits, features = model.forward_features(x.to(device))
         return logits.float().cpu(), features.float().cpu()
 
-    record = measure_representation(forward, images01, labels, eps_grid, attack_eps, steps, batch_size)
+    record = measure_representation(forward, images01, labels, eps_grid, attack_eps, steps, step_factor,
+                                    batch_size)
     save_representation(record, out_npz)
     return record
 
 
 def diffusion_representation(weights: str | Path, network: str | Path, train_store: str | Path,
                              test_store: str | Path, layer: str, sigma: float, train_n: int, n: int,
-                             eps_grid: Sequence[float], attack_eps: float, steps: int, batch_size: int,
-                             seed: int, device: str | torch.device, out_npz: str | Path) -> dict[str, np.ndarray]:
+                             eps_grid: Sequence[float], attack_eps: float, steps: int, step_factor: float,
+                             batch_size: int, seed: int, device: str | torch.device,
+                             out_npz: str | Path) -> dict[str, np.ndarray]:
     """measure_representation of the DR: the frozen diffusion features (unconditional mode, fixed
     noise per image) with a linear probe fitted on the first ``train_n`` training images.
 
@@ -188,7 +192,8 @@ def diffusion_representation(weights: str | Path, network: str | Path, train_sto
         return probe(features).float().cpu(), features.float().cpu()
 
     images01, labels = load_test_images(test_store, n)
-    record = measure_representation(forward, images01, labels, eps_grid, attack_eps, steps, batch_size)
+    record = measure_representation(forward, images01, labels, eps_grid, attack_eps, steps, step_factor,
+                                    batch_size)
     record["probe_train_accuracy"] = np.array(
         100.0 * float((probe(torch.from_numpy(train_features).to(device)).argmax(1).cpu() == train_labels)
                       .double().mean()))
