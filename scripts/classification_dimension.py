@@ -28,7 +28,8 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=None, help="use the first N test points (default: all)")
     parser.add_argument("--eps", required=True, help="PGD Linf budget as a fraction of 1, e.g. 8/255")
     parser.add_argument("--step", default=None, help="PGD step size (default: eps / 4)")
-    parser.add_argument("--steps", type=int, default=20, help="PGD steps")
+    parser.add_argument("--steps", type=int, required=True,
+                        help="PGD steps (config: classification_dimension.attack.steps)")
     parser.add_argument("--seed", type=int, default=0, help="seed of PGD's random start")
     parser.add_argument("--batch-size", type=int, default=500)
     parser.add_argument("--out-json", required=True)

@@ -17,7 +17,7 @@ def main(argv=None) -> None:
                         help="a RobustBench model: its name, its features npz, its reported AutoAttack accuracy (%%)")
     parser.add_argument("--standard", required=True, help="features npz of RobustBench's Standard model")
     parser.add_argument("--diffusion", required=True, help="representation.npz of the DR")
-    parser.add_argument("--topk", type=int, default=10, help="CKNNA neighbourhood size")
+    parser.add_argument("--topk", type=int, required=True, help="CKNNA neighbourhood size (config: figures.cknna_topk)")
     parser.add_argument("--results-root", default=None, help="results/<scale>; --cells are paths below it")
     parser.add_argument("--cells", nargs="*", default=[], help="our cells, drawn as a second series")
     parser.add_argument("--out-png", required=True, help="Figure 1")

@@ -15,7 +15,8 @@ def main() -> None:
     parser.add_argument("--out", required=True, help="output image store folder")
     parser.add_argument("--images-per-class", type=int, required=True)
     parser.add_argument("--num-classes", type=int, required=True)
-    parser.add_argument("--num-steps", type=int, required=True, help="Heun steps (config: the set's generate.num_steps)")
+    parser.add_argument("--num-steps", type=int, required=True,
+                        help="Heun steps (config: the set's generate.num_steps)")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--seed", type=int, default=0, help="first latent seed; seeds repeat for every class")
     parser.add_argument("--state-dir", help="where finished shards wait (default: <out>.state)")

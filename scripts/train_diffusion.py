@@ -12,10 +12,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--train-store", required=True, help="image store to learn from")
     parser.add_argument("--network", default="{}", help="JSON of EDMPrecond kwargs overriding the mini defaults")
-    parser.add_argument("--steps", type=int, default=1000)
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--lr", type=float, default=2e-3, help="Adam learning rate")
-    parser.add_argument("--ema-half-life-images", type=float, default=17_700,
+    parser.add_argument("--steps", type=int, required=True, help="optimizer steps")
+    parser.add_argument("--batch-size", type=int, required=True)
+    parser.add_argument("--lr", type=float, required=True, help="Adam learning rate")
+    parser.add_argument("--ema-half-life-images", type=float, required=True,
                         help="EMA half-life in images (17.7k = decay 0.995 per step at batch 128)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out-weights", required=True, help="model .safetensors")
