@@ -63,10 +63,12 @@ rule classification_dimension:
         eps_255=lambda wc: config["datasets"][wc.dataset]["eps_255"],
         n=config["classification_dimension"]["eval_n"],
         steps=config["classification_dimension"]["attack"]["steps"],
+        step_fraction=config["classification_dimension"]["attack"]["step_fraction"],
         seed=config["seed"],
     shell:
         "python -m scripts.classification_dimension --model {input.model} --recipe {input.recipe}"
         " --test-store {input.test} --n {params.n} --eps {params.eps_255}/255 --steps {params.steps}"
+        " --step-fraction {params.step_fraction}"
         " --seed {params.seed} --threads {threads} --out-json {output.json}"
         " --out-csv {output.curve} --out-png {output.figure} 2> {log}"
 

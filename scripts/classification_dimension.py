@@ -5,7 +5,7 @@ accuracy curve over the number of principal components (CSV) and its plot (PNG).
 
 Example:
     python scripts/classification_dimension.py --model <cell>/train/model.pt --recipe <cell>/recipe.yaml \\
-        --test-store resources/cifar10/test --eps 8/255 --steps 20 \\
+        --test-store resources/cifar10/test --eps 8/255 --steps 20 --step-fraction 0.25 \\
         --out-json <cell>/classification_dimension.json --out-csv <cell>/classification_dimension.csv \\
         --out-png <cell>/classification_dimension.png
 """
@@ -27,7 +27,8 @@ def main() -> None:
     parser.add_argument("--test-store", required=True, help="image store folder of the test split")
     parser.add_argument("--n", type=int, default=None, help="use the first N test points (default: all)")
     parser.add_argument("--eps", required=True, help="PGD Linf budget as a fraction of 1, e.g. 8/255")
-    parser.add_argument("--step", default=None, help="PGD step size (default: eps / 4)")
+    parser.add_argument("--step-fraction", type=float, required=True,
+                        help="PGD step as a fraction of eps (config: classification_dimension.attack.step_fraction)")
     parser.add_argument("--steps", type=int, required=True,
                         help="PGD steps (config: classification_dimension.attack.steps)")
     parser.add_argument("--seed", type=int, default=0, help="seed of PGD's random start")
@@ -41,7 +42,7 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     eps = parse_eps(args.eps)
-    step = parse_eps(args.step) if args.step is not None else eps / 4
+    step = eps * args.step_fraction
     run_classification_dimension(args.model, args.recipe, args.test_store, args.n, eps, step, args.steps, args.seed,
                                  args.batch_size, args.device, args.out_json, args.out_csv, args.out_png)
 

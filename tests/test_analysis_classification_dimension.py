@@ -156,7 +156,7 @@ def test_script_writes_json_curve_and_png(tmp_path):
     done = subprocess.run(
         [sys.executable, "scripts/classification_dimension.py", "--model", str(tmp_path / "model.pt"),
          "--recipe", str(tmp_path / "recipe.yaml"), "--test-store", str(tmp_path / "test"), "--n", "40",
-         "--eps", "2/255", "--steps", "3", "--batch-size", "20", "--threads", "1", "--device", "cpu",
+         "--eps", "2/255", "--steps", "3", "--step-fraction", "0.25", "--batch-size", "20", "--threads", "1", "--device", "cpu",
          "--out-json", str(out / "cd.json"), "--out-csv", str(out / "cd.csv"), "--out-png", str(out / "cd.png")],
         capture_output=True, text=True, cwd=Path(__file__).parents[1])
     assert done.returncode == 0, done.stderr
