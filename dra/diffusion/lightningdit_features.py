@@ -153,6 +153,7 @@ def extract_lightningdit_feature_store(extractor: LightningDiTFeatureExtractor, 
     settings = dict(layer=extractor.layer, t=extractor.t, zero_channels=extractor.zero_channels,
                     seed=extractor.seed, use_labels=extractor.use_labels, sample_posterior=extractor.sample_posterior,
                     bf16=extractor.bf16, source=source, diffusion_model=diffusion_model)
+
     def compute(start: int, stop: int, advance) -> dict[str, np.ndarray]:
         features = np.empty((stop - start, 1, extractor.dim), dtype=np.float16)
         loader = imagenet_loader(Subset(dataset, range(start, stop)), batch_size, num_workers=num_workers)

@@ -121,6 +121,7 @@ def generate_imagenet_synthetic(dit: LightningDiT, vae: VAVAE, stats: LatentStat
     settings = dict(n_per_class=n_per_class, num_classes=num_classes, num_steps=num_steps,
                     timestep_shift=timestep_shift, cfg_scale=cfg_scale, cfg_interval_start=cfg_interval_start,
                     cfg_channels=cfg_channels, seed=seed, bf16=bf16, part=[index, parts], rows=[first, last])
+
     def compute(start: int, stop: int, advance) -> dict[str, np.ndarray]:
         shard_images = []
         for lo, hi in row_batches(start, stop, batch_size):

@@ -92,6 +92,7 @@ def generate_synthetic(net: EDMPrecond, out_store: str | Path, n_per_class: int,
     resolution, channels = net.img_resolution, net.img_channels
     if channels != 3:
         raise ValueError(f"image stores hold RGB; the diffusion model makes {channels} channels")
+
     def compute(start: int, stop: int, advance) -> dict[str, np.ndarray]:
         shard_images = []
         for lo, hi in row_batches(start, stop, batch_size):
