@@ -136,7 +136,8 @@ def test_figures4_and_5(results):
 def test_figure6(results):
     paths = outputs(results / "out", "figure6")
     figure_6.main(["--results-root", str(results / "results"), "--models", cell("at"), cell("dm-at+dra"),
-                   "--k", "2", "8", "--latents-per-dim", "2", "--steps", "20", "--batch-size", "8", *flags(paths)])
+                   "--k", "2", "8", "--latents-per-dim", "2", "--steps", "20", "--batch-size", "8", "--lr", "1e-3",
+                   *flags(paths)])
     assert_drawn(paths)
     table = pd.read_csv(paths["csv"])
     assert len(table) == 4 and set(table["k"]) == {2, 8} and (table["latents"] == 128).all()
@@ -226,7 +227,7 @@ def test_figure1_refuses_features_of_other_test_images(results, tmp_path):
     with pytest.raises(FigureInputError, match="other test images"):
         figure_1_9.main(["--zoo", "X", str(tmp_path / "shuffled.npz"), "50", "--standard",
                          str(results / "results" / cell("st") / "representation.npz"), "--diffusion",
-                         str(results / "dr.npz"), *flags(paths), "--out9-png", str(tmp_path / "9.png"),
+                         str(results / "dr.npz"), "--topk", "10", *flags(paths), "--out9-png", str(tmp_path / "9.png"),
                          "--out9-pdf", str(tmp_path / "9.pdf")])
 
 
