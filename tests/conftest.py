@@ -1,8 +1,10 @@
-"""Order of the test files for the two pytest-xdist workers (pyproject: -n 2 --dist loadfile).
+"""Shared by the test files: their order for the two pytest-xdist workers, and two fixtures.
 
 The end-to-end files take most of the time (the mini reproduction about 20 minutes); started
-first, they run beside the unit tests instead of after them.
+first, they run beside the unit tests instead of after them (pyproject: -n 2 --dist loadfile).
 """
+
+import pytest
 
 LONGEST_FIRST = ("test_workflow_mini.py", "test_workflow_slurm.py", "test_workflow_imagenet_mini.py")
 
@@ -13,3 +15,22 @@ def pytest_collection_modifyitems(config, items):
         return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
 
     items.sort(key=rank)  # stable: every other test keeps its place
+
+
+@pytest.fixture
+def one_torch_thread():
+    """torch on one thread for the test, so that float results do not depend on the machine's cores."""
+    import torch  # here, not at the top: most test files never load torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def imagenet_overlay(tmp_path_factory):
+    """The paper's config with an ImageNet folder set, for dry runs (which never read it)."""
+    path = tmp_path_factory.mktemp("overlay") / "imagenet.yaml"
+    path.write_text("datasets:\n  imagenet:\n    source:\n      path: /data/ILSVRC2012\n")
+    return str(path)

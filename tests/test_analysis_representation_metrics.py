@@ -17,6 +17,8 @@ from dra.analysis.representation_metrics import (
     uniformity,
 )
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 
 def circle(n: int, radius: float = 1.0) -> torch.Tensor:
     angles = torch.arange(n, dtype=torch.float64) * 2 * math.pi / n
@@ -89,9 +91,4 @@ def test_fourier_spectrum_peaks_at_the_sinusoid_frequency():
     assert constant.argmax().item() == (size // 2) * size + size // 2  # DC at the centre
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -30,11 +30,14 @@ def _balanced_batch(rng, n, num_classes, label_key):
     }
 
 
-def _cifar10_archive(path, rng, per_batch=20, test=10, corrupt=None, protocol=2):
+def _cifar10_archive(path, rng, per_batch=20, test=10, corrupt=None, protocol=2, edit=None):
+    """Random batches in the official layout; `edit(batches)` may change them before they are written."""
     batches = {
         f"data_batch_{i}": _balanced_batch(rng, per_batch, 10, b"labels") for i in range(1, 6)
     }
     batches["test_batch"] = _balanced_batch(rng, test, 10, b"labels")
+    if edit is not None:
+        edit(batches)
     with tarfile.open(path, "w:gz") as tar:
         _add(
             tar,
@@ -96,22 +99,15 @@ def test_cifar10_round_trip_is_pixel_exact(tmp_path, protocol):
 
 
 def test_known_pixel_from_colour_planes(tmp_path):
-    rng = np.random.default_rng(1)
+    def one_known_pixel(batches):
+        row = batches["data_batch_1"][b"data"][0]
+        row[:] = 0
+        row[0 * 1024 + 2 * 32 + 5] = 11  # red   at y=2, x=5
+        row[1 * 1024 + 2 * 32 + 5] = 22  # green at y=2, x=5
+        row[2 * 1024 + 2 * 32 + 5] = 33  # blue  at y=2, x=5
+
     archive = tmp_path / "cifar-10-python.tar.gz"
-    batches = _cifar10_archive(archive, rng)
-    row = batches["data_batch_1"][b"data"][0]
-    row[:] = 0
-    row[0 * 1024 + 2 * 32 + 5] = 11  # red   at y=2, x=5
-    row[1 * 1024 + 2 * 32 + 5] = 22  # green at y=2, x=5
-    row[2 * 1024 + 2 * 32 + 5] = 33  # blue  at y=2, x=5
-    with tarfile.open(archive, "w:gz") as tar:
-        _add(
-            tar,
-            "cifar-10-batches-py/batches.meta",
-            {b"label_names": [f"c{i}".encode() for i in range(10)]},
-        )
-        for name, batch in batches.items():
-            _add(tar, f"cifar-10-batches-py/{name}", batch)
+    _cifar10_archive(archive, np.random.default_rng(1), edit=one_known_pixel)
     convert_cifar(
         archive,
         "cifar10",

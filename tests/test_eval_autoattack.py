@@ -30,6 +30,8 @@ from dra.evaluation.autoattack import (
     write_autoattack_outputs,
 )
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 NUM_CLASSES = 10  # APGD-T and FAB-T attack the 9 top other classes (autoattack.py set_version)
 SHAPE = (3, 4, 4)
 
@@ -61,14 +63,6 @@ def linear_problem(n: int, seed: int = 0):
     truth_clean = np.ones(n, bool)
     truth_clean[:2] = False
     return model.eval(), images, labels, eps, truth_clean, truth_robust
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def test_eps_text_round_trip():

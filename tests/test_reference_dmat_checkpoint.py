@@ -30,6 +30,8 @@ from dra.models.dmat_checkpoint import (
 )
 from scripts import convert_dmat_checkpoint as convert_script
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)  # DM-AT wideresnetwithswish.py
 CIFAR10_STD = (0.2471, 0.2435, 0.2616)
 
@@ -116,14 +118,6 @@ def dmat_forward(state: dict[str, torch.Tensor], x: torch.Tensor, mean, std) -> 
 def save_dmat_checkpoint(path, state, unaveraged):
     # train-wa.py's save_model: the weight-averaged model and the raw one
     torch.save({"model_state_dict": state, "unaveraged_model_state_dict": unaveraged}, path)
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize(

@@ -32,14 +32,6 @@ def planned_jobs(*args):
     return counts
 
 
-@pytest.fixture(scope="module")
-def imagenet_overlay(tmp_path_factory):
-    """The paper's config with an ImageNet folder set (a dry run never reads it)."""
-    path = tmp_path_factory.mktemp("overlay") / "imagenet.yaml"
-    path.write_text("datasets:\n  imagenet:\n    source:\n      path: /data/ILSVRC2012\n")
-    return str(path)
-
-
 def test_all_data_of_the_paper_plans_every_download_once():
     jobs = planned_jobs("all_data")
     # CIFAR-10 and CIFAR-100 archives; synthetic parts 1M + 20M (2) + 50M (4) for CIFAR-10, 1M for CIFAR-100

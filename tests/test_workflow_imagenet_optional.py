@@ -32,13 +32,6 @@ def jobs_of(stdout):
     return jobs
 
 
-@pytest.fixture(scope="module")
-def imagenet_overlay(tmp_path_factory):
-    path = tmp_path_factory.mktemp("overlay") / "imagenet.yaml"
-    path.write_text("datasets:\n  imagenet:\n    source:\n      path: /data/ILSVRC2012\n")
-    return str(path)
-
-
 def test_all_tables_without_the_folder_plans_every_other_cell_and_says_so_once():
     result = dry_run("all_tables")
     said = [line for line in (result.stdout + result.stderr).splitlines() if line.startswith(f"not run: set {KEY}")]
