@@ -116,16 +116,27 @@ def _schema_error_message(error: jsonschema.ValidationError) -> str:
     return f"config key {key}: {error.message}. {HOW_TO_FIX}"
 
 
-def _per_name_requirements(registry, key: str = "required") -> list[dict]:
-    """JSON schema: an object whose `name` is a registered name carries the keys that name's
-    registration requires (metadata `key`: {config key: its schema})."""
+def _per_name_requirements(registry, key: str = "required", discriminator: str = "name") -> list[dict]:
+    """JSON schema: an object whose `discriminator` is a registered name carries the keys that name's
+    registration requires (metadata `key`: {key: its schema}), in the order the registration lists them."""
     rules = []
     for name in registry.names():
         required = registry.meta(name).get(key) or {}
         if required:
-            rules.append({"if": {"properties": {"name": {"const": name}}, "required": ["name"]},
-                          "then": {"required": sorted(required), "properties": dict(required)}})
+            rules.append({"if": {"properties": {discriminator: {"const": name}}, "required": [discriminator]},
+                          "then": {"required": list(required), "properties": dict(required)}})
     return rules
+
+
+def _names_schema(registry) -> dict:
+    names = registry.names()
+    return {"type": "string", "enum": names,
+            "description": f"a registered {registry.kind}: " + _one_of_names(names)}
+
+
+def _one_of_names(names: list[str]) -> str:
+    quoted = [f"'{name}'" for name in names]
+    return quoted[0] if len(quoted) == 1 else ", ".join(quoted[:-1]) + " or " + quoted[-1]
 
 
 def load_schema() -> dict:
@@ -146,6 +157,14 @@ def load_schema() -> dict:
     defs["recipe"]["properties"]["schedule"]["properties"]["name"]["enum"] = SCHEDULES.names()
     for table in schema["properties"]["tables"]["patternProperties"].values():
         table["properties"]["kind"]["enum"] = TABLE_KINDS.names()
+    resolved = defs["resolved_recipe"]["properties"]
+    resolved["arch"]["properties"]["family"] = _names_schema(MODEL_FAMILIES)
+    resolved["arch"]["allOf"] = _per_name_requirements(MODEL_FAMILIES, "recipe_keys", "family")
+    resolved["objective"]["properties"]["name"] = _names_schema(OBJECTIVES)
+    resolved["objective"]["allOf"] = _per_name_requirements(OBJECTIVES)
+    optimizer["properties"]["name"]["description"] = _names_schema(OPTIMIZERS)["description"]
+    schedule = defs["recipe"]["properties"]["schedule"]["properties"]["name"]
+    schedule["description"] = _names_schema(SCHEDULES)["description"]
     return json_ready(schema)
 
 
@@ -274,7 +293,7 @@ def _check_references(config: dict) -> None:
                 _require(
                     set(row["paper"]) == set(paper_keys),
                     f"{key}.paper",
-                    f"the rows of a {kind} table (tables.{table_name}.kind) carry {'/'.join(paper_keys)}",
+                    f"the rows of a table of kind {kind} (tables.{table_name}.kind) carry {'/'.join(paper_keys)}",
                 )
     _check_figures(config)
 

@@ -27,6 +27,12 @@ from pathlib import Path
 from typing import Any, Callable
 
 ROOT = Path(__file__).resolve().parent.parent
+_changes = 0  # run-time registrations so far: what is computed from the registries is cached by it
+
+
+def generation() -> int:
+    """A number that changes whenever a name is registered or dropped at run time."""
+    return _changes
 
 
 class RegistryError(ValueError):
@@ -64,6 +70,7 @@ class Registry:
         `REGISTRY.register("name", ...)(obj)`. The metadata must be literals (read without importing)."""
 
         def decorator(obj: Any) -> Any:
+            global _changes
             static = self._declared().get(name)
             entry = _Entry(getattr(obj, "__module__", "") or "", dict(meta), obj, True)
             if static is not None and static.loaded and entry.module not in (static.module, "") and static.obj is not obj:
@@ -72,13 +79,16 @@ class Registry:
                 static.obj, static.loaded, static.meta = obj, True, dict(meta)
             else:
                 self._runtime[name] = entry
+                _changes += 1
             return obj
 
         return decorator
 
     def unregister(self, name: str) -> None:
         """Drop a name registered at run time (tests clean up after themselves)."""
-        self._runtime.pop(name, None)
+        global _changes
+        if self._runtime.pop(name, None) is not None:
+            _changes += 1
 
     # -- lookup ------------------------------------------------------------------------------
 
