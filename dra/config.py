@@ -20,6 +20,8 @@ from typing import Any, Iterable
 import jsonschema
 import yaml
 
+from dra.registry import MODEL_FAMILIES, OBJECTIVES, OPTIMIZERS, SCHEDULES, TABLE_KINDS
+
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "config" / "schema.yaml"
 BUDGET_PATTERN = re.compile(
     r"^(?:syn(?P<synthetic>[0-9a-z]+)|nosyn)-bs(?P<batch>[0-9]+)-ep(?P<epochs>[0-9]+)(?:-seed(?P<seed>[0-9]+))?$"
@@ -114,9 +116,70 @@ def _schema_error_message(error: jsonschema.ValidationError) -> str:
     return f"config key {key}: {error.message}. {HOW_TO_FIX}"
 
 
+def _per_name_requirements(registry, key: str = "required", discriminator: str = "name") -> list[dict]:
+    """JSON schema: an object whose `discriminator` is a registered name carries the keys that name's
+    registration requires (metadata `key`: {key: its schema}), in the order the registration lists them."""
+    rules = []
+    for name in registry.names():
+        required = registry.meta(name).get(key) or {}
+        if required:
+            rules.append({"if": {"properties": {discriminator: {"const": name}}, "required": [discriminator]},
+                          "then": {"required": list(required), "properties": dict(required)}})
+    return rules
+
+
+def _names_schema(registry) -> dict:
+    names = registry.names()
+    return {"type": "string", "enum": names,
+            "description": f"a registered {registry.kind}: " + _one_of_names(names)}
+
+
+def _one_of_names(names: list[str]) -> str:
+    quoted = [f"'{name}'" for name in names]
+    return quoted[0] if len(quoted) == 1 else ", ".join(quoted[:-1]) + " or " + quoted[-1]
+
+
+def load_schema() -> dict:
+    """config/schema.yaml with the names it allows read from the registries (dra.registry): model
+    families, objectives, optimizers, schedules and table kinds, and the keys a name brings along
+    (a family's own arch keys, an optimizer's required keys). The YAML carries no copy of them."""
+    schema = yaml.safe_load(SCHEMA_PATH.read_text())
+    defs = schema["$defs"]
+    arch = defs["arch"]["properties"]
+    arch["family"]["enum"] = MODEL_FAMILIES.names()
+    for family in MODEL_FAMILIES.names():
+        for key, spec in (MODEL_FAMILIES.meta(family).get("keys") or {}).items():
+            arch.setdefault(key, spec)
+    defs["method"]["properties"]["objective"]["enum"] = OBJECTIVES.names()
+    optimizer = defs["recipe"]["properties"]["optimizer"]
+    optimizer["properties"]["name"]["enum"] = OPTIMIZERS.names()
+    optimizer["allOf"] = _per_name_requirements(OPTIMIZERS)
+    defs["recipe"]["properties"]["schedule"]["properties"]["name"]["enum"] = SCHEDULES.names()
+    for table in schema["properties"]["tables"]["patternProperties"].values():
+        table["properties"]["kind"]["enum"] = TABLE_KINDS.names()
+    resolved = defs["resolved_recipe"]["properties"]
+    resolved["arch"]["properties"]["family"] = _names_schema(MODEL_FAMILIES)
+    resolved["arch"]["allOf"] = _per_name_requirements(MODEL_FAMILIES, "recipe_keys", "family")
+    resolved["objective"]["properties"]["name"] = _names_schema(OBJECTIVES)
+    resolved["objective"]["allOf"] = _per_name_requirements(OBJECTIVES)
+    optimizer["properties"]["name"]["description"] = _names_schema(OPTIMIZERS)["description"]
+    schedule = defs["recipe"]["properties"]["schedule"]["properties"]["name"]
+    schedule["description"] = _names_schema(SCHEDULES)["description"]
+    return json_ready(schema)
+
+
+def json_ready(value: Any) -> Any:
+    """Registry metadata as JSON schema reads it: tuples as lists."""
+    if isinstance(value, dict):
+        return {key: json_ready(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_ready(item) for item in value]
+    return value
+
+
 def validate_config(config: dict) -> None:
     """Stop with one message naming the key when the configuration is wrong."""
-    schema = yaml.safe_load(SCHEMA_PATH.read_text())
+    schema = load_schema()
     validator = jsonschema.Draft202012Validator(schema)
     errors = list(validator.iter_errors(config))
     if errors:
@@ -216,33 +279,34 @@ def _check_references(config: dict) -> None:
                 f"'{source['dataset']}' is not in datasets",
             )
     for name, arch in archs.items():
+        family = MODEL_FAMILIES.meta(arch["family"])
+        for key in family.get("required", ()):
+            _require(key in arch, f"archs.{name}.{key}", f"required for family {arch['family']}")
         if arch["family"] == "edm_encoder":
-            _require("diffusion" in arch, f"archs.{name}.diffusion", "the diffusion model whose encoder is fine-tuned")
             _require(
                 arch["diffusion"] in models and models[arch["diffusion"]]["source"]["kind"] in ("edm_pickle", "train"),
                 f"archs.{name}.diffusion",
                 f"'{arch['diffusion']}' is not an EDM model of diffusion_models",
             )
             continue
-        _require("pretrained" not in arch or arch["family"] == "timm", f"archs.{name}.pretrained",
-                 "pretrained weights are read for timm models only")
-        needed = ("depth", "width") if arch["family"] == "wrn" else ("name",)
-        for key in needed:
-            _require(key in arch, f"archs.{name}.{key}", f"required for family {arch['family']}")
+        pretrained = [f for f in MODEL_FAMILIES.names() if MODEL_FAMILIES.meta(f).get("pretrained")]
+        _require("pretrained" not in arch or arch["family"] in pretrained, f"archs.{name}.pretrained",
+                 f"pretrained weights are read for {', '.join(pretrained)} models only")
         if arch["family"] == "wrn":
             _require((arch["depth"] - 4) % 6 == 0, f"archs.{name}.depth", "a WideResNet depth is 6n+4")
     for table_name, table in config["tables"].items():
+        kind = table_kind(config, table_name)
+        paper_keys = TABLE_KINDS.meta(kind)["paper_keys"]
         for index, row in enumerate(table["rows"]):
             key = f"tables.{table_name}.rows[{index}]"
             if "cell" not in row:
                 continue
             _check_cell(config, row["cell"], f"{key}.cell")
-            is_table3 = table_name == "table3"
             if row["paper"] is not None:
                 _require(
-                    ("cls95" in row["paper"]) == is_table3,
+                    set(row["paper"]) == set(paper_keys),
                     f"{key}.paper",
-                    "Table 3 rows carry cls95/cls99/robust_dim, Tables 1-2 clean/autoattack",
+                    f"the rows of a table of kind {kind} (tables.{table_name}.kind) carry {'/'.join(paper_keys)}",
                 )
     _check_figures(config)
 
@@ -407,7 +471,7 @@ def _check_sizes_and_ranges(config: dict) -> None:
                      f"{eps_255}; DM-AT steps eps/4 (2/255 for 8/255)")
     evaluated = {
         "classification_dimension.eval_n": (config["classification_dimension"]["eval_n"],
-                                            {c.dataset for c in table_cells(config, ["table3"])}),
+                                            {c.dataset for c in table_cells(config, tables_of_kind(config, "classification_dimension"))}),
         "figures.eval_n": (config["figures"]["eval_n"],
                            {model_dataset(config, m) for m in figure_models(config)}),
     }
@@ -575,6 +639,24 @@ def cell_replicates(config: dict, cell_id: str) -> list[Cell]:
               if any(row.get("cell") == cell_id for row in table["rows"])]
     seeds = [config["seed"] + k for k in range(max(counts, default=1))]
     return [replicate(config, parse_cell(cell_id), seed) for seed in seeds]
+
+
+# a table that names no kind compares accuracies (Tables 1 and 2, the ablations, the replicates)
+DEFAULT_TABLE_KIND = "accuracy"
+
+
+def table_kind(config: dict, table: str) -> str:
+    """What a table compares (tables.<t>.kind, a dra.registry.TABLE_KINDS name)."""
+    return config["tables"][table].get("kind", DEFAULT_TABLE_KIND)
+
+
+def tables_of_kind(config: dict, kind: str) -> list[str]:
+    return [name for name in config["tables"] if table_kind(config, name) == kind]
+
+
+def table_result_files(config: dict, table: str) -> list[str]:
+    """The files a table reads of each of its cells (relative to the cell's folder): its rule's inputs."""
+    return list(TABLE_KINDS.meta(table_kind(config, table))["result_files"])
 
 
 def table_cells(config: dict, tables: Iterable[str] | None = None) -> list[Cell]:

@@ -83,7 +83,10 @@ def read_memory_table(path: str | Path) -> dict[tuple[str, int, str], MemoryRow]
 
 
 def graphs_kept(objective: str) -> int:
-    return 2 if objective == "trades" else 1
+    # an objective with a clean branch (TRADES) keeps the clean and the adversarial graph (dra.registry)
+    from dra.registry import OBJECTIVES
+
+    return 2 if OBJECTIVES.meta(objective).get("clean_branch", False) else 1
 
 
 def bytes_per_gpu(row: MemoryRow, graphs: int, micro_batch: int, bf16: bool) -> float:

@@ -29,7 +29,7 @@ rule build_table:
     conda:
         "../envs/analysis.yaml"
     params:
-        kind=lambda wc: "classification_dimension" if wc.table == "table3" else "accuracy",
+        kind=lambda wc: cfg.table_kind(config, wc.table),
         # results/<scale>, the folder above tables/
         results_root=lambda wc, output: Path(output.csv).parent.parent,
     shell:

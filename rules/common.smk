@@ -22,7 +22,9 @@ except cfg.ConfigError as error:
 RESULTS = cfg.results_dir(config)
 DATA = config["data_dir"]
 CELLS = cfg.table_cells(config)
-CELLS_BY_ID = {cell.id: cell for cell in CELLS}
+# every trained cell by path: the tables' and the figures' (the ST model, the lambda sweep: cells
+# that are no table row)
+CELLS_BY_ID = {cell.id: cell for cell in CELLS + cfg.figure_cells(config)}
 # The cells the aggregate targets build: all but those whose data needs a key set first (an
 # ImageNet folder). Such cells stay in the tables as "not run: set <key>"; asked for by path,
 # they stop at the key (imagenet_root).
@@ -62,6 +64,7 @@ def cell_of(wildcards):
         raise WorkflowError(
             f"cell {cell_id} is not a row of any table in the configuration; "
             f"add it to tables.<table>.rows (a -seed<s> replicate: raise tables.<table>.seeds) "
+            f"or to figures, "
             f"or ask for one of: {', '.join(CELLS_BY_ID)}"
         )
     return CELLS_BY_ID[cell_id]
@@ -307,7 +310,7 @@ def train_inputs(wildcards):
                 inputs["features_synthetic"] = recipe["dra"]["features"]["synthetic"]
         else:
             inputs["diffusion"] = recipe["dra"]["diffusion"]["checkpoint"]
-    if recipe["arch"].get("weights") and recipe["arch"]["family"] == "timm":
+    if recipe["arch"].get("pretrained"):  # resolve_arch: pretrained: true and the weights file
         inputs["pretrained"] = recipe["arch"]["weights"]
     if recipe["arch"]["family"] == "edm_encoder":
         # the diffusion model whose encoder is fine-tuned (Section 5.6)
@@ -331,7 +334,7 @@ def train_runtime(wildcards, attempt):
 
 
 # every trained cell, once: the canary runs them all
-CANARY_CELLS = list({cell.id: cell for cell in CELLS + cfg.figure_cells(config)}.values())
+CANARY_CELLS = list(CELLS_BY_ID.values())
 
 
 def canary_micro_batch(wildcards):
@@ -381,13 +384,11 @@ def eval_targets(tables=None):
 
 
 def table_inputs(wildcards):
-    # every seed of every cell; an accuracy table also reads the per-example flags (paired tests)
+    # every seed of every cell, the files its kind reads (an accuracy table's include the
+    # per-example flags of its paired tests; dra.registry.TABLE_KINDS)
     cells = cfg.runnable_cells(config, cfg.table_cells(config, [wildcards.table]))
-    if wildcards.table == "table3":
-        return [cell_path(cell, "classification_dimension.json") for cell in cells]
-    return [
-        cell_path(cell, name) for cell in cells for name in ("autoattack.json", "autoattack.npz")
-    ]
+    names = cfg.table_result_files(config, wildcards.table)
+    return [cell_path(cell, name) for cell in cells for name in names]
 
 
 def table_outputs(table):

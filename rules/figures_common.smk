@@ -9,9 +9,6 @@ ZOO = FIGURES.get("robustbench") or {}
 ZOO_MODELS = [ZOO["standard"], *(model["name"] for model in ZOO["models"])] if ZOO else []
 ZOO_DATASET = "cifar10"
 
-# Figure cells that are no table row (the ST model, the lambda sweep) are cells all the same.
-CELLS_BY_ID.update({cell.id: cell for cell in cfg.figure_cells(config)})
-
 
 def representation_of(model):
     return f"{RESULTS}/{model}/representation.npz"

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import argparse
 
-from dra.analysis.tables import KINDS, build_and_write_table
+from dra.analysis.tables import build_and_write_table
+from dra.registry import TABLE_KINDS
 
 
 def main() -> None:
@@ -18,7 +19,7 @@ def main() -> None:
     parser.add_argument("--spec", required=True, help="YAML/JSON file holding the table rows")
     parser.add_argument("--key", default=None,
                         help="dotted key of the row list inside --spec (e.g. tables.table1); omit if the file is the list")
-    parser.add_argument("--kind", required=True, choices=sorted(KINDS),
+    parser.add_argument("--kind", required=True, choices=TABLE_KINDS.names(),
                         help="accuracy (Tables 1, 2: autoattack.json) or classification_dimension (Table 3)")
     parser.add_argument("--results-root", required=True, help="folder holding <dataset>/<arch>/<method>/<budget>/")
     parser.add_argument("--out-csv", required=True)

@@ -38,6 +38,7 @@ import pandas as pd
 
 from dra.analysis.significance import bootstrap_difference, mcnemar_exact, seed_summary
 from dra.io import atomic_file, read_yaml
+from dra.registry import TABLE_KINDS
 
 PENDING = "pending"  # the cell has not been evaluated yet
 NOT_RUN = "not run"  # a reported baseline (quoted, not reproduced), or a cell awaiting a config key
@@ -52,24 +53,26 @@ class TableSpecError(ValueError):
     """A table row or a result file does not have the fields a table needs."""
 
 
-# What each kind of table compares: (paper key, result-file key, column name, is a percentage).
-KINDS: dict[str, dict[str, Any]] = {
-    "accuracy": {
-        "result_file": "autoattack.json",
-        "metrics": [("clean", "clean_accuracy", "clean", True), ("autoattack", "robust_accuracy", "AA", True)],
-    },
-    "classification_dimension": {
-        "result_file": "classification_dimension.json",
-        "metrics": [("cls95", "cls95", "CLS-95", False), ("cls99", "cls99", "CLS-99", False),
-                    ("robust_dim", "robust_dim", "robust dim", False)],
-    },
-}
+# The kinds of table (dra.registry.TABLE_KINDS; a config table names its kind, tables.<t>.kind): what a
+# cell row reads (result_files, relative to the cell's folder: the first holds the numbers, the table
+# rule's inputs are all of them), the paper numbers a row carries (paper_keys), whether "+DRA" rows get
+# the paired test on per-example flags (paired), and the metrics compared, registered as
+# (paper key, result-file key, column name, is a percentage).
+TABLE_KINDS.register("accuracy", result_files=("autoattack.json", "autoattack.npz"), paper_keys=("clean", "autoattack"),
+                     paired=True)(
+    [("clean", "clean_accuracy", "clean", True), ("autoattack", "robust_accuracy", "AA", True)])
+TABLE_KINDS.register("classification_dimension", result_files=("classification_dimension.json",),
+                     paper_keys=("cls95", "cls99", "robust_dim"), paired=False)(
+    [("cls95", "cls95", "CLS-95", False), ("cls99", "cls99", "CLS-99", False),
+     ("robust_dim", "robust_dim", "robust dim", False)])
 
 
 def _kind(kind: str) -> dict[str, Any]:
-    if kind not in KINDS:
-        raise TableSpecError(f"table kind {kind!r} is not one of {sorted(KINDS)}")
-    return KINDS[kind]
+    """A table kind's metrics, result file and whether it pairs rows."""
+    if kind not in TABLE_KINDS:
+        raise TableSpecError(f"table kind {kind!r} is not one of {TABLE_KINDS.names()}")
+    meta = TABLE_KINDS.meta(kind)
+    return {"metrics": TABLE_KINDS.get(kind), "result_file": meta["result_files"][0], "paired": meta["paired"]}
 
 
 def _expand_cell(row: Any) -> Any:
@@ -194,7 +197,7 @@ def build_table(rows: Sequence[dict], results_root: str | Path, kind: str) -> pd
     Numbers stay numbers (float percentages, int dimensions); cells without a number hold the
     strings "pending", "not run" or "n/a".
     """
-    metrics = _kind(kind)["metrics"]
+    metrics, paired = _kind(kind)["metrics"], _kind(kind)["paired"]
     rows = [_expand_cell(row) for row in rows]
     replicated = any(len(row.get("replicates", [])) > 1 for row in rows)
     records, flags = [], []
@@ -213,7 +216,7 @@ def build_table(rows: Sequence[dict], results_root: str | Path, kind: str) -> pd
             record["Source"] = "reproduced"
             paths = [cell_result_path(replica, results_root, kind) for replica in _replicate_rows(row)]
             results = [_read_result(path, metrics) for path in paths]
-            if kind == "accuracy":
+            if paired:
                 row_flags = [_read_flags(path) for path in paths]
             missing_ours = PENDING
         if not results or any(result is None for result in results):
@@ -244,7 +247,7 @@ def build_table(rows: Sequence[dict], results_root: str | Path, kind: str) -> pd
             record["seeds"] = len(results) if results else missing_ours
         record["n"] = int(results[0]["n"]) if results else missing_ours
         records.append(record)
-    if kind == "accuracy":
+    if paired:
         for position, row in enumerate(rows):
             baseline = _baseline_of(row, rows)
             if baseline is not None and flags[position] is not None and flags[baseline] is not None:

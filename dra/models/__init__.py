@@ -1,4 +1,9 @@
-"""Classifiers: `create_classifier(arch, num_classes, mean, std)` (docs/architecture.md, Classifiers)."""
+"""Classifiers: `create_classifier(arch, num_classes, mean, std)` (docs/architecture.md, Classifiers).
+
+Each family registers its builder in its own module (dra.registry.MODEL_FAMILIES): wrn
+(dra.models.wideresnet), timm (dra.models.timm_models), edm_encoder (dra.models.edm_encoder, imported
+only when asked for: it loads the diffusion code). A new family is one module here plus config.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,7 @@ from torch import nn
 
 from dra.models.timm_models import TimmClassifier
 from dra.models.wideresnet import WideResNet
+from dra.registry import MODEL_FAMILIES
 
 
 def create_classifier(arch: dict[str, Any], num_classes: int, mean: Sequence[float],
@@ -21,24 +27,12 @@ def create_classifier(arch: dict[str, Any], num_classes: int, mean: Sequence[flo
     DRA layer plus a linear head (dra.models.edm_encoder; resolve_recipe fills in the paths).
     """
     family = arch.get("family")
-    if family == "wrn":
-        for key in ("depth", "width"):
-            if key not in arch:
-                raise ValueError(f"arch.{key}: missing for family 'wrn' (e.g. depth: 28, width: 10)")
-        return WideResNet(int(arch["depth"]), int(arch["width"]), num_classes, mean, std,
-                          activation=arch.get("activation", "silu"))
-    if family == "timm":
-        if "name" not in arch:
-            raise ValueError("arch.name: missing for family 'timm' (e.g. name: vit_base_patch16_224)")
-        kwargs = dict(arch.get("kwargs") or {})
-        pretrained = bool(arch.get("pretrained", kwargs.pop("pretrained", False)))
-        return TimmClassifier(arch["name"], num_classes, mean, std, kwargs=kwargs, pretrained=pretrained,
-                              weights_file=arch.get("weights"))
-    if family == "edm_encoder":
-        from dra.models.edm_encoder import create_edm_encoder_classifier
-
-        return create_edm_encoder_classifier(arch, num_classes)
-    raise ValueError(f"arch.family: expected 'wrn', 'timm' or 'edm_encoder', got {family!r}")
+    if family not in MODEL_FAMILIES:
+        raise ValueError(MODEL_FAMILIES.unknown_message(family))
+    for key in MODEL_FAMILIES.meta(family).get("recipe_keys", {}):
+        if key not in arch:
+            raise ValueError(f"arch.{key}: missing for family {family!r}")
+    return MODEL_FAMILIES.get(family)(arch, num_classes, mean, std)
 
 
 __all__ = ["create_classifier", "WideResNet", "TimmClassifier"]

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from dra.diffusion.edm import EDMPrecond
+from dra.registry import MODEL_FAMILIES
 
 
 class EDMEncoderError(ValueError):
@@ -116,6 +117,19 @@ class EDMEncoderClassifier(nn.Module):
 
     def forward(self, images01: torch.Tensor) -> torch.Tensor:
         return self.forward_features(images01)[0]
+
+
+# the config names the diffusion model; resolve_recipe expands it into network, weights, layer and sigma
+@MODEL_FAMILIES.register(
+    "edm_encoder", required=("diffusion",),
+    recipe_keys={"network": {"type": "string", "minLength": 1, "description": "the diffusion model's network json"},
+                 "layer": {"type": "string", "pattern": "^model\\.", "description": "a U-Net block, e.g. model.dec.8x8_in1"},
+                 "sigma": {"type": "number", "exclusiveMinimum": 0, "description": "a positive noise level"}})
+def build_edm_encoder_classifier(arch: dict, num_classes: int, mean: Sequence[float] | None = None,
+                                 std: Sequence[float] | None = None) -> EDMEncoderClassifier:
+    """The family's builder: the U-Net normalizes its inputs itself (EDM scales [0, 1] to [-1, 1]),
+    so the dataset's mean and std are not used."""
+    return create_edm_encoder_classifier(arch, num_classes)
 
 
 def create_edm_encoder_classifier(arch: dict, num_classes: int) -> EDMEncoderClassifier:

@@ -21,6 +21,8 @@ import timm
 import torch
 from torch import nn
 
+from dra.registry import MODEL_FAMILIES
+
 
 class TimmClassifier(nn.Module):
     """A timm model taking images in [0, 1]; normalization happens inside, like the WRN."""
@@ -116,3 +118,15 @@ def create_pretrained(name: str, num_classes: int, mean: Sequence[float], std: S
         raise PretrainedWeightsMissing(
             f"pretrained weights {path} of timm model {name!r} cannot be loaded ({str(error)[:300]}); delete the "
             "file and fetch it again (the download_pretrained rule, or timm's download into the cache)") from None
+
+
+@MODEL_FAMILIES.register(
+    "timm", required=("name",), pretrained=True,
+    recipe_keys={"name": {"type": "string", "minLength": 1, "description": "a timm model name"}})
+def build_timm_classifier(arch: dict, num_classes: int, mean: Sequence[float], std: Sequence[float]) -> TimmClassifier:
+    """{family: timm, name, kwargs, pretrained, weights}: a timm model, randomly initialized, or with
+    pretrained: true from the weights file (the download rule's) or the Hugging Face cache."""
+    kwargs = dict(arch.get("kwargs") or {})
+    pretrained = bool(arch.get("pretrained", kwargs.pop("pretrained", False)))
+    return TimmClassifier(arch["name"], num_classes, mean, std, kwargs=kwargs, pretrained=pretrained,
+                          weights_file=arch.get("weights"))

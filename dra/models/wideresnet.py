@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dra.registry import MODEL_FAMILIES
+
 BATCHNORM_MOMENTUM = 0.01  # DM-AT wideresnetwithswish.py (PyTorch convention: running = 0.99 running + 0.01 batch)
 
 ACTIVATIONS = {"silu": nn.SiLU, "swish": nn.SiLU, "relu": nn.ReLU}
@@ -112,3 +114,14 @@ class WideResNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_features(x)[0]
+
+
+# required: keys of the config's arch entry; recipe_keys: those of the resolved recipe, with what they hold
+@MODEL_FAMILIES.register(
+    "wrn", required=("depth", "width"),
+    recipe_keys={"depth": {"type": "integer", "minimum": 10, "description": "an integer 6n + 4 (e.g. 28)"},
+                 "width": {"type": "integer", "minimum": 1, "description": "an integer >= 1"}})
+def build_wide_resnet(arch: dict, num_classes: int, mean: Sequence[float], std: Sequence[float]) -> WideResNet:
+    """{family: wrn, depth, width, activation}: DM-AT's WideResNet."""
+    return WideResNet(int(arch["depth"]), int(arch["width"]), num_classes, mean, std,
+                      activation=arch.get("activation", "silu"))

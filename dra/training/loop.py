@@ -30,7 +30,7 @@ from dra.training.augment import random_crop_flip_rotate
 from dra.training.distributed import init_distributed, shutdown_distributed, wrap_for_training
 from dra.training.dra_head import OnlineTargets, ProjectionHead, StoredTargets, dra_loss
 from dra.training.ema import WeightAverage, dmat_step_count, dmat_steps_per_epoch
-from dra.training.losses import adversarial_examples, pgd_at_outer_loss, smooth_cross_entropy, trades_outer_loss
+from dra.training.losses import objective_of
 from dra.training.recipe import validate_recipe
 from dra.training.schedules import (FIRST_STEP_BATCHNORM_MOMENTUM, TRAINING_BATCHNORM_MOMENTUM, build_optimizer,
                                     build_schedule, set_batchnorm_momentum)
@@ -279,6 +279,7 @@ def train_cell(recipe: dict, out_dir: str | Path, state_dir: str | Path, threads
     out_dir, state_dir = Path(out_dir), Path(state_dir)
     data_cfg, attack, objective, precision = recipe["data"], recipe["attack"], recipe["objective"], recipe["precision"]
     dra = recipe["dra"]
+    loss_of = objective_of(objective["name"])  # dra.registry.OBJECTIVES
 
     from dra.data.sampler import DMATBatchSampler
 
@@ -334,16 +335,11 @@ def train_cell(recipe: dict, out_dir: str | Path, state_dir: str | Path, threads
         the running statistics keep the first micro-batch's update only, as DataParallel keeps
         device 0's replica and DDP broadcasts rank 0's buffers. Returns this micro-batch's log sums."""
         with autocast():
-            x_adv = adversarial_examples(objective["name"], attack_forward, x, y, attack["eps"], attack["step"],
-                                         attack["steps"], start_noise)
+            x_adv = loss_of.adversarial_examples(attack_forward, x, y, attack["eps"], attack["step"], attack["steps"],
+                                                 start_noise)
             kept = None if first else [buffer.clone() for buffer in classifier.buffers()]
-            logits_clean, logits_adv, projected = train_forward(x if objective["name"] == "trades" else None, x_adv)
-        if objective["name"] == "trades":
-            loss_main, _ = trades_outer_loss(logits_clean, logits_adv, y, objective["beta"], objective["label_smoothing"])
-        elif objective["name"] == "pgd_at":
-            loss_main = pgd_at_outer_loss(logits_adv, y)
-        else:
-            loss_main = smooth_cross_entropy(logits_adv, y, objective["label_smoothing"])
+            logits_clean, logits_adv, projected = train_forward(x if loss_of.clean_branch else None, x_adv)
+        loss_main = loss_of.outer_loss(logits_clean, logits_adv, y, objective)
         loss_dra = torch.zeros((), device=device)
         if head is not None:
             target = targets(*target_keys, x, y)
@@ -418,7 +414,7 @@ def train_cell(recipe: dict, out_dir: str | Path, state_dir: str | Path, threads
             for key, value in zip(("loss", "loss_main", "loss_dra", "clean_correct", "adv_correct", "images"), totals):
                 progress.sums[key] = progress.sums.get(key, 0.0) + value
             progress.sums["seconds"] = progress.sums.get("seconds", 0.0) + seconds
-            if objective["name"] == "trades":  # only TRADES has a clean branch to count
+            if loss_of.clean_branch:  # only an objective with a clean branch (TRADES) has clean accuracy to count
                 progress.sums["clean_counted"] = progress.sums.get("clean_counted", 0.0) + totals[5]
             if context.is_main and progress.global_step % recipe["checkpoint"]["every_steps"] == 0:
                 save_state(state_dir / STATE_FILE, recipe, trainable, ema, optimizer, schedule.scheduler, progress, randomness)

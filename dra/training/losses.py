@@ -24,8 +24,8 @@ from torch import nn
 
 from dra.training.attacks import (cross_entropy_objective, evaluation_mode, frozen_batchnorm_statistics, pgd_linf,
                                   trades_kl_objective)
+from dra.registry import OBJECTIVES
 
-OBJECTIVES = ("trades", "pgd_at", "standard")
 
 
 def smooth_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, smoothing: float) -> torch.Tensor:
@@ -49,6 +49,72 @@ def pgd_at_outer_loss(logits_adversarial: torch.Tensor, labels: torch.Tensor) ->
     return F.cross_entropy(logits_adversarial.float(), labels)
 
 
+class Objective:
+    """A training objective: the inputs of the adversarial branch, and the loss of one micro-batch.
+
+    `clean_branch` (the registration's metadata, which dra.gpu_plan reads without torch: two graphs
+    kept until the backward): the outer loss reads the logits of a clean forward too, which
+    dra.training.loop runs and counts the accuracy of."""
+
+    clean_branch = False
+
+    def adversarial_examples(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, step_size: float,
+                             steps: int, start_noise: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def outer_loss(self, logits_clean: torch.Tensor | None, logits_adversarial: torch.Tensor, labels: torch.Tensor,
+                   config: dict) -> torch.Tensor:
+        raise NotImplementedError
+
+
+# required: the recipe keys of `objective` it reads beyond name and label_smoothing, with what they hold
+@OBJECTIVES.register("trades", clean_branch=True,
+                     required={"beta": {"type": "number", "minimum": 0,
+                                        "description": "a number >= 0 (TRADES' beta, DM-AT: 5.0)"}})
+class Trades(Objective):
+    """Attacks KL to the clean prediction in train mode with BatchNorm statistics frozen; the loss is
+    smoothed CE of the clean logits plus beta x KL (trades_outer_loss)."""
+
+    def adversarial_examples(self, model, x, y, eps, step_size, steps, start_noise):
+        with frozen_batchnorm_statistics(model):
+            with torch.no_grad():
+                natural_probabilities = F.softmax(model(x).float(), dim=1)
+            return pgd_linf(model, x, trades_kl_objective(natural_probabilities), eps, step_size, steps, start_noise)
+
+    def outer_loss(self, logits_clean, logits_adversarial, labels, config):
+        return trades_outer_loss(logits_clean, logits_adversarial, labels, config["beta"], config["label_smoothing"])[0]
+
+
+@OBJECTIVES.register("pgd_at", clean_branch=False)
+class PGDAT(Objective):
+    """Attacks cross-entropy in eval mode (running statistics); plain CE of the adversarial logits."""
+
+    def adversarial_examples(self, model, x, y, eps, step_size, steps, start_noise):
+        with evaluation_mode(model):
+            return pgd_linf(model, x, cross_entropy_objective(y), eps, step_size, steps, start_noise)
+
+    def outer_loss(self, logits_clean, logits_adversarial, labels, config):
+        return pgd_at_outer_loss(logits_adversarial, labels)
+
+
+@OBJECTIVES.register("standard", clean_branch=False)
+class Standard(Objective):
+    """No attack: the 'adversarial' branch is the batch itself, trained with smoothed CE."""
+
+    def adversarial_examples(self, model, x, y, eps, step_size, steps, start_noise):
+        return x
+
+    def outer_loss(self, logits_clean, logits_adversarial, labels, config):
+        return smooth_cross_entropy(logits_adversarial, labels, config["label_smoothing"])
+
+
+def objective_of(name: str) -> Objective:
+    """The registered objective `name` (objective.name of the recipe), ready to call."""
+    objective = OBJECTIVES.get(name)()
+    objective.clean_branch = bool(OBJECTIVES.meta(name).get("clean_branch", False))
+    return objective
+
+
 def adversarial_examples(objective: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                          eps: float, step_size: float, steps: int, start_noise: torch.Tensor) -> torch.Tensor:
     """The training-time inputs of the adversarial branch for `objective`.
@@ -57,14 +123,4 @@ def adversarial_examples(objective: str, model: nn.Module, x: torch.Tensor, y: t
     'pgd_at' attacks cross-entropy in eval mode (running statistics). 'standard' returns x
     itself (no attack).
     """
-    if objective == "standard":
-        return x
-    if objective == "trades":
-        with frozen_batchnorm_statistics(model):
-            with torch.no_grad():
-                natural_probabilities = F.softmax(model(x).float(), dim=1)
-            return pgd_linf(model, x, trades_kl_objective(natural_probabilities), eps, step_size, steps, start_noise)
-    if objective == "pgd_at":
-        with evaluation_mode(model):
-            return pgd_linf(model, x, cross_entropy_objective(y), eps, step_size, steps, start_noise)
-    raise ValueError(f"objective.name: expected one of {OBJECTIVES}, got {objective!r}")
+    return objective_of(objective).adversarial_examples(model, x, y, eps, step_size, steps, start_noise)
