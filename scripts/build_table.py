@@ -14,7 +14,7 @@ from dra.analysis.tables import build_and_write_table
 from dra.registry import TABLE_KINDS
 
 
-def main() -> None:
+def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--spec", required=True, help="YAML/JSON file holding the table rows")
     parser.add_argument("--key", default=None,
@@ -25,7 +25,7 @@ def main() -> None:
     parser.add_argument("--out-csv", required=True)
     parser.add_argument("--out-md", required=True)
     parser.add_argument("--out-tex", required=True)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     build_and_write_table(args.spec, args.key, args.results_root, args.kind, args.out_csv, args.out_md, args.out_tex)
 
 

@@ -20,7 +20,7 @@ from dra.analysis.classification_dimension import run_classification_dimension
 from dra.evaluation.autoattack import parse_eps
 
 
-def main() -> None:
+def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="model.pt (state dict)")
     parser.add_argument("--recipe", required=True, help="resolved recipe.yaml of the cell")
@@ -38,7 +38,7 @@ def main() -> None:
     parser.add_argument("--out-png", required=True)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
     eps = parse_eps(args.eps)

@@ -22,7 +22,7 @@ import torch
 from dra.reference import convert_reference_checkpoint
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True, help="DM-AT checkpoint (.pt with 'model_state_dict')")
     parser.add_argument("--args-txt", default=None,

@@ -6,7 +6,7 @@ import json
 from dra.download import fetch
 
 
-def main() -> None:
+def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument(
         "--spec",
@@ -17,7 +17,7 @@ def main() -> None:
     parser.add_argument("--lock", required=True, help="the lock file (config/data/downloads.lock.yaml)")
     parser.add_argument("--retries", type=int, default=3, help="retries after the first attempt")
     parser.add_argument("--timeout", type=float, default=60, help="socket timeout in seconds")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     fetch(json.loads(args.spec), args.dest, args.lock, retries=args.retries, timeout=args.timeout)
 
 

@@ -16,7 +16,7 @@ import torch
 from dra.evaluation.autoattack import parse_eps, run_autoattack_evaluation
 
 
-def main() -> None:
+def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="model.pt (state dict)")
     parser.add_argument("--recipe", required=True, help="resolved recipe.yaml of the cell (arch, data.num_classes/mean/std)")
@@ -33,7 +33,7 @@ def main() -> None:
     parser.add_argument("--out-npz", required=True)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")

@@ -8,7 +8,7 @@ from dra.diffusion.checkpoint import load_edm
 from dra.diffusion.features import extract_feature_store
 
 
-def main() -> None:
+def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--weights", required=True, help="EDM .safetensors")
     parser.add_argument("--network", required=True, help="EDM .json (init kwargs)")
@@ -24,7 +24,7 @@ def main() -> None:
     parser.add_argument("--state-dir", help="where finished shards wait (default: <out>.state)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     extract_feature_store(load_edm(args.weights, args.network).to(args.device), args.images, args.out, args.layer,
                           args.sigma, views=args.views, batch_size=args.batch_size, seed=args.seed,

@@ -8,7 +8,7 @@ from dra.diffusion.checkpoint import load_edm
 from dra.diffusion.sampler import generate_synthetic
 
 
-def main() -> None:
+def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--weights", required=True, help="EDM .safetensors")
     parser.add_argument("--network", required=True, help="EDM .json (init kwargs)")
@@ -22,7 +22,7 @@ def main() -> None:
     parser.add_argument("--state-dir", help="where finished shards wait (default: <out>.state)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     generate_synthetic(load_edm(args.weights, args.network).to(args.device), args.out, args.images_per_class,
                        args.num_classes, num_steps=args.num_steps, batch_size=args.batch_size, seed=args.seed,

@@ -5,7 +5,7 @@ import argparse
 from dra.data.cifar import TEST_SIZE, TRAIN_SIZE, convert_cifar
 
 
-def main() -> None:
+def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument(
         "--archive", required=True, help="cifar-10-python.tar.gz or cifar-100-python.tar.gz"
@@ -15,7 +15,7 @@ def main() -> None:
     parser.add_argument("--test-out", required=True, help="test image store folder")
     parser.add_argument("--expected-train", type=int, default=TRAIN_SIZE)
     parser.add_argument("--expected-test", type=int, default=TEST_SIZE)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     convert_cifar(
         args.archive,
         args.dataset,

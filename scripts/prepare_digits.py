@@ -5,11 +5,11 @@ import argparse
 from dra.data.digits import prepare_digits
 
 
-def main() -> None:
+def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--train-out", required=True, help="train image store folder")
     parser.add_argument("--test-out", required=True, help="test image store folder")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     prepare_digits(args.train_out, args.test_out)
 
 

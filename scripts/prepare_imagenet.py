@@ -5,7 +5,7 @@ import argparse
 from dra.data.imagenet import NUM_CLASSES, TRAIN_IMAGES, VAL_IMAGES, index_imagenet
 
 
-def main() -> None:
+def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--root", required=True, help="folder holding train/ and val/")
     parser.add_argument(
@@ -19,7 +19,7 @@ def main() -> None:
         default=None,
         help="evaluation id list (default: RobustBench's 5000 ids in config/data/)",
     )
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     index_imagenet(
         args.root,
         args.out,

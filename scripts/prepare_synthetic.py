@@ -5,7 +5,7 @@ import argparse
 from dra.data.synthetic import convert_synthetic
 
 
-def main() -> None:
+def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument(
         "--parts", required=True, nargs="+", help="npz files with image.npy and label.npy"
@@ -20,7 +20,7 @@ def main() -> None:
     parser.add_argument(
         "--expected-images", type=int, nargs="+", default=None, help="the config's image count per part"
     )
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     convert_synthetic(
         args.parts,
         args.out,

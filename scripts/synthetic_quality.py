@@ -5,7 +5,7 @@ import argparse
 from dra.diffusion.quality import synthetic_label_agreement
 
 
-def main(argv=None):
+def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--generated", required=True, help="generated image store")
     parser.add_argument("--train", required=True, help="real training image store (fits the judge)")

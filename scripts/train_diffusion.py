@@ -8,7 +8,7 @@ import torch
 from dra.diffusion.train import train_diffusion_model
 
 
-def main() -> None:
+def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--train-store", required=True, help="image store to learn from")
     parser.add_argument("--network", default="{}", help="JSON of EDMPrecond kwargs overriding the mini defaults")
@@ -24,7 +24,7 @@ def main() -> None:
     parser.add_argument("--out-quality", help="optional .json: label agreement of generated images")
     parser.add_argument("--test-store", help="with --out-quality: also score the judge on real test images")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     train_diffusion_model(args.train_store, args.out_weights, args.out_network, args.out_loss,
                           json.loads(args.network), steps=args.steps, batch_size=args.batch_size, lr=args.lr,

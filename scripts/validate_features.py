@@ -7,7 +7,7 @@ import torch
 from dra.diffusion.probe import validate_features
 
 
-def main() -> None:
+def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--weights", required=True, help="EDM .safetensors")
     parser.add_argument("--network", required=True, help="EDM .json (init kwargs)")
@@ -28,7 +28,7 @@ def main() -> None:
     parser.add_argument("--out-robustness", required=True, help="robust accuracy per eps, .csv")
     parser.add_argument("--out-robustness-png", required=True, help="plot of the robust accuracy")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     validate_features(args.weights, args.network, args.train_store, args.test_store, args.out_probe,
                       args.out_probe_png, args.out_robustness, args.out_robustness_png, args.sigmas, args.layers,
