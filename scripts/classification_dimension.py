@@ -18,6 +18,7 @@ import torch
 
 from dra.analysis.classification_dimension import run_classification_dimension
 from dra.evaluation.autoattack import parse_eps
+from scripts.arguments import add_device_arguments
 
 
 def main(argv=None) -> None:
@@ -36,8 +37,7 @@ def main(argv=None) -> None:
     parser.add_argument("--out-json", required=True)
     parser.add_argument("--out-csv", required=True)
     parser.add_argument("--out-png", required=True)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    add_device_arguments(parser)
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)

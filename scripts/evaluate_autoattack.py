@@ -14,6 +14,7 @@ import logging
 import torch
 
 from dra.evaluation.autoattack import parse_eps, run_autoattack_evaluation
+from scripts.arguments import add_device_arguments
 
 
 def main(argv=None) -> None:
@@ -31,8 +32,7 @@ def main(argv=None) -> None:
     parser.add_argument("--state", default=None, help="resume file (npz); omit to run without resuming")
     parser.add_argument("--out-json", required=True)
     parser.add_argument("--out-npz", required=True)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    add_device_arguments(parser)
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)

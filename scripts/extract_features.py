@@ -6,12 +6,12 @@ import torch
 
 from dra.diffusion.checkpoint import load_edm
 from dra.diffusion.features import extract_feature_store
+from scripts.arguments import add_device_arguments, add_edm_arguments, add_sharded_job_arguments
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--weights", required=True, help="EDM .safetensors")
-    parser.add_argument("--network", required=True, help="EDM .json (init kwargs)")
+    add_edm_arguments(parser)
     parser.add_argument("--images", required=True, help="input image store folder")
     parser.add_argument("--out", required=True, help="output feature store folder")
     # the feature's layer and sigma come from config.yaml (diffusion_models.<model>.feature, Appendix D)
@@ -19,11 +19,9 @@ def main(argv=None) -> None:
     parser.add_argument("--sigma", type=float, required=True, help="noise level of view 0")
     parser.add_argument("--views", type=int, choices=(1, 2), default=1,
                         help="2 adds a view at a sigma drawn from EDM's training distribution")
-    parser.add_argument("--batch-size", type=int, default=256)
+    add_sharded_job_arguments(parser, batch_size=256)
     parser.add_argument("--seed", type=int, default=0, help="noise seed (noise depends on seed, index, view)")
-    parser.add_argument("--state-dir", help="where finished shards wait (default: <out>.state)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    add_device_arguments(parser)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     extract_feature_store(load_edm(args.weights, args.network).to(args.device), args.images, args.out, args.layer,

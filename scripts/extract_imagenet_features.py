@@ -7,13 +7,12 @@ import json
 import torch
 
 from dra.diffusion.lightningdit_features import extract_from_checkpoints
+from scripts.arguments import add_device_arguments, add_lightningdit_arguments, add_sharded_job_arguments
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--dit", required=True, help="LightningDiT checkpoint (lightningdit-xl-imagenet256-*.pt)")
-    parser.add_argument("--vae", required=True, help="VA-VAE checkpoint (vavae-imagenet256-f16d32-dinov2.pt)")
-    parser.add_argument("--latent-stats", required=True, help="latents_stats.pt of the VA-VAE")
+    add_lightningdit_arguments(parser)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--images", help="input image store at the VA-VAE resolution (e.g. the synthetic set)")
     source.add_argument("--imagenet-index", help="ImageNet index folder written by prepare_imagenet")
@@ -28,14 +27,9 @@ def main(argv=None) -> None:
     parser.add_argument("--null-class", action="store_true", help="condition on the null class, not the label")
     parser.add_argument("--posterior-mean", action="store_true",
                         help="encode with the VA-VAE posterior mean instead of a (seeded) sample as the release")
-    parser.add_argument("--batch-size", type=int, default=64)
+    add_sharded_job_arguments(parser, batch_size=64)
     parser.add_argument("--workers", type=int, default=8, help="DataLoader workers decoding images")
-    parser.add_argument("--state-dir", help="where finished shards wait (default: <out>.state)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast (GPU)")
-    parser.add_argument("--dit-config", type=json.loads, help="JSON LightningDiT kwargs (default: XL/1 of the release)")
-    parser.add_argument("--vae-config", type=json.loads, help="JSON VA-VAE kwargs (default: f16d32 of the release)")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    add_device_arguments(parser)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     extract_from_checkpoints(args.dit, args.vae, args.latent_stats, args.out, images=args.images,

@@ -16,28 +16,22 @@ import argparse
 import torch
 
 from dra.analysis.figures import diffusion_representation
+from scripts.arguments import add_device_arguments, add_edm_arguments, add_robust_curve_arguments
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--weights", required=True, help="EDM .safetensors")
-    parser.add_argument("--network", required=True, help="EDM .json (init kwargs)")
+    add_edm_arguments(parser)
     parser.add_argument("--train-store", required=True, help="image store the probe is fitted on")
     parser.add_argument("--test-store", required=True, help="image store of the test split")
     parser.add_argument("--layer", required=True, help="EDM module whose pooled output is the representation")
     parser.add_argument("--sigma", type=float, required=True, help="diffusion noise level")
     parser.add_argument("--train-n", type=int, required=True, help="first N training images fit the probe")
-    parser.add_argument("--n", type=int, required=True, help="use the first N test images")
-    parser.add_argument("--eps-255", type=float, nargs="+", required=True, help="L-inf budgets of the robust curve, x/255")
-    parser.add_argument("--attack-eps-255", type=float, required=True, help="budget of the adversarial features, x/255")
-    parser.add_argument("--steps", type=int, required=True, help="PGD steps (config: figures.pgd_steps)")
-    parser.add_argument("--step-factor", type=float, required=True,
-                        help="each PGD step is factor * eps / steps (config: figures.pgd_step_factor)")
+    add_robust_curve_arguments(parser)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--seed", type=int, default=0, help="seed of the diffusion noise and the probe")
     parser.add_argument("--out", required=True, help="representation.npz")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    add_device_arguments(parser)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     diffusion_representation(args.weights, args.network, args.train_store, args.test_store, args.layer, args.sigma,

@@ -15,6 +15,7 @@ import argparse
 import torch
 
 from dra.analysis.figures import classifier_representation
+from scripts.arguments import add_device_arguments, add_robust_curve_arguments
 
 
 def main(argv=None) -> None:
@@ -22,16 +23,10 @@ def main(argv=None) -> None:
     parser.add_argument("--model", required=True, help="model.pt (state dict)")
     parser.add_argument("--recipe", required=True, help="resolved recipe.yaml of the model")
     parser.add_argument("--test-store", required=True, help="image store folder of the test split")
-    parser.add_argument("--n", type=int, required=True, help="use the first N test images")
-    parser.add_argument("--eps-255", type=float, nargs="+", required=True, help="L-inf budgets of the robust curve, x/255")
-    parser.add_argument("--attack-eps-255", type=float, required=True, help="budget of the adversarial features, x/255")
-    parser.add_argument("--steps", type=int, required=True, help="PGD steps (config: figures.pgd_steps)")
-    parser.add_argument("--step-factor", type=float, required=True,
-                        help="each PGD step is factor * eps / steps (config: figures.pgd_step_factor)")
+    add_robust_curve_arguments(parser)
     parser.add_argument("--batch-size", type=int, default=250)
     parser.add_argument("--out", required=True, help="representation.npz")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    add_device_arguments(parser)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     classifier_representation(args.model, args.recipe, args.test_store, args.n, [e / 255 for e in args.eps_255],

@@ -7,13 +7,12 @@ import json
 import torch
 
 from dra.diffusion.lightningdit_sampler import generate_from_checkpoints
+from scripts.arguments import add_device_arguments, add_lightningdit_arguments, add_sharded_job_arguments
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--dit", required=True, help="LightningDiT checkpoint (lightningdit-xl-imagenet256-*.pt)")
-    parser.add_argument("--vae", required=True, help="VA-VAE checkpoint (vavae-imagenet256-f16d32-dinov2.pt)")
-    parser.add_argument("--latent-stats", required=True, help="latents_stats.pt of the VA-VAE")
+    add_lightningdit_arguments(parser)
     parser.add_argument("--out", required=True, help="output image store folder")
     parser.add_argument("--images-per-class", type=int, required=True, help="paper: 4000 (4M images)")
     parser.add_argument("--num-classes", type=int, required=True, help="classes 0..N-1 are sampled")
@@ -23,16 +22,11 @@ def main(argv=None) -> None:
     parser.add_argument("--cfg-scale", type=float, required=True, help="guidance scale; <= 1 disables guidance")
     parser.add_argument("--cfg-interval-start", type=float, required=True, help="guidance only where t >= this")
     parser.add_argument("--cfg-channels", type=int, required=True, help="guidance on the first N latent channels")
-    parser.add_argument("--batch-size", type=int, default=64)
+    add_sharded_job_arguments(parser, batch_size=64)
     parser.add_argument("--seed", type=int, default=0, help="first noise seed; seeds repeat for every class")
-    parser.add_argument("--state-dir", help="where finished shards wait (default: <out>.state)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast (GPU)")
-    parser.add_argument("--dit-config", type=json.loads, help="JSON LightningDiT kwargs (default: XL/1 of the release)")
-    parser.add_argument("--vae-config", type=json.loads, help="JSON VA-VAE kwargs (default: f16d32 of the release)")
+    add_device_arguments(parser)
     parser.add_argument("--part", type=int, default=0, help="which part of the set this job samples (0-based)")
     parser.add_argument("--parts", type=int, default=1, help="how many independent jobs sample the set")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     generate_from_checkpoints(args.dit, args.vae, args.latent_stats, args.out, args.images_per_class,

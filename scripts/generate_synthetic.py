@@ -6,22 +6,20 @@ import torch
 
 from dra.diffusion.checkpoint import load_edm
 from dra.diffusion.sampler import generate_synthetic
+from scripts.arguments import add_device_arguments, add_edm_arguments, add_sharded_job_arguments
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--weights", required=True, help="EDM .safetensors")
-    parser.add_argument("--network", required=True, help="EDM .json (init kwargs)")
+    add_edm_arguments(parser)
     parser.add_argument("--out", required=True, help="output image store folder")
     parser.add_argument("--images-per-class", type=int, required=True)
     parser.add_argument("--num-classes", type=int, required=True)
     parser.add_argument("--num-steps", type=int, required=True,
                         help="Heun steps (config: the set's generate.num_steps)")
-    parser.add_argument("--batch-size", type=int, default=256)
+    add_sharded_job_arguments(parser, batch_size=256)
     parser.add_argument("--seed", type=int, default=0, help="first latent seed; seeds repeat for every class")
-    parser.add_argument("--state-dir", help="where finished shards wait (default: <out>.state)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    add_device_arguments(parser)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     generate_synthetic(load_edm(args.weights, args.network).to(args.device), args.out, args.images_per_class,

@@ -5,12 +5,12 @@ import argparse
 import torch
 
 from dra.diffusion.probe import validate_features
+from scripts.arguments import add_edm_arguments
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--weights", required=True, help="EDM .safetensors")
-    parser.add_argument("--network", required=True, help="EDM .json (init kwargs)")
+    add_edm_arguments(parser)
     parser.add_argument("--train-store", required=True, help="image store the probes are fitted on")
     parser.add_argument("--test-store", required=True, help="image store the probes are scored on")
     parser.add_argument("--sigmas", type=float, nargs="+", required=True)

@@ -34,3 +34,26 @@ def imagenet_overlay(tmp_path_factory):
     path = tmp_path_factory.mktemp("overlay") / "imagenet.yaml"
     path.write_text("datasets:\n  imagenet:\n    source:\n      path: /data/ILSVRC2012\n")
     return str(path)
+
+
+@pytest.fixture
+def counted_calls(monkeypatch):
+    """count(owner, name, killed_at=None): wraps owner.name (a function or a method) to count its calls,
+    returned as a list; with killed_at=k the k-th call raises KeyboardInterrupt, as a job killed while
+    that batch runs. A second count() of the same name wraps the original again, counting from zero."""
+    originals = {}
+
+    def count(owner, name, killed_at=None):
+        real = originals.setdefault((owner, name), getattr(owner, name))
+        calls = []
+
+        def counted(*args, **kwargs):
+            calls.append(1)
+            if len(calls) == killed_at:
+                raise KeyboardInterrupt("killed")
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(owner, name, counted)
+        return calls
+
+    return count

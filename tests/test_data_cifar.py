@@ -62,6 +62,11 @@ def _cifar10_archive(path, rng, per_batch=20, test=10, corrupt=None, protocol=2,
     return batches
 
 
+def _convert_fixture_archive(archive, folder):
+    """The 100 training and 10 test images of _cifar10_archive's defaults into folder/{train,test}."""
+    convert_cifar(archive, "cifar10", folder / "train", folder / "test", expected_train=100, expected_test=10)
+
+
 def _expected_hwc(data):
     """Pixel (y, x, c) of image i is byte c*1024 + y*32 + x of its row (three colour planes)."""
     n = data.shape[0]
@@ -78,14 +83,7 @@ def test_cifar10_round_trip_is_pixel_exact(tmp_path, protocol):
     rng = np.random.default_rng(0)
     archive = tmp_path / "cifar-10-python.tar.gz"
     batches = _cifar10_archive(archive, rng, protocol=protocol)
-    convert_cifar(
-        archive,
-        "cifar10",
-        tmp_path / "train",
-        tmp_path / "test",
-        expected_train=100,
-        expected_test=10,
-    )
+    _convert_fixture_archive(archive, tmp_path)
 
     train, test = open_image_store(tmp_path / "train"), open_image_store(tmp_path / "test")
     train_data = np.concatenate([batches[f"data_batch_{i}"][b"data"] for i in range(1, 6)])
@@ -108,14 +106,7 @@ def test_known_pixel_from_colour_planes(tmp_path):
 
     archive = tmp_path / "cifar-10-python.tar.gz"
     _cifar10_archive(archive, np.random.default_rng(1), edit=one_known_pixel)
-    convert_cifar(
-        archive,
-        "cifar10",
-        tmp_path / "train",
-        tmp_path / "test",
-        expected_train=100,
-        expected_test=10,
-    )
+    _convert_fixture_archive(archive, tmp_path)
     image = open_image_store(tmp_path / "train").images[0]
     assert image[2, 5].tolist() == [11, 22, 33]
     assert int(image.sum()) == 66

@@ -90,20 +90,12 @@ def test_generation_plan_reuses_seeds_per_class():
     assert labels.tolist() == [0, 0, 0, 1, 1, 1] and seeds.tolist() == [10, 11, 12, 10, 11, 12]
 
 
-def test_generate_synthetic_resumes_after_a_kill(tmp_path, monkeypatch):
+def test_generate_synthetic_resumes_after_a_kill(tmp_path, counted_calls):
     net = tiny_net()
     reference = generate_synthetic(net, tmp_path / "ref", n_per_class=3, num_classes=2, num_steps=3, batch_size=2,
                                    seed=1, shard_size=2)
 
-    real_sample, calls = sampler_module.edm_heun_sample, []
-
-    def dies_on_second_batch(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt("killed")
-        return real_sample(*args, **kwargs)
-
-    monkeypatch.setattr(sampler_module, "edm_heun_sample", dies_on_second_batch)
+    counted_calls(sampler_module, "edm_heun_sample", killed_at=2)
     out = tmp_path / "syn"
     with pytest.raises(KeyboardInterrupt):
         generate_synthetic(net, out, 3, 2, num_steps=3, batch_size=2, seed=1, shard_size=2)
@@ -112,8 +104,7 @@ def test_generate_synthetic_resumes_after_a_kill(tmp_path, monkeypatch):
     with pytest.raises(StaleStateError, match="other settings"):
         generate_synthetic(net, out, 3, 2, num_steps=4, batch_size=2, seed=1, shard_size=2)
 
-    calls.clear()
-    monkeypatch.setattr(sampler_module, "edm_heun_sample", lambda *a, **k: (calls.append(1), real_sample(*a, **k))[1])
+    calls = counted_calls(sampler_module, "edm_heun_sample")
     generate_synthetic(net, out, 3, 2, num_steps=3, batch_size=2, seed=1, shard_size=2)
     assert len(calls) == 2  # shards 1 and 2 only; shard 0 came from the state folder
     assert not (tmp_path / "syn.state").exists()

@@ -151,27 +151,20 @@ def store_images(dataset):
     return torch.from_numpy(np.array(dataset.store.images)).permute(0, 3, 1, 2).float() / 255
 
 
-def test_feature_store_matches_the_extractor_and_resumes(parts, tmp_path, monkeypatch):
+def test_feature_store_matches_the_extractor_and_resumes(parts, tmp_path, counted_calls):
     dit, vae, stats = parts
     store = write_store(tmp_path / "images", 5)
     extractor = LightningDiTFeatureExtractor(dit, vae, stats, layer=2, t=0.8, zero_channels=ZERO)
     dataset = ImageStoreDataset(store)
-    real_call, calls = LightningDiTFeatureExtractor.__call__, []
-
-    def dies_on_second_batch(self, *args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt("killed")
-        return real_call(self, *args, **kwargs)
-
-    monkeypatch.setattr(LightningDiTFeatureExtractor, "__call__", dies_on_second_batch)
+    counted_calls(LightningDiTFeatureExtractor, "__call__", killed_at=2)
     out = tmp_path / "features"
     with pytest.raises(KeyboardInterrupt):
         extract_lightningdit_feature_store(extractor, dataset, out, "images", batch_size=2, num_workers=0,
                                            shard_size=2)
     assert not out.exists() and len(list((tmp_path / "features.state").glob("shard_*"))) == 1
-    monkeypatch.setattr(LightningDiTFeatureExtractor, "__call__", real_call)
+    calls = counted_calls(LightningDiTFeatureExtractor, "__call__")
     extract_lightningdit_feature_store(extractor, dataset, out, "images", batch_size=2, num_workers=0, shard_size=2)
+    assert len(calls) == 2  # shards 1 and 2 only; shard 0 came from the state folder
     got = open_feature_store(out)
     assert got.features.shape == (5, 1, 64) and got.features.dtype == np.float16
     assert got.meta["layer"] == 2 and got.meta["t"] == 0.8 and got.meta["zero_channels"] == list(ZERO)

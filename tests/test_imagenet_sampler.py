@@ -100,7 +100,7 @@ def generate(parts, out, **kwargs):
     return generate_imagenet_synthetic(dit, vae, stats, out, **{**settings, **kwargs})
 
 
-def test_generation_is_deterministic_per_seed_and_resumes(tmp_path, monkeypatch):
+def test_generation_is_deterministic_per_seed_and_resumes(tmp_path, counted_calls):
     parts = tiny_parts()
     reference = open_image_store(generate(parts, tmp_path / "ref"))
     assert reference.images.shape == (6, 16, 16, 3) and reference.images.dtype == np.uint8
@@ -111,23 +111,14 @@ def test_generation_is_deterministic_per_seed_and_resumes(tmp_path, monkeypatch)
     other_seed = open_image_store(generate(parts, tmp_path / "other", seed=8))
     assert np.abs(other_seed.images.astype(int) - reference.images.astype(int)).mean() > 1
 
-    real_sample, calls = sampler_module.euler_sample, []
-
-    def dies_on_second_batch(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt("killed")
-        return real_sample(*args, **kwargs)
-
-    monkeypatch.setattr(sampler_module, "euler_sample", dies_on_second_batch)
+    counted_calls(sampler_module, "euler_sample", killed_at=2)
     out = tmp_path / "syn"
     with pytest.raises(KeyboardInterrupt):
         generate(parts, out)
     assert not out.exists() and [p.name for p in (tmp_path / "syn.state").glob("shard_*")] == ["shard_000000.npz"]
     with pytest.raises(StaleStateError, match="other settings"):
         generate(parts, out, cfg_scale=3.0)
-    calls.clear()
-    monkeypatch.setattr(sampler_module, "euler_sample", lambda *a, **k: (calls.append(1), real_sample(*a, **k))[1])
+    calls = counted_calls(sampler_module, "euler_sample")
     generate(parts, out)
     assert len(calls) == 2  # shards 1 and 2 only
     np.testing.assert_array_equal(open_image_store(out).images, reference.images)

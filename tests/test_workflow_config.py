@@ -8,6 +8,7 @@ import yaml
 from snakemake.utils import update_config
 
 from dra.config import ConfigError, parse_cell, resolve_recipe, table_cells, validate_config
+from config_cases import DELETE, apply
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -92,18 +93,6 @@ def test_resolved_recipe_follows_dmat_and_the_paper(paper):
         assert recipe["data"]["synthetic"] is None, cell
 
 
-def _set(config, path, value):
-    node = config
-    for key in path[:-1]:
-        node = node[key]
-    if value is DELETE:
-        del node[path[-1]]
-    else:
-        node[path[-1]] = value
-
-
-DELETE = object()
-
 BAD_CONFIGS = [
     # (what is wrong, path to change, new value, text the message must contain)
     ("misspelt top-level key", ["sead"], 1, "'sead' was unexpected"),
@@ -152,7 +141,7 @@ BAD_CONFIGS = [
 @pytest.mark.parametrize("what,path,value,expected", BAD_CONFIGS, ids=[c[0] for c in BAD_CONFIGS])
 def test_bad_config_is_rejected_naming_the_key(paper, what, path, value, expected):
     config = copy.deepcopy(paper)
-    _set(config, path, value)
+    apply(config, path, value)
     with pytest.raises(ConfigError) as error:
         validate_config(config)
     message = str(error.value)
