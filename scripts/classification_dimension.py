@@ -17,8 +17,8 @@ import argparse
 import torch
 
 from dra.analysis.classification_dimension import run_classification_dimension
+from dra.cli import add_device_arguments
 from dra.evaluation.autoattack import parse_eps
-from scripts.arguments import add_device_arguments
 
 
 def main(argv=None) -> None:

@@ -13,8 +13,8 @@ import logging
 
 import torch
 
+from dra.cli import add_device_arguments
 from dra.evaluation.autoattack import parse_eps, run_autoattack_evaluation
-from scripts.arguments import add_device_arguments
 
 
 def main(argv=None) -> None:

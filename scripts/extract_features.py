@@ -4,9 +4,9 @@ import argparse
 
 import torch
 
+from dra.cli import add_device_arguments, add_edm_arguments, add_sharded_job_arguments
 from dra.diffusion.checkpoint import load_edm
 from dra.diffusion.features import extract_feature_store
-from scripts.arguments import add_device_arguments, add_edm_arguments, add_sharded_job_arguments
 
 
 def main(argv=None) -> None:

@@ -6,8 +6,8 @@ import json
 
 import torch
 
+from dra.cli import add_device_arguments, add_lightningdit_arguments, add_sharded_job_arguments
 from dra.diffusion.lightningdit_features import extract_from_checkpoints
-from scripts.arguments import add_device_arguments, add_lightningdit_arguments, add_sharded_job_arguments
 
 
 def main(argv=None) -> None:

@@ -15,7 +15,7 @@ import argparse
 import torch
 
 from dra.analysis.figures import classifier_representation
-from scripts.arguments import add_device_arguments, add_robust_curve_arguments
+from dra.cli import add_device_arguments, add_robust_curve_arguments
 
 
 def main(argv=None) -> None:

@@ -4,8 +4,8 @@ import argparse
 
 import torch
 
+from dra.cli import add_edm_arguments
 from dra.diffusion.probe import validate_features
-from scripts.arguments import add_edm_arguments
 
 
 def main(argv=None) -> None:
