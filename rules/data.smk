@@ -51,6 +51,8 @@ rule prepare_digits:
 
 
 rule prepare_imagenet:
+    input:
+        imagenet_folder_input,
     output:
         directory(f"{DATA}/{{dataset}}/index"),
     log:
@@ -63,7 +65,7 @@ rule prepare_imagenet:
     params:
         root=imagenet_root,
         source=lambda wc: config["datasets"][wc.dataset]["source"],
-        eval_ids=lambda wc: config["datasets"][wc.dataset]["source"]["eval_ids"],
+        eval_ids=imagenet_eval_ids,
         num_classes=lambda wc: config["datasets"][wc.dataset]["num_classes"],
     shell:
         "python -m scripts.prepare_imagenet --root {params.root:q} --out {output}"
