@@ -12,7 +12,9 @@ rule random_cifar_archive:
         f"{DATA}/{{dataset}}/random/cifar-python.log",
     wildcard_constraints:
         dataset=_one_of(
-            name for name in datasets_of_kind("cifar10", "cifar100") if cfg.is_random(config["datasets"][name]["source"])
+            name
+            for name in datasets_of_kind("cifar10", "cifar100")
+            if cfg.is_random(config["datasets"][name]["source"])
         ),
     conda:
         "../envs/data.yaml"
@@ -32,7 +34,9 @@ rule random_imagenet_folder:
         f"{DATA}/{{dataset}}/random/folder.log",
     wildcard_constraints:
         dataset=_one_of(
-            name for name in datasets_of_kind("imagenet_folder") if cfg.is_random(config["datasets"][name]["source"])
+            name
+            for name in datasets_of_kind("imagenet_folder")
+            if cfg.is_random(config["datasets"][name]["source"])
         ),
     # JPEGs written with pillow, which the torch env has (torchvision's)
     conda:

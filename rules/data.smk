@@ -31,8 +31,11 @@ rule prepare_cifar:
         "../envs/data.yaml"
     params:
         kind=lambda wc: config["datasets"][wc.dataset]["source"]["kind"],
+        # the official 50,000 + 10,000, or the sizes of the canary's random archive
+        sizes=lambda wc: cfg.split_sizes(config, wc.dataset),
     shell:
         "python -m scripts.prepare_cifar --archive {input} --dataset {params.kind}"
+        " --expected-train {params.sizes[0]} --expected-test {params.sizes[1]}"
         " --train-out {output.train} --test-out {output.test} 2> {log}"
 
 
