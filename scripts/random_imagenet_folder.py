@@ -6,7 +6,7 @@
 
 import argparse
 
-from dra.data.imagenet import write_random_imagenet_folder
+from dra.data.random_imagenet import write_random_imagenet_folder
 
 
 def main(argv=None) -> None:
