@@ -1,7 +1,7 @@
 # Reproduction of "Expanding the Role of Diffusion Models for Robust Classifier Training" (DRA).
 #
-#   snakemake --profile slurm canary --configfile config/canary.yaml   first: does each cell fit your GPUs?
-#   snakemake --profile slurm all_tables                               the paper, on a SLURM cluster
+#   snakemake --profile slurm all_tables --configfile config/canary.yaml   first: does each cell fit your GPUs?
+#   snakemake --profile slurm all_tables                                   the paper, on a SLURM cluster
 #   snakemake all --cores 2 --configfile config/mini.yaml               offline mini scale, CPU
 #   snakemake --profile slurm results/paper/<dataset>/<arch>/<method>/<budget>/autoattack.json
 #                                                                      one table cell

@@ -41,8 +41,14 @@ NOT_DRAWN = {
     "train_diffusion": "mini scale only: the workflow trains its own small EDM",
     "generate_synthetic": "mini scale only: synthetic digits sampled from that EDM",
     "synthetic_quality": "mini scale only: how often a generated digit shows its label",
-    "canary_cell": "the canary's (config/canary.yaml): a few steps of one cell on random data, its own target",
-    "canary": "the canary's table of every canary_cell (target `canary`, not part of `all`)",
+    "canary_cell": "the canary's (config/canary.yaml): a few steps of one cell, measured, on its random stand-ins",
+    "canary": "the canary's table of every canary_cell (in all_tables at canary scale only)",
+    "random_cifar_archive": "the canary's: a CIFAR archive of random pixels instead of the download",
+    "random_imagenet_folder": "the canary's: an ImageNet-layout folder of random JPEGs instead of the user's",
+    "random_synthetic_part": "the canary's: a DM-AT npz part of random pixels instead of the download",
+    "random_edm": "the canary's: a randomly initialised EDM DDPM++ instead of the download",
+    "random_lightningdit": "the canary's: a randomly initialised LightningDiT-XL/1 and VA-VAE instead of the download",
+    "random_pretrained": "the canary's: randomly initialised backbone weights instead of the download",
 }
 
 

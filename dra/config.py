@@ -20,6 +20,7 @@ from typing import Any, Iterable
 import jsonschema
 import yaml
 
+from dra.diffusion.presets import EDM_CIFAR10_DDPMPP
 from dra.registry import MODEL_FAMILIES, OBJECTIVES, OPTIMIZERS, SCHEDULES, TABLE_KINDS
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "config" / "schema.yaml"
@@ -218,11 +219,24 @@ def _check_references(config: dict) -> None:
             f"'{dataset['diffusion']}' is not in diffusion_models (known: {', '.join(models)})",
         )
         if dataset["source"]["kind"] in ("cifar10", "cifar100"):
-            _require(_has(dataset["source"], "url"), f"datasets.{name}.source.url",
-                     "the archive's download URL is required (CIFAR's archives are not on the Hub)")
+            if is_random(dataset["source"]):
+                for key in ("train_images", "test_images"):
+                    _require(key in dataset["source"]["random"], f"datasets.{name}.source.random.{key}",
+                             "the size of the random archive's split (CIFAR's are 50000 and 10000)")
+            else:
+                _require(_has(dataset["source"], "url"), f"datasets.{name}.source.url",
+                         "the archive's download URL is required (CIFAR's archives are not on the Hub)")
         if dataset["source"]["kind"] == "imagenet_folder":
             for key in ("path", "train_images", "val_images", "eval_ids"):
                 _require(key in dataset["source"], f"datasets.{name}.source.{key}", "required for an ImageNet folder")
+            if is_random(dataset["source"]):  # random class folders: at least one image in each
+                for key in ("train_images", "val_images"):
+                    _require(dataset["source"][key] >= dataset["num_classes"], f"datasets.{name}.source.{key}",
+                             f"{dataset['source'][key]} random images cannot fill num_classes {dataset['num_classes']} "
+                             "class folders; give at least one per class")
+        if dataset["source"]["kind"] == "sklearn_digits":
+            _require(not is_random(dataset["source"]), f"datasets.{name}.source.random",
+                     "the digits ship with scikit-learn; they have no random source")
     for name, dataset in datasets.items():
         for set_name, spec in dataset["synthetic"].items():
             parts = spec.get("generate", {}).get("parts", 1)
@@ -254,6 +268,18 @@ def _check_references(config: dict) -> None:
         _require(("sampling" in model) == (source["kind"] == "lightningdit"), f"diffusion_models.{name}.sampling",
                  "required for a LightningDiT model ({timestep_shift, cfg_scale, cfg_interval_start, cfg_channels}) "
                  "and for no other")
+        _require(not is_random(source) or source["kind"] in ("edm_pickle", "lightningdit"),
+                 f"diffusion_models.{name}.source.random",
+                 f"kind {source['kind']} is trained by the workflow; only downloads (edm_pickle, lightningdit) "
+                 "have a random source")
+        if is_random(source) and source["kind"] == "edm_pickle":
+            # the random EDM's class labels are the dataset's classes (feature extraction and sampling pass them)
+            label_dim = {**EDM_CIFAR10_DDPMPP, **source["random"].get("network", {})}["label_dim"]
+            for dataset_name, dataset in datasets.items():
+                _require(dataset["diffusion"] != name or dataset["num_classes"] == label_dim,
+                         f"diffusion_models.{name}.source.random.network.label_dim",
+                         f"{label_dim} labels, but dataset {dataset_name} has num_classes {dataset['num_classes']}; "
+                         f"set network: {{label_dim: {dataset['num_classes']}}}")
         if source["kind"] == "lightningdit":
             _require(_has(source, "url") or _has(source, "hf"), f"diffusion_models.{name}.source.hf",
                      "the checkpoint's hf: {repo, type, path, revision} (or url) is required for LightningDiT")
@@ -335,24 +361,33 @@ def _has(entry: dict, key: str) -> bool:
     return entry.get(key) is not None
 
 
+def is_random(entry: dict | None) -> bool:
+    """Whether a source or download entry is replaced by random content (the canary's `random:`)."""
+    return isinstance(entry, dict) and entry.get("random") is not None
+
+
 def download_entries(config: dict) -> list[tuple[str, dict]]:
-    """Every configured download as (config key, entry), in config order."""
+    """Every configured download as (config key, entry), in config order; entries the canary
+    replaces by random content (`random:`) download nothing."""
     entries = []
     for name, dataset in config["datasets"].items():
-        if _has(dataset["source"], "url") or _has(dataset["source"], "hf"):
+        if (_has(dataset["source"], "url") or _has(dataset["source"], "hf")) and not is_random(dataset["source"]):
             entries.append((f"datasets.{name}.source", dataset["source"]))
         for set_name, spec in dataset["synthetic"].items():
             for index, part in enumerate(spec.get("parts", [])):
-                entries.append((f"datasets.{name}.synthetic.{set_name}.parts[{index}]", part))
+                if not is_random(part):
+                    entries.append((f"datasets.{name}.synthetic.{set_name}.parts[{index}]", part))
     for name, model in config["diffusion_models"].items():
         source = model["source"]
+        if is_random(source):
+            continue
         if _has(source, "url") or _has(source, "hf"):
             entries.append((f"diffusion_models.{name}.source", source))
         for key in ("tokenizer", "latent_stats"):
             if key in source:
                 entries.append((f"diffusion_models.{name}.source.{key}", source[key]))
     for name, arch in config["archs"].items():
-        if "pretrained" in arch:
+        if "pretrained" in arch and not is_random(arch["pretrained"]):
             entries.append((f"archs.{name}.pretrained", arch["pretrained"]))
     for name, model in config["reference_models"]["models"].items():
         for key in ("checkpoint", "args"):
@@ -429,6 +464,10 @@ SPLIT_SIZES = {"cifar10": (50_000, 10_000), "cifar100": (50_000, 10_000), "sklea
 def split_sizes(config: dict, dataset: str) -> tuple[int | None, int | None]:
     """(training images, test images) of a dataset, None where it is not known before a job."""
     source = config["datasets"][dataset]["source"]
+    if is_random(source) and source["kind"] in ("cifar10", "cifar100"):
+        return source["random"]["train_images"], source["random"]["test_images"]
+    if is_random(source) and source["kind"] == "imagenet_folder":
+        return source["train_images"], source["val_images"]  # every random validation image is evaluated
     if source["kind"] in SPLIT_SIZES:
         return SPLIT_SIZES[source["kind"]]
     ids = Path(source.get("eval_ids", ""))
@@ -736,7 +775,7 @@ def unset_source_key(config: dict, dataset: str) -> str | None:
     """The config key a user must set before a dataset's cells can run, or None: an ImageNet
     folder's path (ILSVRC-2012 is the user's own copy; nothing can fetch it)."""
     source = config["datasets"][dataset]["source"]
-    if source["kind"] == "imagenet_folder" and not source["path"]:
+    if source["kind"] == "imagenet_folder" and not source["path"] and not is_random(source):
         return f"datasets.{dataset}.source.path"
     return None
 
@@ -884,7 +923,7 @@ def resolve_recipe(config: dict, cell: Cell) -> dict:
         # a standard model's robust validation accuracy stays near 0, so selecting on it would
         # keep the first validated checkpoint
         recipe["checkpoint"]["select"] = "last"
-    return {
+    resolved = {
         "cell": {"dataset": cell.dataset, "arch": cell.arch, "method": cell.method, "budget": cell.budget},
         "seed": seed,
         "data": {
@@ -917,6 +956,15 @@ def resolve_recipe(config: dict, cell: Cell) -> dict:
         # micro-batches per GPU: what the memory model gives the cell on the configured hardware
         "accumulation_steps": train_plan(config, cell).accumulation_steps,
     }
+    if config["canary"]["cap_training"]:
+        # the canary: one epoch of canary.steps optimizer steps at the cell's global batch (or
+        # canary.batch_size, then without accumulation), on the planned GPUs; all else as the paper run
+        steps, batch = config["canary"]["steps"], config["canary"]["batch_size"]
+        if batch is not None:
+            resolved.update(batch_size=batch, accumulation_steps=1)
+        resolved["epochs"] = 1
+        resolved["data"]["epoch_reference_size"] = steps * resolved["batch_size"]
+    return resolved
 
 
 # ----------------------------------------------------------------------------------------------

@@ -41,6 +41,8 @@ rule build_table:
 rule all_tables:
     input:
         [path for table in config["tables"] for path in table_outputs(table)],
+        # the canary's (config/canary.yaml): its table of pass or fail, step time and memory per cell
+        [f"{RESULTS}/canary.csv"] if config["canary"]["cap_training"] else [],
 
 
 rule all_replicates:

@@ -54,8 +54,13 @@ def datasets_of_kind(*kinds):
     return [name for name, d in config["datasets"].items() if d["source"]["kind"] in kinds]
 
 
-def diffusion_models_of_kind(kind):
-    return [name for name, m in config["diffusion_models"].items() if m["source"]["kind"] == kind]
+def diffusion_models_of_kind(kind, random=None):
+    # random: True only the canary's randomly initialised ones, False only the downloaded ones
+    return [
+        name
+        for name, m in config["diffusion_models"].items()
+        if m["source"]["kind"] == kind and random in (None, cfg.is_random(m["source"]))
+    ]
 
 
 def cell_of(wildcards):
@@ -79,6 +84,8 @@ def cell_path(cell, name):
 
 def archive_path(wildcards):
     source = config["datasets"][wildcards.dataset]["source"]
+    if cfg.is_random(source):  # the canary's archive of random pixels (rule random_cifar_archive)
+        return f"{DATA}/{wildcards.dataset}/random/cifar-python.tar.gz"
     return f"{DATA}/{wildcards.dataset}/archive/{cfg.download_name(source)}"
 
 
@@ -108,10 +115,12 @@ def download_spec(entry):
 
 
 def synthetic_parts(wildcards):
+    # downloaded parts, or the canary's parts of random pixels (rule random_synthetic_part)
     spec = config["datasets"][wildcards.dataset]["synthetic"][wildcards.set]
     return [
-        f"{DATA}/{wildcards.dataset}/synthetic-parts/{wildcards.set}/part{index}.npz"
-        for index in range(len(spec["parts"]))
+        f"{DATA}/{wildcards.dataset}/"
+        f"{'synthetic-random' if cfg.is_random(part) else 'synthetic-parts'}/{wildcards.set}/part{index}.npz"
+        for index, part in enumerate(spec["parts"])
     ]
 
 
@@ -124,7 +133,26 @@ def synthetic_store_of(cell):
     return cfg.synthetic_store(config, cell.dataset, cell.synthetic)
 
 
+def random_imagenet_folder(dataset):
+    return f"{DATA}/{dataset}/random/folder"
+
+
+def imagenet_folder_input(wildcards):
+    # the canary's random folder is built by a rule; the user's ILSVRC-2012 folder is not a file of the workflow
+    if cfg.is_random(config["datasets"][wildcards.dataset]["source"]):
+        return random_imagenet_folder(wildcards.dataset)
+    return []
+
+
+def imagenet_eval_ids(wildcards):
+    if cfg.is_random(config["datasets"][wildcards.dataset]["source"]):
+        return f"{random_imagenet_folder(wildcards.dataset)}/eval_ids.txt"
+    return config["datasets"][wildcards.dataset]["source"]["eval_ids"]
+
+
 def imagenet_root(wildcards):
+    if cfg.is_random(config["datasets"][wildcards.dataset]["source"]):
+        return random_imagenet_folder(wildcards.dataset)
     root = config["datasets"][wildcards.dataset]["source"]["path"]
     if not root:
         raise WorkflowError(
@@ -220,8 +248,13 @@ def lightningdit_datasets():
     ]
 
 
-def pretrained_archs():
-    return [name for name, arch in config["archs"].items() if "pretrained" in arch]
+def pretrained_archs(random=False):
+    # random: the canary's randomly initialised stand-ins for the downloads (rule random_pretrained)
+    return [
+        name
+        for name, arch in config["archs"].items()
+        if "pretrained" in arch and cfg.is_random(arch["pretrained"]) == random
+    ]
 
 
 LIGHTNINGDIT_FILES = {"dit": "source", "vae": "tokenizer", "latents_stats": "latent_stats"}
@@ -326,7 +359,10 @@ def train_gpus(wildcards):
 
 def train_runtime(wildcards, attempt):
     """From the cell's steps and the measured GPU seconds per image where the memory table has them,
-    else resources.train.runtime; times the attempt, as runtime_per_attempt."""
+    else resources.train.runtime (the canary's capped training: canary.runtime); times the attempt,
+    as runtime_per_attempt."""
+    if config["canary"]["cap_training"]:
+        return runtime_per_attempt("canary")(wildcards, attempt)
     minutes = cfg.train_plan(config, cell_of(wildcards)).runtime_minutes
     if minutes is None:
         return runtime_per_attempt("train")(wildcards, attempt)
@@ -370,7 +406,7 @@ def resource(kind, key):
 
 def runtime_per_attempt(kind):
     """The configured time limit times the attempt: a job killed at its limit is retried longer."""
-    limit = config["resources"][kind]["runtime"]
+    limit = (config["canary"] if kind == "canary" else config["resources"][kind])["runtime"]
     amount, unit = int(limit[:-1]), limit[-1]
     return lambda wildcards, attempt: f"{amount * attempt}{unit}"
 

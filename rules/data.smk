@@ -31,8 +31,11 @@ rule prepare_cifar:
         "../envs/data.yaml"
     params:
         kind=lambda wc: config["datasets"][wc.dataset]["source"]["kind"],
+        # the official 50,000 + 10,000, or the sizes of the canary's random archive
+        sizes=lambda wc: cfg.split_sizes(config, wc.dataset),
     shell:
         "python -m scripts.prepare_cifar --archive {input} --dataset {params.kind}"
+        " --expected-train {params.sizes[0]} --expected-test {params.sizes[1]}"
         " --train-out {output.train} --test-out {output.test} 2> {log}"
 
 
@@ -51,6 +54,8 @@ rule prepare_digits:
 
 
 rule prepare_imagenet:
+    input:
+        imagenet_folder_input,
     output:
         directory(f"{DATA}/{{dataset}}/index"),
     log:
@@ -63,7 +68,7 @@ rule prepare_imagenet:
     params:
         root=imagenet_root,
         source=lambda wc: config["datasets"][wc.dataset]["source"],
-        eval_ids=lambda wc: config["datasets"][wc.dataset]["source"]["eval_ids"],
+        eval_ids=imagenet_eval_ids,
         num_classes=lambda wc: config["datasets"][wc.dataset]["num_classes"],
     shell:
         "python -m scripts.prepare_imagenet --root {params.root:q} --out {output}"

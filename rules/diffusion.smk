@@ -8,7 +8,7 @@ rule fetch_diffusion_model:
     log:
         f"{DATA}/diffusion/{{model}}/fetch.log",
     wildcard_constraints:
-        model=_one_of(diffusion_models_of_kind("edm_pickle")),
+        model=_one_of(diffusion_models_of_kind("edm_pickle", random=False)),
     localrule: True
     conda:
         "../envs/data.yaml"
@@ -28,7 +28,7 @@ rule convert_diffusion_model:
     log:
         f"{DATA}/diffusion/{{model}}/convert.log",
     wildcard_constraints:
-        model=_one_of(diffusion_models_of_kind("edm_pickle")),
+        model=_one_of(diffusion_models_of_kind("edm_pickle", random=False)),
     conda:
         "../envs/torch.yaml"
     shell:

@@ -26,7 +26,7 @@ rule fetch_lightningdit:
     log:
         f"{DATA}/diffusion/{{model}}/{{file}}.fetch.log",
     wildcard_constraints:
-        model=_one_of(diffusion_models_of_kind("lightningdit")),
+        model=_one_of(diffusion_models_of_kind("lightningdit", random=False)),
         file=_one_of(LIGHTNINGDIT_FILES),
     localrule: True
     conda:

@@ -106,6 +106,18 @@ CASES = [
      "datasets.imagenet.source.path", "ILSVRC"),
     ("scale with a space", ["scale"], "paper 2", "scale", "paper 2"),
     ("diffusion model name with a space", ["diffusion_models", "edm cifar"], {}, "diffusion_models", "edm cifar"),
+    # the canary's random stand-ins (config/canary.yaml)
+    ("random CIFAR archive without its sizes", ["datasets", "cifar10", "source", "random"], {"seed": 1},
+     "datasets.cifar10.source.random.train_images", "50000"),
+    ("random EDM with CIFAR-10's labels for CIFAR-100", ["diffusion_models", "edm-cifar100-cond", "source", "random"],
+     {"seed": 1}, "diffusion_models.edm-cifar100-cond.source.random.network.label_dim", "num_classes 100"),
+    ("random stand-in for a trained model", ["diffusion_models", "noisy-cifar10", "source", "random"], {"seed": 1},
+     "diffusion_models.noisy-cifar10.source.random", "noisy_classifier"),
+    ("random ImageNet folder with fewer images than classes", ["datasets", "imagenet", "source"],
+     {"kind": "imagenet_folder", "path": None, "train_images": 500, "val_images": 1000, "eval_ids": "ids.txt",
+      "random": {"seed": 1}}, "datasets.imagenet.source.train_images", "500"),
+    ("random weights with a negative seed", ["archs", "convnext-b", "pretrained", "random"], {"seed": -1},
+     "archs.convnext-b.pretrained.random.seed", "-1"),
 ]
 
 # YAML files as users write them: (name, text, what the message must contain)

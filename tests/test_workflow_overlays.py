@@ -47,3 +47,42 @@ def test_each_scale_plans_each_target_within_its_own_cells(scale, target):
     if scale != "paper" and target != "all_reference":
         # DM-AT's released checkpoints are evaluated at full scale: only when asked for
         assert "rule reference_autoattack" not in result.stdout
+
+
+CANARY = {"gpu": ["config/canary.yaml"], "cpu": ["config/canary.yaml", "config/canary-cpu.yaml"]}
+DOWNLOAD_RULES = ("download_archive", "fetch_synthetic_part", "fetch_diffusion_model", "convert_diffusion_model",
+                  "fetch_lightningdit", "download_pretrained", "download_zoo_checkpoint", "prepare_digits")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("machine", sorted(CANARY))
+def test_the_canary_plans_every_paper_cell_through_the_papers_rules_downloading_nothing(machine):
+    overlays = CANARY[machine]
+    result = run_snakemake(ROOT, "all_tables", "--dry-run", "--forceall", "--printshellcmds", "--configfile",
+                           *overlays, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    jobs = result.stdout
+    assert not [rule for rule in DOWNLOAD_RULES if f"rule {rule}:" in jobs]
+    for rule in ("random_cifar_archive", "random_imagenet_folder", "random_synthetic_part", "random_edm",
+                 "random_lightningdit", "random_pretrained", "prepare_cifar", "prepare_imagenet", "prepare_synthetic",
+                 "extract_features", "extract_imagenet_features", "generate_imagenet_synthetic_part", "canary"):
+        assert f"rule {rule}:" in jobs, rule
+    paper = scale_config(None)
+    config = scale_config(None)
+    from snakemake.utils import update_config
+
+    for overlay in overlays:
+        update_config(config, yaml.safe_load((ROOT / overlay).read_text()))
+    # every table cell of the paper (ImageNet's too, on the random folder) is trained and evaluated
+    cells = {cell.id: cell for cell in cfg.table_cells(paper)}
+    blocks = [block for block in jobs.split("\n\n") if "rule train_cell:" in block]
+    trained = {re.search(r"output: results/canary/(\S+)/train/model\.pt", block)[1]: block for block in blocks}
+    assert set(trained) == set(cells)
+    # on the paper's planned GPUs (torchrun over them) on a GPU cluster, the CPU without
+    for cell_id, block in trained.items():
+        gpus = cfg.train_plan(paper, cells[cell_id]).gpus if machine == "gpu" else 0
+        assert re.search(r"\bgpu=(\d+)", block)[1] == str(gpus), cell_id
+        assert (f"--nproc-per-node {gpus}" in block) == (gpus > 1), cell_id
+    # the canary table lists the figure cells too
+    assert len(re.findall(r"output: results/canary/\S+/canary\.json", jobs)) == len(
+        {cell.id for cell in cfg.table_cells(config) + cfg.figure_cells(config)})

@@ -205,3 +205,38 @@ def convert_cifar(
             dest, len(labels), 32, 32, layout.num_classes, meta=meta_out
         ) as writer:
             writer.write(0, images, labels)
+
+
+def write_random_cifar_archive(
+    path: str | os.PathLike, dataset: str, train_images: int, test_images: int, seed: int
+) -> None:
+    """A CIFAR python archive of uniform random pixels in the official layout (the canary's
+    stand-in for the download): the same members, pickled dicts, (N, 3072) uint8 colour planes and
+    label key as the official file, so convert_cifar reads it unchanged. Labels go round the
+    classes, so every split is class-balanced when its size is a multiple of the class count."""
+    from dra.io import atomic_file
+
+    if dataset not in LAYOUTS:
+        raise ValueError(f"dataset must be one of {sorted(LAYOUTS)}, got {dataset!r}")
+    layout = LAYOUTS[dataset]
+    rng = np.random.default_rng(seed)
+
+    def batch(n: int, offset: int) -> dict:
+        labels = [(offset + index) % layout.num_classes for index in range(n)]
+        return {b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8), layout.label_key: labels}
+
+    # the official archive splits the training set evenly over its train members
+    members = {}
+    per_member, start = -(-train_images // len(layout.train_members)), 0
+    for name in layout.train_members:
+        count = min(per_member, train_images - start)
+        members[name] = batch(count, start)
+        start += count
+    members[layout.test_member] = batch(test_images, 0)
+    members[layout.meta_member] = {layout.names_key: [f"class{index}".encode() for index in range(layout.num_classes)]}
+    with atomic_file(path) as tmp, tarfile.open(tmp, "w:gz", compresslevel=1) as tar:
+        for name, content in members.items():
+            data = pickle.dumps(content, protocol=2)
+            info = tarfile.TarInfo(f"{layout.folder}/{name}")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))

@@ -195,3 +195,4 @@ def index_imagenet(
         )
         write_json(folder / "meta.json", summary)
     return summary
+

@@ -192,3 +192,17 @@ def convert_synthetic(
                 ) from None
             start += n
     return total
+
+
+def write_random_synthetic_part(
+    path: str | os.PathLike, images: int, image_size: int, num_classes: int, seed: int
+) -> None:
+    """A synthetic part of uniform random pixels in DM-AT's npz format (uncompressed ``image``
+    (N, H, W, 3) uint8 and ``label`` (N,) int64), the canary's stand-in for a released set."""
+    from dra.io import atomic_file
+
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(0, 256, (images, image_size, image_size, 3), dtype=np.uint8)
+    labels = rng.integers(0, num_classes, images).astype(LABEL_DTYPE)
+    with atomic_file(path) as tmp, open(tmp, "wb") as handle:
+        np.savez(handle, image=pixels, label=labels)

@@ -325,3 +325,39 @@ def load_edm(safetensors_path: str | Path, json_path: str | Path | None = None) 
     except RuntimeError as err:
         raise CheckpointFormatError(f"{safetensors_path} does not match {json_path}: {err}") from None
     return net.eval().requires_grad_(False)
+
+
+def save_random_edm(out_safetensors: str | Path, out_json: str | Path, seed: int,
+                    network: dict | None = None) -> EDMPrecond:
+    """A randomly initialised EDM (the canary's stand-in for a download): by default DDPM++ at the
+    configuration of NVIDIA's CIFAR-10 model (EDM_CIFAR10_DDPMPP, 55.7M parameters), ``network``
+    overriding its keys (label_dim for CIFAR-100); written as the converted checkpoints are."""
+    from dra.diffusion.presets import EDM_CIFAR10_DDPMPP
+
+    kwargs = {**EDM_CIFAR10_DDPMPP, **(network or {})}
+    torch.manual_seed(seed)
+    net = EDMPrecond(**kwargs)
+    save_edm(net, kwargs, out_safetensors, out_json, extra={"source": f"random initialisation, seed {seed}"})
+    return net
+
+
+def save_random_lightningdit(out_dit: str | Path, out_vae: str | Path, out_latent_stats: str | Path, seed: int,
+                             dit_config: dict | None = None, vae_config: dict | None = None) -> None:
+    """A randomly initialised LightningDiT (XL/1 unless ``dit_config``) and VA-VAE (f16d32 unless
+    ``vae_config``), with unit latent statistics, in the release's file formats (the 'ema' weights,
+    the Lightning 'state_dict', {'mean', 'std'}) that load_lightningdit, load_vavae and
+    load_latent_stats read: the canary's stand-in for the downloads."""
+    from dra.diffusion.lightningdit import LIGHTNINGDIT_XL_1, LightningDiT
+    from dra.diffusion.vavae import VAVAE, VAVAE_F16D32
+
+    torch.manual_seed(seed)
+    vae = VAVAE(**(vae_config or VAVAE_F16D32))
+    channels = vae.embed_dim
+    with atomic_file(out_vae) as tmp:
+        torch.save({"state_dict": vae.state_dict()}, tmp)
+    del vae
+    with atomic_file(out_latent_stats) as tmp:
+        torch.save({"mean": torch.zeros(1, channels, 1, 1), "std": torch.ones(1, channels, 1, 1)}, tmp)
+    dit = LightningDiT(**(dit_config or LIGHTNINGDIT_XL_1))
+    with atomic_file(out_dit) as tmp:
+        torch.save({"ema": dit.state_dict()}, tmp)

@@ -130,3 +130,17 @@ def build_timm_classifier(arch: dict, num_classes: int, mean: Sequence[float], s
     pretrained = bool(arch.get("pretrained", kwargs.pop("pretrained", False)))
     return TimmClassifier(arch["name"], num_classes, mean, std, kwargs=kwargs, pretrained=pretrained,
                           weights_file=arch.get("weights"))
+
+def save_random_pretrained(name: str, path: str | os.PathLike, seed: int, kwargs: dict[str, Any] | None = None) -> None:
+    """Randomly initialised weights of timm model ``name`` in the layout of its released
+    pretrained file (safetensors, with the release's classifier: none for a DINOv3 backbone),
+    which create_pretrained loads unchanged: the canary's stand-in for the download."""
+    from safetensors.torch import save_file
+
+    from dra.io import atomic_file
+
+    released_classes = timm.models.get_pretrained_cfg(name).to_dict().get("num_classes", 0)
+    torch.manual_seed(seed)
+    net = timm.create_model(name, pretrained=False, num_classes=released_classes, **(kwargs or {}))
+    with atomic_file(path) as tmp:
+        save_file({key: value.contiguous() for key, value in net.state_dict().items()}, str(tmp))
