@@ -25,13 +25,14 @@ rule autoattack:
         eps_255=lambda wc: config["datasets"][wc.dataset]["eps_255"],
         n=lambda wc: config["datasets"][wc.dataset]["eval_n"],
         seed=config["seed"],
+        attacks=" ".join(config["evaluation"]["attacks"]),
         # resumable state of an interrupted evaluation, not a declared output
         state=f"{RESULTS}/state/{{dataset}}/{{arch}}/{{method}}/{{budget}}/autoattack",
     shell:
         "python -m scripts.evaluate_autoattack --model {input.model} --recipe {input.recipe}"
         " --test-store {input.test} --eps {params.eps_255}/255 --n {params.n} --seed {params.seed}"
-        " --state {params.state} --threads {threads} --out-json {output.json}"
-        " --out-npz {output.flags} 2>> {log}"
+        " --attacks {params.attacks} --state {params.state} --threads {threads}"
+        " --out-json {output.json} --out-npz {output.flags} 2>> {log}"
 
 
 rule classification_dimension:

@@ -88,6 +88,7 @@ use rule autoattack as reference_autoattack with:
         eps_255=lambda wc: ref.reference_dataset(config, wc.name)["eps_255"],
         n=lambda wc: ref.reference_dataset(config, wc.name)["eval_n"],
         seed=config["seed"],
+        attacks=" ".join(config["evaluation"]["attacks"]),
         state=f"{RESULTS}/state/reference/{{name}}/autoattack",
 
 

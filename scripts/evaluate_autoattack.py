@@ -1,4 +1,4 @@
-"""AutoAttack (standard, Linf) evaluation of one trained cell -> autoattack.json + autoattack.npz.
+"""AutoAttack (Linf; version standard unless --attacks names fewer) evaluation of one trained cell -> autoattack.json + autoattack.npz.
 
 Example:
     python scripts/evaluate_autoattack.py --model results/mini/<cell>/train/model.pt \\
@@ -14,7 +14,7 @@ import logging
 import torch
 
 from dra.cli import add_device_arguments
-from dra.evaluation.autoattack import parse_eps, run_autoattack_evaluation
+from dra.evaluation.autoattack import STANDARD_ATTACKS, parse_eps, run_autoattack_evaluation
 
 
 def main(argv=None) -> None:
@@ -29,6 +29,8 @@ def main(argv=None) -> None:
     parser.add_argument("--chunk-size", type=int, default=2000,
                         help="points per resumable chunk; a killed job loses at most one chunk. Each chunk pays "
                              "pyautoattack's fixed per-call cost, so keep it several batches large")
+    parser.add_argument("--attacks", nargs="+", default=list(STANDARD_ATTACKS),
+                        help="AutoAttack's attacks (config: evaluation.attacks; all four: version standard)")
     parser.add_argument("--state", default=None, help="resume file (npz); omit to run without resuming")
     parser.add_argument("--out-json", required=True)
     parser.add_argument("--out-npz", required=True)
@@ -39,7 +41,7 @@ def main(argv=None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     summary = run_autoattack_evaluation(args.model, args.recipe, args.test_store, parse_eps(args.eps), args.n,
                                         args.seed, args.batch_size, args.chunk_size, args.state,
-                                        args.out_json, args.out_npz, args.device)
+                                        args.out_json, args.out_npz, args.device, attacks=args.attacks)
     logging.getLogger("dra.evaluation").info("clean %.2f%%, AutoAttack %.2f%% on %d points",
                                              summary["clean_accuracy"], summary["robust_accuracy"], summary["n"])
 

@@ -16,6 +16,8 @@ CASES = [
     # ranges and relations the schema alone did not state (the list first)
     # the one budget of a dataset, for training and evaluation
     ("eps 300/255", ["datasets", "cifar10", "eps_255"], 300, "datasets.cifar10.eps_255", "300"),
+    ("an attack AutoAttack's standard version does not run", ["evaluation", "attacks"], ["apgd-dlr"],
+     "evaluation.attacks", "apgd-dlr"),
     ("a recipe with its own eps", R + ["attack", "eps_255"], 8, "recipes.cifar10.wrn-28-10.attack", "eps_255"),
     ("PGD step larger than eps", R + ["attack", "step_255"], 20, "recipes.cifar10.wrn-28-10.attack.step_255", "20"),
     ("no attack steps", R + ["attack", "steps"], 0, "recipes.cifar10.wrn-28-10.attack.steps", "0"),

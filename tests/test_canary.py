@@ -24,9 +24,10 @@ CELLS = [WRN, TIMM, ENCODER]
 
 # the tables and figures of these cells only, two steps, and stand-ins small enough for 2 cores: 20
 # CIFAR and 10 ImageNet training images (10 classes, AutoAttack's fewest; the LightningDiT-XL/1 and
-# VA-VAE stay the release's sizes). AutoAttack on 2 points at eps 128/255: a point that two steps of
-# training left correct is broken by APGD-CE at once, instead of running the targeted attacks, FAB
-# and Square on a near-constant random network for many CPU-minutes.
+# VA-VAE stay the release's sizes). AutoAttack as the canary overlay runs it (APGD-CE alone) on 2
+# points at eps 128/255: a point that two steps of training left correct is broken at once; a point of
+# a near-constant random network cannot be, and costs APGD-CE's 5 x 100 steps, not the minutes of
+# the targeted attacks, FAB and Square.
 OVERLAY = {
     "canary": {"steps": 2},
     "datasets": {

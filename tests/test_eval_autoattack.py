@@ -125,6 +125,29 @@ def test_model_mode_gradients_and_caller_rng_are_restored(monkeypatch):
     np.testing.assert_array_equal(result.robust, result.clean)
 
 
+def test_fewer_attacks_run_as_version_custom_and_are_recorded(tmp_path):
+    """config evaluation.attacks: APGD-CE alone (the canary's) is pyautoattack's version 'custom'; on the
+    linear case, where the steepest step reaches the ball's best corner, it finds the exact answer too."""
+    from pyautoattack import AutoAttack
+
+    model, images, labels, eps, truth_clean, truth_robust = linear_problem(16)
+    result = evaluate_autoattack(model, images, labels, eps, seed=0, batch_size=8, state_path=None,
+                                 device="cpu", chunk_size=16, attacks=["apgd-ce"])
+    direct = AutoAttack(model, norm="Linf", eps=eps, version="custom", attacks=["apgd-ce"], device="cpu", seed=0)
+    x_adv, _ = direct.run_standard_evaluation(images, labels, batch_size=8)
+    with torch.no_grad():
+        np.testing.assert_array_equal(result.robust, (model(x_adv).argmax(1) == labels).numpy())
+    np.testing.assert_array_equal(result.robust, truth_robust)
+    np.testing.assert_array_equal(result.clean, truth_clean)
+    summary = write_autoattack_outputs(result, eps, 0, "m.pt", tmp_path / "a.json", tmp_path / "a.npz",
+                                       attacks=["apgd-ce"])
+    assert (summary["version"], summary["attacks"]) == ("custom", ["apgd-ce"])
+    assert aa.attack_version(["apgd-ce", "apgd-t", "fab-t", "square"]) == "standard"
+    for wrong in (["apgd-dlr"], [], ["square", "square"]):
+        with pytest.raises(aa.AutoAttackInputError, match="name some of"):
+            aa.attack_version(wrong)
+
+
 def test_outputs_hold_flags_and_summary(tmp_path):
     result = aa.AutoAttackResult(indices=np.arange(4), clean=np.array([1, 1, 1, 0], bool),
                                  robust=np.array([1, 0, 0, 0], bool), attack_disagreements=0, seconds=1.5)

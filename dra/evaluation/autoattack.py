@@ -28,7 +28,7 @@ import time
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -44,6 +44,13 @@ NORM = "Linf"
 BALL_TOLERANCE = 1e-6
 
 progress_log = logging.getLogger("dra.evaluation")
+
+
+def attack_version(attacks: Sequence[str]) -> str:
+    """pyautoattack's version for these attacks: 'standard' for the four in their order, else 'custom'."""
+    if not attacks or any(name not in STANDARD_ATTACKS for name in attacks) or len(set(attacks)) != len(attacks):
+        raise AutoAttackInputError(f"attacks {list(attacks)}: name some of {list(STANDARD_ATTACKS)}, each once")
+    return VERSION if tuple(attacks) == STANDARD_ATTACKS else "custom"
 
 
 class AutoAttackInputError(ValueError):
@@ -219,12 +226,15 @@ def evaluate_autoattack(
     state_path: str | Path | None,
     device: str | torch.device,
     chunk_size: int = 2000,
+    attacks: Sequence[str] = STANDARD_ATTACKS,
 ) -> AutoAttackResult:
     """AutoAttack standard Linf on (images01, labels), resumable through ``state_path``.
 
     images01: float32 (N, C, H, W) in [0, 1] on any device (batches are moved to ``device``);
     the model must already live on ``device``. With ``chunk_size >= N`` this is exactly one
-    ``pyautoattack`` call on the whole set.
+    ``pyautoattack`` call on the whole set. ``attacks``: the standard four (version 'standard'), or
+    fewer, run as pyautoattack's version 'custom' with its default attack settings (config
+    ``evaluation.attacks``; the canary's pipeline check, not a robustness number).
     """
     from pyautoattack import AutoAttack
 
@@ -234,14 +244,18 @@ def evaluate_autoattack(
     device = torch.device(device)
     n = images01.shape[0]
     n_chunks = math.ceil(n / chunk_size)
+    version = attack_version(attacks)
     settings = {"eps": float(eps), "seed": int(seed), "batch_size": batch_size, "chunk_size": chunk_size,
-                "version": VERSION, "norm": NORM}
+                "version": version, "norm": NORM}
+    if version != VERSION:  # the standard run's resume fingerprint stays what it was
+        settings["attacks"] = list(attacks)
     state_path = Path(state_path) if state_path is not None else None
 
     with _evaluation_mode(model), _attack_log_to_progress():
         fingerprint = _fingerprint(model, images01, labels, settings) if state_path else ""
         state = _load_state(state_path, fingerprint, n, n_chunks)
-        adversary = AutoAttack(model, norm=NORM, eps=float(eps), version=VERSION, device=device, seed=int(seed))
+        adversary = AutoAttack(model, norm=NORM, eps=float(eps), version=version, device=device, seed=int(seed),
+                               attacks=None if version == VERSION else list(attacks))
         for chunk in range(n_chunks):
             if state["done"][chunk]:
                 continue
@@ -284,7 +298,8 @@ def evaluate_autoattack(
 
 
 def write_autoattack_outputs(result: AutoAttackResult, eps: float, seed: int, model_path: str | Path,
-                             out_json: str | Path, out_npz: str | Path) -> dict:
+                             out_json: str | Path, out_npz: str | Path,
+                             attacks: Sequence[str] = STANDARD_ATTACKS) -> dict:
     """autoattack.npz (per-example flags) first, then autoattack.json, both atomically: the JSON
     is the rule's completion marker, so it never exists without its flags."""
     with atomic_file(out_npz) as tmp:
@@ -297,8 +312,8 @@ def write_autoattack_outputs(result: AutoAttackResult, eps: float, seed: int, mo
         "eps": float(eps),
         "eps_255": eps_as_255(eps),
         "norm": NORM,
-        "version": VERSION,
-        "attacks": list(STANDARD_ATTACKS),
+        "version": attack_version(attacks),
+        "attacks": list(attacks),
         "seed": int(seed),
         "attack_disagreements": result.attack_disagreements,
         "seconds": round(result.seconds, 3),
@@ -357,10 +372,11 @@ def load_classifier(model_path: str | Path, recipe_path: str | Path, device: str
 def run_autoattack_evaluation(model_path: str | Path, recipe_path: str | Path, test_store: str | Path,
                               eps: float, n: int | None, seed: int, batch_size: int, chunk_size: int,
                               state_path: str | Path | None, out_json: str | Path, out_npz: str | Path,
-                              device: str | torch.device) -> dict:
+                              device: str | torch.device, attacks: Sequence[str] = STANDARD_ATTACKS) -> dict:
     """Load model and test points, evaluate, write autoattack.json + autoattack.npz."""
+    attack_version(attacks)  # a wrong name stops before the model is loaded
     model = load_classifier(model_path, recipe_path, device)
     images01, labels = load_test_images(test_store, n)
     result = evaluate_autoattack(model, images01, labels, eps, seed, batch_size, state_path, device,
-                                 chunk_size=chunk_size)
-    return write_autoattack_outputs(result, eps, seed, model_path, out_json, out_npz)
+                                 chunk_size=chunk_size, attacks=attacks)
+    return write_autoattack_outputs(result, eps, seed, model_path, out_json, out_npz, attacks=attacks)
