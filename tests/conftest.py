@@ -1,4 +1,4 @@
-"""Shared by the test files: their order for the two pytest-xdist workers, and two fixtures.
+"""Shared by the test files: their order for the two pytest-xdist workers, and three fixtures.
 
 The end-to-end files take most of the time (the mini reproduction about 20 minutes); started
 first, they run beside the unit tests instead of after them (pyproject: -n 2 --dist loadfile).
@@ -6,7 +6,9 @@ first, they run beside the unit tests instead of after them (pyproject: -n 2 --d
 
 import pytest
 
-LONGEST_FIRST = ("test_workflow_mini.py", "test_workflow_slurm.py", "test_workflow_imagenet_mini.py")
+LONGEST_FIRST = (
+    "test_workflow_mini.py", "test_workflow_slurm.py", "test_canary.py", "test_workflow_imagenet_mini.py",
+)
 
 
 def pytest_collection_modifyitems(config, items):
