@@ -52,8 +52,9 @@ OVERLAY = {
 def test_canary_runs_the_papers_rules_for_one_cell_per_family_on_the_cpu(tmp_path):
     workdir = copy_workflow(tmp_path / "workflow")
     (workdir / "canary-test.yaml").write_text(yaml.safe_dump(OVERLAY))
+    # 12 minutes alone on 2 cores; beside the mini reproduction and the unit tests (CI) more than 30
     result = run_snakemake(workdir, "all_tables", "--configfile", "config/canary.yaml", "config/canary-cpu.yaml",
-                           "canary-test.yaml", "--cores", "2", timeout=1800)
+                           "canary-test.yaml", "--cores", "2", timeout=3600)
     assert result.returncode == 0, result.stderr[-4000:]
     results = workdir / "results/canary"
 
