@@ -41,9 +41,11 @@ def measure(device: torch.device, depth: int, width: int, batch: int, steps: int
     torch.manual_seed(0)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     classifier = create_classifier({"family": "wrn", "depth": depth, "width": width, "activation": "silu"}, 10,
-                                   [0.4914, 0.4822, 0.4465], [0.2471, 0.2435, 0.2616]).to(device, memory_format=memory_format)
+                                   [0.4914, 0.4822, 0.4465], [0.2471, 0.2435, 0.2616])
+    classifier = classifier.to(device, memory_format=memory_format)
     module = TrainingModule(classifier, None)
-    optimizer = build_optimizer({"name": "sgd", "lr": 0.1, "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4}, module)
+    optimizer = build_optimizer({"name": "sgd", "lr": 0.1, "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4},
+                                module)
     train_forward, attack_forward = module, classifier
     if compile_model:
         train_forward, attack_forward = torch.compile(module), torch.compile(classifier)
@@ -95,8 +97,10 @@ def main() -> None:
     results = {}
     for variant in args.variants:
         started = time.perf_counter()
-        results[variant] = measure(device, args.depth, args.width, args.batch_size, args.steps, args.warmup, *VARIANTS[variant])
-        print(f"  {variant}: {results[variant]:.1f} images/s ({time.perf_counter() - started:.0f} s incl. warm-up)", flush=True)
+        results[variant] = measure(device, args.depth, args.width, args.batch_size, args.steps, args.warmup,
+                                   *VARIANTS[variant])
+        print(f"  {variant}: {results[variant]:.1f} images/s "
+              f"({time.perf_counter() - started:.0f} s incl. warm-up)", flush=True)
     print(f"\nWRN-{args.depth}-{args.width} TRADES-{STEPS} training step, batch {args.batch_size}, {name}, "
           f"{args.steps} timed steps after {args.warmup} warm-up steps")
     print(f"{'variant':<30}{'images/s':>12}{'vs fp32':>10}")

@@ -76,7 +76,8 @@ def main(argv=None) -> None:
                        num_classes=classes, eval_ids=work / "ids.txt")
         rng = np.random.default_rng(1)
         with ImageStoreWriter(work / "synthetic", args.images, 256, 256, classes, meta={"source": "benchmark"}) as w:
-            w.write(0, rng.integers(0, 256, (args.images, 256, 256, 3), dtype=np.uint8), np.arange(args.images) % classes)
+            w.write(0, rng.integers(0, 256, (args.images, 256, 256, 3), dtype=np.uint8),
+                    np.arange(args.images) % classes)
         count = args.images // args.batch_size - 1
 
         baseline = torch.utils.data.DataLoader(

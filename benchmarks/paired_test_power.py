@@ -1,7 +1,8 @@
 """The smallest difference in AutoAttack accuracy a paired test detects, against the paper's gains.
 
     python benchmarks/paired_test_power.py
-    python benchmarks/paired_test_power.py --flags results/mini-replicates/digits/wrn-10-1/at/nosyn-bs128-ep30/autoattack.npz \
+    python benchmarks/paired_test_power.py \
+        --flags results/mini-replicates/digits/wrn-10-1/at/nosyn-bs128-ep30/autoattack.npz \
         results/mini-replicates/digits/wrn-10-1/at+dra/nosyn-bs128-ep30/autoattack.npz
 
 The test is McNemar's exact test (two-sided) on the per-example flags of two models evaluated on the
@@ -70,7 +71,8 @@ def main(argv=None) -> None:
         print(f"measured discordant share: {measured:.4f} ({args.flags[0]} vs {args.flags[1]})")
         shares.append(measured)
     print(f"exact McNemar, two-sided, alpha = {args.alpha}, power = {args.power}, n = {args.n} paired images")
-    print(f"{'discordant share':>17} {'discordant images':>18} {'smallest difference (exact)':>28} {'(normal approx.)':>17}")
+    print(f"{'discordant share':>17} {'discordant images':>18} {'smallest difference (exact)':>28} "
+          f"{'(normal approx.)':>17}")
     for share in shares:
         exact = smallest(args.n, share, args.alpha, args.power)
         normal = normal_min_detectable_difference(args.n, share, args.alpha, args.power)

@@ -85,7 +85,8 @@ def canary_cell(recipe: dict, work: str | Path, out_json: str | Path, micro_batc
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
         started = time.perf_counter()
-        train_cell(prepared, work / "out", work / "state", threads, after_step=lambda _step: stamps.append(time.perf_counter()))
+        train_cell(prepared, work / "out", work / "state", threads,
+                   after_step=lambda _step: stamps.append(time.perf_counter()))
         if device.type == "cuda":
             row["peak_memory_mib"] = torch.cuda.max_memory_allocated() / 2**20
         else:

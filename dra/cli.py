@@ -40,7 +40,8 @@ def add_sharded_job_arguments(parser: argparse.ArgumentParser, batch_size: int) 
 def add_robust_curve_arguments(parser: argparse.ArgumentParser) -> None:
     """The test points, the budgets of a robust-accuracy curve and the PGD of the adversarial features."""
     parser.add_argument("--n", type=int, required=True, help="use the first N test images")
-    parser.add_argument("--eps-255", type=float, nargs="+", required=True, help="L-inf budgets of the robust curve, x/255")
+    parser.add_argument("--eps-255", type=float, nargs="+", required=True,
+                        help="L-inf budgets of the robust curve, x/255")
     parser.add_argument("--attack-eps-255", type=float, required=True, help="budget of the adversarial features, x/255")
     parser.add_argument("--steps", type=int, required=True, help="PGD steps (config: figures.pgd_steps)")
     parser.add_argument("--step-factor", type=float, required=True,

@@ -210,7 +210,7 @@ def _require(condition: bool, key: str, message: str) -> None:
 
 
 def _check_references(config: dict) -> None:
-    datasets, archs, methods = config["datasets"], config["archs"], config["methods"]
+    datasets, archs = config["datasets"], config["archs"]
     models = config["diffusion_models"]
     for name, dataset in datasets.items():
         _require(
@@ -498,9 +498,11 @@ def _check_sizes_and_ranges(config: dict) -> None:
             for split, size in (("train_n", train), ("test_n", test)):
                 if size is not None:
                     _require(validation[split] <= size, f"diffusion_models.{name}.validation.{split}",
-                             f"{validation[split]} is more than the {size} images of dataset {dataset}; use at most {size}")
+                             f"{validation[split]} is more than the {size} images of dataset {dataset}; "
+                             f"use at most {size}")
     for dataset, archs in config["recipes"].items():
-        _require(dataset in datasets, f"recipes.{dataset}", f"'{dataset}' is not in datasets (known: {', '.join(datasets)})")
+        _require(dataset in datasets, f"recipes.{dataset}",
+                 f"'{dataset}' is not in datasets (known: {', '.join(datasets)})")
         for arch, recipe in archs.items():
             key = f"recipes.{dataset}.{arch}"
             _require(arch in config["archs"], key, f"'{arch}' is not in archs (known: {', '.join(config['archs'])})")
@@ -510,7 +512,8 @@ def _check_sizes_and_ranges(config: dict) -> None:
                      f"{eps_255}; DM-AT steps eps/4 (2/255 for 8/255)")
     evaluated = {
         "classification_dimension.eval_n": (config["classification_dimension"]["eval_n"],
-                                            {c.dataset for c in table_cells(config, tables_of_kind(config, "classification_dimension"))}),
+                                            {c.dataset for c in table_cells(
+                                                config, tables_of_kind(config, "classification_dimension"))}),
         "figures.eval_n": (config["figures"]["eval_n"],
                            {model_dataset(config, m) for m in figure_models(config)}),
     }
@@ -518,7 +521,8 @@ def _check_sizes_and_ranges(config: dict) -> None:
         for dataset in sorted(used & set(datasets)):
             _, test = split_sizes(config, dataset)
             if test is not None:
-                _require(n <= test, key, f"{n} is more than the {test} test images of dataset {dataset}; use at most {test}")
+                _require(n <= test, key,
+                         f"{n} is more than the {test} test images of dataset {dataset}; use at most {test}")
     figures = config["figures"]
     if "figure1_models" in figures:  # CKNNA (Figures 1, 9): k neighbours of a point among the other eval_n - 1
         _require(figures["cknna_topk"] < figures["eval_n"], "figures.cknna_topk",
@@ -1000,7 +1004,8 @@ def load_config_file(path: str | Path) -> dict:
         with open(path, encoding="utf-8") as handle:
             data = yaml.load(handle, Loader=_StrictLoader)
     except OSError as error:
-        raise ConfigError(f"config file {path} cannot be read: {error.strerror}. Check the path given to --configfile.") from None
+        raise ConfigError(f"config file {path} cannot be read: {error.strerror}. "
+                          "Check the path given to --configfile.") from None
     except yaml.MarkedYAMLError as error:
         mark = error.problem_mark or error.context_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"

@@ -4,7 +4,8 @@
 repository, path and revision through huggingface_hub) becomes its output only when its size and
 hashes match the config, the Hub's published LFS sha256 and the lock file
 (config/data/downloads.lock.yaml, written at the file's first download), and it parses in its
-format (``check_format``). ``download`` is its plain-HTTP transfer: it streams a URL into a hidden ``.part`` sibling of the destination, checks the
+format (``check_format``). ``download`` is its plain-HTTP transfer: it streams a URL into a hidden
+``.part`` sibling of the destination, checks the
 byte count against Content-Length (a connection that closes early is a truncated transfer,
 retried), checks the sha256 when one is given, and renames the part into place only when it
 is whole. A kept ``.part`` is resumed with an HTTP Range request when the server honours it;
@@ -106,15 +107,15 @@ def _attempt(url: str, dest: Path, part: Path, timeout: float, expected_size: in
             # The kept part does not fit the remote file (it changed, or is already whole):
             # start over rather than trust it.
             part.unlink()
-            raise _RetryableError(f"HTTP 416 for a resumed range at byte {offset}; restarting")
+            raise _RetryableError(f"HTTP 416 for a resumed range at byte {offset}; restarting") from error
         if error.code >= 500 or error.code == 429:
-            raise _RetryableError(f"HTTP {error.code} {error.reason}")
+            raise _RetryableError(f"HTTP {error.code} {error.reason}") from error
         raise DownloadError(
             f"downloading {url} to {dest} failed with HTTP {error.code} "
             f"{error.reason}; check the URL (and access rights) in the config."
         ) from None
     except (urllib.error.URLError, OSError, http.client.HTTPException) as error:
-        raise _RetryableError(f"connection failed: {error}")
+        raise _RetryableError(f"connection failed: {error}") from error
 
     with response:
         resumed = offset > 0 and response.status == 206
@@ -149,7 +150,7 @@ def _attempt(url: str, dest: Path, part: Path, timeout: float, expected_size: in
                 try:
                     block = response.read(_CHUNK_BYTES)
                 except (OSError, http.client.HTTPException) as error:
-                    raise _RetryableError(f"connection lost after {received} bytes: {error}")
+                    raise _RetryableError(f"connection lost after {received} bytes: {error}") from error
                 if not block:
                     break
                 handle.write(block)
@@ -421,7 +422,8 @@ def fetch(spec: dict, dest: str | os.PathLike, lock_path: str | os.PathLike, ret
                      expected_size=locked["size"] if locked else None, backoff_s=backoff_s, report_hash=False)
         except SizeError as error:  # stop before fetching a file the lock already rules out
             found = {"revision": None, "size": error.size, "sha256": "(not downloaded)"}
-            raise ChecksumError(_lock_mismatch(lock_path, key, locked, found) + f" Nothing was written to {dest}.") from None
+            raise ChecksumError(
+                _lock_mismatch(lock_path, key, locked, found) + f" Nothing was written to {dest}.") from None
     try:
         check_format(staged, dest.name)  # first: an HTML page is named as one, not as a hash mismatch
         entry = _verify(staged, dest, key, spec, locked, revision, published_sha256, size, lock_path)

@@ -106,7 +106,8 @@ def plan_cell(config: dict, cell, objective: str, precision: dict, image_size: i
         return CellPlan(0, 1, batch, None, usable, None, steps)
     if row is None:
         if fixed == "auto":
-            raise PlanError(f"{hardware['memory_per_image']} has no row for arch {cell.arch} at {image_size}x{image_size} "
+            raise PlanError(f"{hardware['memory_per_image']} has no row for arch {cell.arch} "
+                            f"at {image_size}x{image_size} "
                             f"in {precision_name(precision)} (cell {cell.id}); run the canary for it "
                             "(README, 'Running the paper on a cluster') or set resources.train.gpu to a number")
         return CellPlan(fixed, 1, math.ceil(batch / fixed), None, usable, None, steps)

@@ -73,7 +73,8 @@ class Registry:
             global _changes
             static = self._declared().get(name)
             entry = _Entry(getattr(obj, "__module__", "") or "", dict(meta), obj, True)
-            if static is not None and static.loaded and entry.module not in (static.module, "") and static.obj is not obj:
+            if (static is not None and static.loaded and entry.module not in (static.module, "")
+                    and static.obj is not obj):
                 raise RegistryError(f"{self.kind} '{name}' is registered twice ({static.module} and {entry.module})")
             if static is not None:
                 static.obj, static.loaded, static.meta = obj, True, dict(meta)
@@ -155,7 +156,8 @@ def _registrations(path: Path, variable: str) -> list[tuple[str, dict[str, Any]]
             meta = {keyword.arg: ast.literal_eval(keyword.value) for keyword in node.keywords}
         except (IndexError, ValueError) as error:
             raise RegistryError(f"{path.relative_to(ROOT)}, line {node.lineno}: {variable}.register takes a literal "
-                                f"name and literal keyword arguments (read without importing the module): {error}") from None
+                                f"name and literal keyword arguments (read without importing the module): "
+                                f"{error}") from None
         found.append((name, meta))
     return found
 

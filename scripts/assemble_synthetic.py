@@ -10,7 +10,8 @@ def main(argv=None) -> None:
     parser.add_argument("--parts", nargs="+", required=True, help="part image stores, in row order")
     parser.add_argument("--out", required=True, help="the assembled store folder")
     args = parser.parse_args(argv)
-    assemble_image_store(args.parts, args.out, meta={"source": "lightningdit_euler_sampler", "assembled_from": args.parts})
+    assemble_image_store(args.parts, args.out,
+                         meta={"source": "lightningdit_euler_sampler", "assembled_from": args.parts})
 
 
 if __name__ == "__main__":

@@ -18,7 +18,8 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--spec", required=True, help="YAML/JSON file holding the table rows")
     parser.add_argument("--key", default=None,
-                        help="dotted key of the row list inside --spec (e.g. tables.table1); omit if the file is the list")
+                        help="dotted key of the row list inside --spec (e.g. tables.table1); "
+                        "omit if the file is the list")
     parser.add_argument("--kind", required=True, choices=TABLE_KINDS.names(),
                         help="accuracy (Tables 1, 2: autoattack.json) or classification_dimension (Table 3)")
     parser.add_argument("--results-root", required=True, help="folder holding <dataset>/<arch>/<method>/<budget>/")

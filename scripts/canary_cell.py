@@ -15,7 +15,8 @@ from dra.training import load_recipe
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--recipe", required=True, help="the cell's resolved recipe.yaml")
-    parser.add_argument("--out", required=True, help="canary.json: pass or fail, step time, peak memory, memory per image")
+    parser.add_argument("--out", required=True,
+                        help="canary.json: pass or fail, step time, peak memory, memory per image")
     parser.add_argument("--work-dir", required=True, help="folder for the random data, features and training state")
     parser.add_argument("--micro-batch", type=int, required=True, help="images per step (one GPU's micro-batch)")
     parser.add_argument("--steps", type=int, required=True, help="optimizer steps")

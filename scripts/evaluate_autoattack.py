@@ -1,4 +1,5 @@
-"""AutoAttack (Linf; version standard unless --attacks names fewer) evaluation of one trained cell -> autoattack.json + autoattack.npz.
+"""AutoAttack (Linf; version standard unless --attacks names fewer) evaluation of one trained cell
+-> autoattack.json + autoattack.npz.
 
 Example:
     python scripts/evaluate_autoattack.py --model results/mini/<cell>/train/model.pt \\
@@ -20,7 +21,8 @@ from dra.evaluation.autoattack import STANDARD_ATTACKS, parse_eps, run_autoattac
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="model.pt (state dict)")
-    parser.add_argument("--recipe", required=True, help="resolved recipe.yaml of the cell (arch, data.num_classes/mean/std)")
+    parser.add_argument("--recipe", required=True,
+                        help="resolved recipe.yaml of the cell (arch, data.num_classes/mean/std)")
     parser.add_argument("--test-store", required=True, help="image store folder of the test split")
     parser.add_argument("--eps", required=True, help="Linf budget as a fraction of 1, e.g. 8/255 or 0.0314")
     parser.add_argument("--n", type=int, default=None, help="evaluate the first N test points (default: all)")

@@ -2,7 +2,6 @@
 or of one ImageNet index split into a float16 feature store (N, 1, 1152); resumable."""
 
 import argparse
-import json
 
 import torch
 

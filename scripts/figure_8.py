@@ -14,7 +14,8 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--results-root", required=True, help="results/<scale>; cells are paths below it")
     parser.add_argument("--baseline", required=True, help="the cell without DRA (its replicates comma-separated)")
-    parser.add_argument("--models", nargs="+", required=True, help="DRA cells, one per lambda (each: its replicates comma-separated)")
+    parser.add_argument("--models", nargs="+", required=True,
+                        help="DRA cells, one per lambda (each: its replicates comma-separated)")
     parser.add_argument("--out-png", required=True)
     parser.add_argument("--out-pdf", required=True)
     parser.add_argument("--out-csv", required=True)

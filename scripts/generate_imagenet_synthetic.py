@@ -2,7 +2,6 @@
 Euler ODE sampler with classifier-free guidance) into an image store; resumable."""
 
 import argparse
-import json
 
 import torch
 

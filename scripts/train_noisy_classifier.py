@@ -23,7 +23,8 @@ def main(argv=None) -> None:
     parser.add_argument("--augment", default="{}",
                         help="JSON of crop_padding, hflip, rotate_degrees (the dataset's augment)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out-weights", required=True, help="model .safetensors (an EDMPrecond, like the diffusion models)")
+    parser.add_argument("--out-weights", required=True,
+                        help="model .safetensors (an EDMPrecond, like the diffusion models)")
     parser.add_argument("--out-network", required=True, help="model .json (EDMPrecond init kwargs)")
     parser.add_argument("--out-loss", required=True, help="per-step loss and batch accuracy .csv")
     parser.add_argument("--out-metrics", required=True, help="summary .json (test accuracy at sigma)")

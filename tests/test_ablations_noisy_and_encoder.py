@@ -73,7 +73,8 @@ def test_noisy_classifier_keeps_the_blocks_it_trained_and_only_those(noisy_class
     encoder_names = set(EDMEncoder(EDMPrecond(**dict(MINI_EDM_KWARGS, label_dim=0)), LAYER).net.state_dict())
     later = [name for name in initial if name not in encoder_names]
     assert later and all(torch.equal(trained[name], initial[name]) for name in later)
-    moved = [name for name in encoder_names if name.endswith("weight") and not torch.equal(trained[name], initial[name])]
+    moved = [name for name in encoder_names
+             if name.endswith("weight") and not torch.equal(trained[name], initial[name])]
     assert len(moved) > 0.9 * len([n for n in encoder_names if n.endswith("weight")])
 
 

@@ -156,7 +156,8 @@ def test_script_writes_json_curve_and_png(tmp_path):
     done = subprocess.run(
         [sys.executable, "scripts/classification_dimension.py", "--model", str(tmp_path / "model.pt"),
          "--recipe", str(tmp_path / "recipe.yaml"), "--test-store", str(tmp_path / "test"), "--n", "40",
-         "--eps", "2/255", "--steps", "3", "--step-fraction", "0.25", "--batch-size", "20", "--threads", "1", "--device", "cpu",
+         "--eps", "2/255", "--steps", "3", "--step-fraction", "0.25", "--batch-size", "20", "--threads", "1",
+         "--device", "cpu",
          "--out-json", str(out / "cd.json"), "--out-csv", str(out / "cd.csv"), "--out-png", str(out / "cd.png")],
         capture_output=True, text=True, cwd=Path(__file__).parents[1])
     assert done.returncode == 0, done.stderr
@@ -166,6 +167,7 @@ def test_script_writes_json_curve_and_png(tmp_path):
     assert list(curve["k"]) == list(range(1, dim + 1))
     assert summary["clean_accuracy"] == 100.0 == curve["clean_acc"].iloc[-1]  # labels = predictions
     assert summary["robust_accuracy"] == curve["robust_acc"].iloc[-1]
-    assert curve["clean_acc"].iloc[summary["cls95"] - 1] >= 95.0 > curve["clean_acc"].to_numpy()[: summary["cls95"] - 1].max(initial=0)
+    cls95 = summary["cls95"]
+    assert curve["clean_acc"].iloc[cls95 - 1] >= 95.0 > curve["clean_acc"].to_numpy()[: cls95 - 1].max(initial=0)
     assert summary["robust_dim"] == int(curve["robust_acc"].to_numpy().argmax()) + 1
     assert (out / "cd.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

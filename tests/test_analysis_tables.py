@@ -155,7 +155,8 @@ def test_readme_table_snapshot_reads_config_tables_as_written(tmp_path):
     done = subprocess.run(
         [sys.executable, "-m", "scripts.build_table", "--spec", "config.yaml", "--key", "tables.table1",
          "--kind", "accuracy", "--results-root", str(tmp_path / "results" / "paper"),
-         "--out-csv", str(tmp_path / "t1.csv"), "--out-md", str(tmp_path / "t1.md"), "--out-tex", str(tmp_path / "t1.tex")],
+         "--out-csv", str(tmp_path / "t1.csv"), "--out-md", str(tmp_path / "t1.md"),
+         "--out-tex", str(tmp_path / "t1.tex")],
         capture_output=True, text=True, cwd=root)
     assert done.returncode == 0, done.stderr
     table = pd.read_csv(tmp_path / "t1.csv")

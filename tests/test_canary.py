@@ -73,7 +73,8 @@ def test_canary_runs_the_papers_rules_for_one_cell_per_family_on_the_cpu(tmp_pat
         # the same measurement as the memory table's CPU rows (taken with a DRA head, hence the slack)
         expected = table[(row["arch"], row["image_size"], row["precision"])]
         assert row["saved_mib_per_image"] == pytest.approx(expected.saved_bytes_per_image / 2**20, rel=0.02)
-    assert rows[0]["parameters"] == table[("wrn-28-10", 32, "fp32")].parameters  # WRN-28-10 + DRA head (256-d EDM target)
+    # WRN-28-10 + DRA head (256-d EDM target)
+    assert rows[0]["parameters"] == table[("wrn-28-10", 32, "fp32")].parameters
 
     # the real training jobs: canary.steps (2) steps of canary.batch_size (2) images, one epoch
     for cell in CELLS:

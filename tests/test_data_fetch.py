@@ -22,7 +22,7 @@ import torch
 import yaml
 from safetensors.numpy import save as save_safetensors
 
-from dra.download import ChecksumError, DownloadError, FormatError, check_format, fetch, read_lock
+from dra.download import ChecksumError, FormatError, check_format, fetch, read_lock
 from hub_server import COMMIT_1, COMMIT_2, HubServer
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -128,7 +128,8 @@ def test_part_with_fewer_images_than_the_config_says_is_refused_before_any_copy(
     _part(tmp_path / "50m_part1.npz", 10, rng)
     _part(tmp_path / "50m_part2.npz", 6, rng)
     parts = [tmp_path / "50m_part1.npz", tmp_path / "50m_part2.npz"]
-    with pytest.raises(SyntheticFormatError, match=r"50m_part2.npz holds 6 images but the config says images: 7 \(parts\[1\]"):
+    with pytest.raises(SyntheticFormatError,
+                       match=r"50m_part2.npz holds 6 images but the config says images: 7 \(parts\[1\]"):
         convert_synthetic(parts, tmp_path / "store", num_classes=10, expected_images=[10, 7])
     assert not (tmp_path / "store").exists()
     assert convert_synthetic(parts, tmp_path / "store", num_classes=10, expected_images=[10, 6]) == 16

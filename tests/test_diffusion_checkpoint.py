@@ -64,7 +64,8 @@ def persistence_pickle(obj, path, reconstruct, module_src, top_kwargs, protocol=
                 state["_init_args"] = ()
                 # Inner blocks of NVIDIA's nets carry numpy scalars such as skip_scale = np.sqrt(0.5).
                 state["_init_kwargs"] = dict(top_kwargs) if is_top else {"skip_scale": np.float64(math.sqrt(0.5))}
-                meta = dict(type="class", version=6, module_src=module_src, class_name=type(value).__name__, state=state)
+                meta = dict(type="class", version=6, module_src=module_src, class_name=type(value).__name__,
+                            state=state)
                 return reconstruct, (meta,)
             return NotImplemented
 

@@ -52,7 +52,7 @@ def test_probe_grid_finds_separable_classes(net):
     table, probes = probe_grid(net, brightness_classes(60, 0), brightness_classes(30, 1), brightness_classes(30, 2),
                                layers, sigmas=[0.01, 0.1], batch_size=32)
     assert list(table.columns[:3]) == ["layer", "sigma", "dim"] and len(table) == 4
-    assert set(probes) == {(l, s) for l in layers for s in (0.01, 0.1)}
+    assert set(probes) == {(layer, s) for layer in layers for s in (0.01, 0.1)}
     assert table["test_accuracy"].max() == 1.0  # brightness bands are separable at low noise
     assert table.set_index("layer").loc["model.dec.4x4_in1", "dim"].tolist() == [16, 16]
 
@@ -61,7 +61,10 @@ def test_pgd_reaches_the_linear_worst_case():
     # Two classes with logits (0, w.x): the cross-entropy of class 0 grows with w.x, so the worst
     # L-inf perturbation moves every pixel by eps along sign(w) (a zero weight leaves its pixel).
     w = torch.tensor([1.0, -2.0, 0.5, 0.0])
-    logits = lambda adv: torch.stack([torch.zeros(len(adv)), adv @ w], dim=1)
+
+    def logits(adv):
+        return torch.stack([torch.zeros(len(adv)), adv @ w], dim=1)
+
     x = torch.full((1, 4), 0.5)
     adv = pgd_from_clean(logits, x, torch.zeros(1, dtype=torch.long), eps=0.1, steps=5, step_size=0.05)
     torch.testing.assert_close(adv, torch.tensor([[0.6, 0.4, 0.6, 0.5]]))

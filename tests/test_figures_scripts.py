@@ -1,7 +1,6 @@
 """Every figure script, run on a results folder of tiny models built here: each writes a non-empty
 PNG and PDF and a CSV whose numbers come from its inputs."""
 
-import json
 
 import numpy as np
 import pandas as pd
@@ -75,7 +74,8 @@ def results(tmp_path_factory):
         ["--weights", str(root / "edm.safetensors"), "--network", str(root / "edm.json"),
          "--train-store", str(root / "data" / "train"), "--test-store", str(root / "data" / "test"),
          "--layer", "model.dec.4x4_in1", "--sigma", "0.1", "--train-n", "40", "--n", "30",
-         "--eps-255", "0", "8", "16", "--attack-eps-255", "16", "--steps", "3", "--step-factor", "2.5", "--batch-size", "16",
+         "--eps-255", "0", "8", "16", "--attack-eps-255", "16", "--steps", "3", "--step-factor", "2.5",
+         "--batch-size", "16",
          "--device", "cpu", "--out", str(root / "dr.npz")])
     return root
 

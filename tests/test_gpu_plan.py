@@ -78,7 +78,8 @@ def test_known_plans_from_the_measured_per_image_memory():
 def test_a_gpu_too_small_for_one_image_and_a_missing_table_row_stop_with_the_keys(tmp_path):
     # WRN-70-16: 16 bytes x 273.6M parameters + 2 x 121.2 MiB = 4.3 GiB, over 80% of 5 GiB
     with pytest.raises(cfg.ConfigError, match=r"hardware / resources.train: cell cifar10/wrn-70-16/dm-at/syn50m-bs1024-"
-                                              r"ep2000: one image of wrn-70-16 needs 4.3 GiB, more than the 4.0 GiB usable"):
+                                              r"ep2000: one image of wrn-70-16 needs 4.3 GiB, "
+                                              r"more than the 4.0 GiB usable"):
         cfg.validate_config(with_hardware(5, 8))
     config = with_hardware(80, 8)
     table = tmp_path / "table.csv"
@@ -130,7 +131,8 @@ def test_measured_gpu_seconds_give_runtime_and_gpu_hours_marked_canary(tmp_path)
                              "--wrn28-images-per-second", "1000"], cwd=ROOT, capture_output=True, text=True,
                             env={**__import__("os").environ, "PYTHONPATH": str(ROOT)}, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
-    rows = {line.split()[0]: line.split() for line in result.stdout.splitlines() if line.startswith(("cifar", "imagenet"))}
+    rows = {line.split()[0]: line.split() for line in result.stdout.splitlines()
+            if line.startswith(("cifar", "imagenet"))}
     # 122.9M images x 2 ms = 68 GPU-hours, marked canary; ViT-B/2 keeps the FLOP estimate
     assert rows[cell.id][-2:] == ["68", "canary"]
     assert rows["cifar10/vit-b-2/dm-at/syn50m-bs1024-ep2000"][-1] == "FLOPs"

@@ -28,7 +28,8 @@ def test_xl1_parameter_count_follows_the_architecture():
     # SwiGLU hidden int(2/3 * 4608) = 3072, RMSNorm weights, 6-way adaLN, 1000 classes + null.
     d, c, tokens, freq, hidden, depth = 1152, 32, 256, 256, 3072, 28
     embed = (c * d + d) + tokens * d + (freq * d + d + d * d + d) + 1001 * d
-    block = 2 * d + (d * 3 * d + 3 * d) + (d * d + d) + (d * 2 * hidden + 2 * hidden) + (hidden * d + d) + (d * 6 * d + 6 * d)
+    block = (2 * d + (d * 3 * d + 3 * d) + (d * d + d) + (d * 2 * hidden + 2 * hidden) + (hidden * d + d)
+             + (d * 6 * d + 6 * d))
     final = d + (d * c + c) + (d * 2 * d + 2 * d)
     assert int(2 / 3 * 4 * d) == hidden
     assert count_parameters(LIGHTNINGDIT_XL_1) == embed + depth * block + final == 675_256_736  # DiT-XL's 675M
@@ -176,7 +177,8 @@ def test_dit_checkpoint_errors_name_the_file(tmp_path):
 def test_vae_checkpoint_drops_training_only_keys_and_round_trips(tmp_path):
     vae = randomized(VAVAE(**TINY_VAE))
     state = dict(vae.state_dict())
-    state.update({"loss.discriminator.main.0.weight": torch.zeros(3), "foundation_model.model.cls_token": torch.zeros(3),
+    state.update({"loss.discriminator.main.0.weight": torch.zeros(3),
+                  "foundation_model.model.cls_token": torch.zeros(3),
                   "linear_proj.weight": torch.zeros(3)})
     path = tmp_path / "vavae.pt"
     torch.save({"state_dict": state, "epoch": 10}, path)

@@ -155,6 +155,8 @@ def test_training_batches_mix_real_and_synthetic_and_do_not_depend_on_workers(in
     assert len(in_process) == 2
     for (index_a, syn_a, images_a, labels_a), (index_b, syn_b, images_b, labels_b) in zip(in_process, with_workers):
         np.testing.assert_array_equal(index_a, index_b)
+        np.testing.assert_array_equal(syn_a, syn_b)
+        np.testing.assert_array_equal(labels_a, labels_b)
         torch.testing.assert_close(images_a, images_b, rtol=0, atol=0)
         assert images_a.shape == (5, 3, 24, 24) and images_a.dtype == torch.uint8
         assert sorted(syn_a.tolist()) == [False, False, True, True, True]

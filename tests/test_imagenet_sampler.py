@@ -25,7 +25,8 @@ TINY_VAE = dict(embed_dim=4, ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_resol
 
 
 def test_release_settings_are_in_config():
-    # lightningdit_xl_vavae_f16d32_800ep_cfg.yaml: Euler, 250 steps, shift 0.3, cfg 6.7 (800ep), interval start 0.125, first 3 channels.
+    # lightningdit_xl_vavae_f16d32_800ep_cfg.yaml: Euler, 250 steps, shift 0.3, cfg 6.7 (800ep), interval
+    # start 0.125, first 3 channels.
     config = yaml.safe_load((Path(__file__).parents[1] / "config.yaml").read_text())
     assert config["diffusion_models"]["lightningdit-xl"]["sampling"] == dict(
         timestep_shift=0.3, cfg_scale=6.7, cfg_interval_start=0.125, cfg_channels=3)
@@ -95,7 +96,8 @@ def tiny_parts():
 
 def generate(parts, out, **kwargs):
     dit, vae, stats = parts
-    settings = dict(n_per_class=3, num_classes=2, num_steps=4, timestep_shift=0.3, cfg_scale=2.0, cfg_interval_start=0.125,
+    settings = dict(n_per_class=3, num_classes=2, num_steps=4, timestep_shift=0.3, cfg_scale=2.0,
+                    cfg_interval_start=0.125,
                     cfg_channels=3, batch_size=2, seed=7, shard_size=2)
     return generate_imagenet_synthetic(dit, vae, stats, out, **{**settings, **kwargs})
 

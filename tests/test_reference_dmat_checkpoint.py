@@ -216,7 +216,8 @@ def test_missing_keys_are_listed(small_checkpoint):
             "(layer.2.block.0.conv_1.weight, logits.weight, logits.bias)") in message
     # a whole group missing: the count is exact, the list is cut short
     without_group = {k: v for k, v in state.items() if not k.startswith("module.0.layer.2.")}
-    with pytest.raises(CheckpointLayoutError, match=r"missing keys .* 13 \(layer.2.block.0.batchnorm_0.weight, .*, \.\.\.\)"):
+    with pytest.raises(CheckpointLayoutError,
+                       match=r"missing keys .* 13 \(layer.2.block.0.batchnorm_0.weight, .*, \.\.\.\)"):
         convert_dmat_state_dict(without_group, wrn(10, 2), 10, CIFAR10_MEAN, CIFAR10_STD)
 
 

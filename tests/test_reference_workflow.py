@@ -119,10 +119,12 @@ def test_reference_table_shows_published_and_measured_side_by_side(config, tmp_p
     assert list(table.columns) == ["Dataset", "Model", "Checkpoint", "RobustBench", "Source", "Paper clean",
                                    "Paper AA", "Ours clean", "Ours AA", "Diff clean", "Diff AA", "n"]
     first = table.iloc[0]
-    assert (first["Paper clean"], first["Paper AA"], first["Ours clean"], first["Ours AA"]) == (92.44, 67.31, 92.41, 67.29)
+    assert ((first["Paper clean"], first["Paper AA"], first["Ours clean"], first["Ours AA"])
+            == (92.44, 67.31, 92.41, 67.29))
     assert (first["Diff clean"], first["Diff AA"]) == (-0.03, -0.02)  # measured - published
     pending = table.iloc[3]
-    assert (pending["Checkpoint"], pending["Paper AA"], pending["Ours AA"]) == ("cifar100_linf_wrn70-16", 42.67, "pending")
+    assert ((pending["Checkpoint"], pending["Paper AA"], pending["Ours AA"])
+            == ("cifar100_linf_wrn70-16", 42.67, "pending"))
 
     # the rule's way: the spec file written by reference_table_spec, read at key 'rows'
     write_yaml(tmp_path / "reference.spec.yaml", spec)

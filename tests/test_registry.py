@@ -99,7 +99,8 @@ def test_a_new_family_is_one_registration_plus_config(tiny_family):
     validate_config(config)  # the schema's enum and the arch keys come from the registration
     recipe = validate_recipe(resolve_recipe(config, parse_cell("digits/tiny-16/at/nosyn-bs128-ep30")))
     assert recipe["arch"] == {"family": "tiny_mlp", "hidden": 16, "image_size": 8}
-    model = create_classifier(recipe["arch"], recipe["data"]["num_classes"], recipe["data"]["mean"], recipe["data"]["std"])
+    data = recipe["data"]
+    model = create_classifier(recipe["arch"], data["num_classes"], data["mean"], data["std"])
     logits, features = model.forward_features(torch.rand(2, 3, 8, 8))
     assert logits.shape == (2, 10) and features.shape == (2, 16)
     # (3 x 8 x 8 inputs + 1 bias) x 16 hidden + (16 + 1) x 10 classes
@@ -123,10 +124,12 @@ def test_a_new_family_s_keys_are_checked_where_they_are_written(tiny_family):
 
 def test_without_its_registration_the_family_is_unknown():
     config = _mini_config_with_tiny_arch()
-    with pytest.raises(ConfigError, match=r"archs.tiny-16: Additional properties are not allowed \('hidden', 'image_size'"):
+    with pytest.raises(ConfigError,
+                       match=r"archs.tiny-16: Additional properties are not allowed \('hidden', 'image_size'"):
         validate_config(config)   # its keys are the registration's
     config["archs"]["tiny-16"] = {"family": "tiny_mlp"}
-    with pytest.raises(ConfigError, match=r"archs.tiny-16.family: 'tiny_mlp' is not one of \['edm_encoder', 'timm', 'wrn'\]"):
+    with pytest.raises(ConfigError,
+                       match=r"archs.tiny-16.family: 'tiny_mlp' is not one of \['edm_encoder', 'timm', 'wrn'\]"):
         validate_config(config)
     with pytest.raises(ValueError, match=r"arch.family: 'tiny_mlp' is not a registered model family"):
         create_classifier({"family": "tiny_mlp"}, 10, [0.5] * 3, [0.25] * 3)

@@ -106,11 +106,13 @@ def test_train_cell_writes_loadable_ema_model_and_log(stores, tmp_path, objectiv
         assert np.isfinite(float(row["loss"])) and 0 <= float(row["val_robust_acc"]) <= float(row["val_clean_acc"]) <= 1
         if dra:
             # loss = L_TRADES + 1.2 L_DRA (paper eq. 4), and -1 <= L_DRA <= 1 (a negative cosine)
-            assert float(row["loss"]) == pytest.approx(float(row["loss_trades_or_ce"]) + 1.2 * float(row["loss_dra"]), rel=1e-5)
+            expected = float(row["loss_trades_or_ce"]) + 1.2 * float(row["loss_dra"])
+            assert float(row["loss"]) == pytest.approx(expected, rel=1e-5)
             assert -1.0 <= float(row["loss_dra"]) <= 1.0
         else:
             assert float(row["loss_dra"]) == 0.0 and row["clean_batch_acc"] == ""  # PGD-AT has no clean forward
-    # OneCycleLR stepped per epoch over 2 epochs: epoch 2 runs at the final lr = lr / 25 / 1e4 (DM-AT core/utils/train.py)
+    # OneCycleLR stepped per epoch over 2 epochs: epoch 2 runs at the final lr = lr / 25 / 1e4
+    # (DM-AT core/utils/train.py)
     assert float(rows[1]["lr"]) == pytest.approx(0.05 / 25 / 1e4)
     # EMA BatchNorm buffers are the raw model's at the end of the last epoch (DM-AT watrain.py update_bn)
     state = torch.load(tmp_path / "state" / "state.pt", weights_only=True)
@@ -177,7 +179,8 @@ def test_interrupted_run_resumes_bit_identical(stores, tmp_path):
             for column in ("loss", "loss_dra", "adv_batch_acc", "val_robust_acc"):
                 assert ours[column] == theirs[column]
     # the DRA head lives only in the state (it is trained, but not part of model.pt)
-    head = {k: v for k, v in torch.load(state / "state.pt", weights_only=True)["trainable"].items() if k.startswith("head.")}
+    trainable = torch.load(state / "state.pt", weights_only=True)["trainable"]
+    head = {k: v for k, v in trainable.items() if k.startswith("head.")}
     assert len(head) == 6
 
 
@@ -328,7 +331,8 @@ def test_online_targets_from_a_diffusion_checkpoint_with_bf16_and_channels_last(
     save_edm(EDMPrecond(**init_kwargs), init_kwargs, tmp_path / "edm.safetensors", tmp_path / "edm.json")
     recipe = tiny_recipe(stores, epochs=1)
     recipe["dra"].update(target="online", features=None, diffusion={
-        "checkpoint": str(tmp_path / "edm.safetensors"), "layer": "model.dec.4x4_in1", "sigma": 0.1, "extra_view": True})
+        "checkpoint": str(tmp_path / "edm.safetensors"), "layer": "model.dec.4x4_in1", "sigma": 0.1,
+        "extra_view": True})
     recipe["precision"].update(bf16=True, channels_last=True)
     train_cell(recipe, tmp_path / "out", tmp_path / "state", threads=1)
     weights = torch.load(tmp_path / "out" / "model.pt", weights_only=True)

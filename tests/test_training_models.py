@@ -49,7 +49,8 @@ def test_wrn_28_10_is_36_5m_and_has_dmat_names():
     assert "layer.0.block.1.shortcut.weight" not in keys  # 1x1 shortcut only where channels change
     assert "mean" not in keys and "std" not in keys  # normalization constants are not checkpoint keys
     assert model.feature_dim == 640
-    assert all(m.momentum == 0.01 for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))  # DM-AT wideresnetwithswish.py
+    # DM-AT wideresnetwithswish.py
+    assert all(m.momentum == 0.01 for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
 
 
 def test_tiny_wrn_shapes_and_features_on_8x8():

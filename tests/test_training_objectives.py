@@ -152,7 +152,8 @@ def test_attack_uses_batch_statistics_and_leaves_running_statistics_unchanged():
     with frozen_batchnorm_statistics(model):
         during = model(x)
     reference = copy.deepcopy(model).train()
-    torch.testing.assert_close(during, reference(x))  # train-mode batch statistics (DM-AT gowal21uncovering/utils/trades.py)
+    # train-mode batch statistics (DM-AT gowal21uncovering/utils/trades.py)
+    torch.testing.assert_close(during, reference(x))
     assert not torch.allclose(during, copy.deepcopy(model).eval()(x))
     adversarial_examples("trades", model, x, torch.zeros(8, dtype=torch.long), EPS, STEP, 3,
                          uniform_ball_noise(x.shape, EPS, torch.Generator().manual_seed(0)))
@@ -171,7 +172,8 @@ def test_smooth_cross_entropy_and_trades_loss_against_float64_formula():
     z_nat, z_adv = rng.normal(size=(5, 10)) * 3, rng.normal(size=(5, 10)) * 3
     y = rng.integers(0, 10, 5)
     log_p_nat = np.log(_softmax(z_nat))
-    # DM-AT trades.py, SmoothCrossEntropyLoss: 0.9 NLL(y) + 0.1 mean over classes of -log p; beta KL(p_nat || p_adv) batchmean
+    # DM-AT trades.py, SmoothCrossEntropyLoss: 0.9 NLL(y) + 0.1 mean over classes of -log p;
+    # beta KL(p_nat || p_adv) batchmean
     ce = np.mean(0.9 * -log_p_nat[np.arange(5), y] + 0.1 * -log_p_nat.mean(1))
     kl = np.sum(_softmax(z_nat) * (log_p_nat - np.log(_softmax(z_adv)))) / 5
     total, robust = trades_outer_loss(torch.from_numpy(z_nat), torch.from_numpy(z_adv), torch.from_numpy(y), 5.0, 0.1)
@@ -262,7 +264,8 @@ def test_stored_targets_pick_the_drawn_view_of_the_right_store():
     is_synthetic = np.array([False, True, True])
     view = np.array([1, 0, 1])
     got = targets(index, is_synthetic, view, torch.zeros(3, 3, 2, 2), torch.zeros(3))
-    np.testing.assert_array_equal(got.numpy(), np.stack([real[4, 1], synthetic[1, 0], synthetic[3, 1]]).astype(np.float32))
+    expected = np.stack([real[4, 1], synthetic[1, 0], synthetic[3, 1]]).astype(np.float32)
+    np.testing.assert_array_equal(got.numpy(), expected)
 
 
 def test_validation_robust_accuracy_counts():

@@ -29,7 +29,8 @@ def test_dmat_onecycle_per_epoch_lr_and_momentum_facts():
         lr.append(optimizer.param_groups[0]["lr"])
         momentum.append(optimizer.param_groups[0]["momentum"])
         schedule.scheduler.step()
-    # DM-AT core/utils/train.py: start 0.2/25 = 0.008, 0.2 at the end of the 10-epoch warm-up, 0.2/25/1e4 = 8e-7 at the end;
+    # DM-AT core/utils/train.py: start 0.2/25 = 0.008, 0.2 at the end of the 10-epoch warm-up,
+    # 0.2/25/1e4 = 8e-7 at the end;
     # momentum cycled 0.95 -> 0.85 (warm-up end) -> 0.95
     assert lr[0] == pytest.approx(0.2 / 25) and momentum[0] == pytest.approx(0.95)
     assert lr[9] == pytest.approx(0.2) and momentum[9] == pytest.approx(0.85)
@@ -183,7 +184,8 @@ def _valid_recipe():
         "attack": {"eps": 8 / 255, "step": 2 / 255, "steps": 10},
         "objective": {"name": "trades", "beta": 5.0, "label_smoothing": 0.1}, "dra": None,
         "optimizer": {"name": "sgd", "lr": 0.2, "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4},
-        "schedule": {"name": "dmat_onecycle", "warmup_fraction": 0.025}, "ema": {"tau": 0.995, "warmup_fraction": 0.025},
+        "schedule": {"name": "dmat_onecycle", "warmup_fraction": 0.025},
+        "ema": {"tau": 0.995, "warmup_fraction": 0.025},
         "batch_size": 512, "epochs": 400, "accumulation_steps": 1,
         "precision": {"bf16": False, "channels_last": False, "compile": False},
         "checkpoint": {"every_steps": 100, "select": "best_val"}, "validation": {"every_epochs": 1, "attack_steps": 40},

@@ -12,7 +12,7 @@ WNIDS = ["n01440764", "n01443537", "n02102040"]
 
 
 def fake_imagenet(root, train_per_class=3, val_per_class=2):
-    for label, wnid in enumerate(WNIDS):
+    for wnid in WNIDS:
         for split, count in (("train", train_per_class), ("val", val_per_class)):
             folder = root / split / wnid
             folder.mkdir(parents=True)

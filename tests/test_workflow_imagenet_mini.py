@@ -104,7 +104,8 @@ def server(tmp_path_factory):
     hub.close()
 
 
-PRETRAINED_REPOS = {"convnext-b": "timm/convnext_base.dinov3_lvd1689m", "vit-b-16": "timm/vit_base_patch16_dinov3.lvd1689m"}
+PRETRAINED_REPOS = {"convnext-b": "timm/convnext_base.dinov3_lvd1689m",
+                    "vit-b-16": "timm/vit_base_patch16_dinov3.lvd1689m"}
 PRETRAINED_FILES = {"convnext-b": "convnext.safetensors", "vit-b-16": "vit.safetensors"}
 
 

@@ -5,7 +5,6 @@ ImageNet track without changing any other job."""
 import re
 from collections import Counter
 
-import pytest
 import yaml
 
 from dra import config as cfg

@@ -39,7 +39,8 @@ def test_the_seed_is_part_of_the_path_and_of_the_recipe():
     assert encoder["arch"]["noise_seed"] == 2  # the fine-tuned encoder's input noise too
     # the table spec lists each row's replicates for the table builder
     spec = cfg.table_spec(config, "replicates")
-    assert spec["rows"][1]["replicates"] == [f"digits/wrn-10-1/at+dra/nosyn-bs128-ep30{s}" for s in ("", "-seed2", "-seed3")]
+    assert spec["rows"][1]["replicates"] == [
+        f"digits/wrn-10-1/at+dra/nosyn-bs128-ep30{s}" for s in ("", "-seed2", "-seed3")]
     assert "replicates" not in cfg.table_spec(config, "table2")["rows"][0]
     # Figure 8 plots the replicates the tables run of a cell; the mini's lambda sweep has one seed
     assert [c.budget for c in cfg.cell_replicates(config, "digits/wrn-10-1/dm-at+dra/syn2k-bs128-ep30")] == [

@@ -78,7 +78,8 @@ def smallest_k_reaching(accuracy: np.ndarray, target: float) -> int:
     """The smallest k (1-based) with accuracy[k - 1] >= target."""
     reached = np.flatnonzero(accuracy >= target)
     if reached.size == 0:
-        raise ClassificationDimensionError(f"no k reaches accuracy {target:.4f}%; the curve peaks at {accuracy.max():.4f}%")
+        raise ClassificationDimensionError(
+            f"no k reaches accuracy {target:.4f}%; the curve peaks at {accuracy.max():.4f}%")
     return int(reached[0]) + 1
 
 

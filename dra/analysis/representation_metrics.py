@@ -25,14 +25,14 @@ def uniformity(x: torch.Tensor, t: float = 2.0) -> float:
     return torch.pdist(x).pow(2).mul(-t).exp().mean().log().item()
 
 
-def _hsic_unbiased(k: torch.Tensor, l: torch.Tensor) -> torch.Tensor:
+def _hsic_unbiased(k: torch.Tensor, l_: torch.Tensor) -> torch.Tensor:
     """Song et al. 2012, Eq. 5, with the diagonals zeroed (platonic-rep metrics.py)."""
     m = k.shape[0]
     k = k - torch.diag(torch.diag(k))
-    l = l - torch.diag(torch.diag(l))
-    trace = (k * l).sum()  # tr(K L^T)
-    middle = k.sum() * l.sum() / ((m - 1) * (m - 2))
-    last = 2.0 * (k @ l).sum() / (m - 2)
+    l_ = l_ - torch.diag(torch.diag(l_))
+    trace = (k * l_).sum()  # tr(K L^T)
+    middle = k.sum() * l_.sum() / ((m - 1) * (m - 2))
+    last = 2.0 * (k @ l_).sum() / (m - 2)
     return (trace + middle - last) / (m * (m - 3))
 
 
@@ -54,15 +54,15 @@ def cknna(a: torch.Tensor, b: torch.Tensor, topk: int = 10, normalize: bool = Tr
     a, b = a.double(), b.double()
     if normalize:
         a, b = F.normalize(a, dim=1), F.normalize(b, dim=1)
-    k, l = a @ a.T, b @ b.T
-    mask_k, mask_l = _knn_mask(k, topk), _knn_mask(l, topk)
+    k, l_ = a @ a.T, b @ b.T
+    mask_k, mask_l = _knn_mask(k, topk), _knn_mask(l_, topk)
 
     def similarity(x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return _hsic_unbiased(mask * x, mask * y)
 
-    kl = similarity(k, l, mask_k * mask_l)
+    kl = similarity(k, l_, mask_k * mask_l)
     kk = similarity(k, k, mask_k)
-    ll = similarity(l, l, mask_l)
+    ll = similarity(l_, l_, mask_l)
     return (kl / (torch.sqrt(kk * ll) + 1e-6)).item()
 
 

@@ -223,7 +223,8 @@ def build_table(rows: Sequence[dict], results_root: str | Path, kind: str) -> pd
             results, row_flags = [], None
         flags.append(row_flags if row_flags and all(f is not None for f in row_flags) else None)
         for paper_key, _, column, _ in metrics:
-            record[f"Paper {column}"] = NO_PAPER_VALUE if paper is None or paper[paper_key] is None else paper[paper_key]
+            missing = paper is None or paper[paper_key] is None
+            record[f"Paper {column}"] = NO_PAPER_VALUE if missing else paper[paper_key]
         for paper_key, result_key, column, percentage in metrics:
             summary = seed_summary([result[result_key] for result in results]) if results else None
             if summary is None:
@@ -251,7 +252,8 @@ def build_table(rows: Sequence[dict], results_root: str | Path, kind: str) -> pd
         for position, row in enumerate(rows):
             baseline = _baseline_of(row, rows)
             if baseline is not None and flags[position] is not None and flags[baseline] is not None:
-                records[position].update(_paired(flags[baseline], flags[position], f"table row {position} ({row['method']})"))
+                records[position].update(
+                    _paired(flags[baseline], flags[position], f"table row {position} ({row['method']})"))
     frame = pd.DataFrame.from_records(records)
     numbers = _number_columns(metrics, replicated, "p AA" in frame.columns)
     label_columns = [c for c in frame.columns if c not in numbers]

@@ -96,7 +96,7 @@ def _read_members(archive: Path, names: list[str]) -> dict[str, dict]:
                 except (pickle.UnpicklingError, EOFError, ValueError) as error:
                     raise CifarArchiveError(
                         f"{archive}: member {member.name} is not a CIFAR pickle ({error})."
-                    )
+                    ) from error
                 if not isinstance(content, dict):
                     raise CifarArchiveError(
                         f"{archive}: member {member.name} holds {type(content).__name__}, expected a dict."
@@ -105,7 +105,7 @@ def _read_members(archive: Path, names: list[str]) -> dict[str, dict]:
     except (tarfile.TarError, EOFError, OSError) as error:
         raise CifarArchiveError(
             f"{archive} is not a readable tar.gz ({error}); delete it and download again."
-        )
+        ) from error
     missing = [name for name in names if name not in found]
     if missing:
         raise CifarArchiveError(

@@ -90,7 +90,7 @@ def _read_meta(folder: Path) -> dict[str, Any]:
     try:
         meta = json.loads(meta_path.read_text())
     except json.JSONDecodeError as error:
-        raise StoreError(f"{meta_path} is not valid JSON ({error}); rerun the step that writes it.")
+        raise StoreError(f"{meta_path} is not valid JSON ({error}); rerun the step that writes it.") from error
     if not isinstance(meta, dict):
         raise StoreError(f"{meta_path} must hold a JSON object, found {type(meta).__name__}.")
     return meta
@@ -126,7 +126,7 @@ def _open_npy(path: Path, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray
                 raise ValueError(f"npy format version {version} is not written by stores")
             found_shape, fortran_order, found_dtype = header
         except ValueError as error:
-            raise StoreError(f"{path} is not a readable .npy file ({error}).")
+            raise StoreError(f"{path} is not a readable .npy file ({error}).") from error
         data_offset = handle.tell()
     if found_dtype != dtype:
         raise StoreError(f"{path} has dtype {found_dtype}, expected {np.dtype(dtype)}.")

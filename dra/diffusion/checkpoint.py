@@ -78,7 +78,8 @@ class _PlainDict(dict):
 
 def _reconstruct_record(meta: dict) -> PersistentRecord:
     if not isinstance(meta, dict) or meta.get("type") != "class" or "class_name" not in meta:
-        raise CheckpointFormatError(f"persistence record of an unknown form: keys {sorted(meta) if isinstance(meta, dict) else type(meta)}")
+        found = sorted(meta) if isinstance(meta, dict) else type(meta)
+        raise CheckpointFormatError(f"persistence record of an unknown form: keys {found}")
     return PersistentRecord(class_name=str(meta["class_name"]), state=dict(meta.get("state") or {}),
                             version=int(meta.get("version", -1)), module_src=str(meta.get("module_src", "")))
 
@@ -143,7 +144,8 @@ def _rebuild_tensor(storage: torch.Tensor, offset: int, size: tuple, stride: tup
         raise CheckpointFormatError("tensor data is not a decoded storage")
     needed = offset + sum((s - 1) * st for s, st in zip(size, stride)) + 1 if all(size) else 0
     if needed > storage.numel():
-        raise CheckpointFormatError(f"tensor of size {tuple(size)} reaches past its storage of {storage.numel()} elements")
+        raise CheckpointFormatError(
+            f"tensor of size {tuple(size)} reaches past its storage of {storage.numel()} elements")
     return torch.as_strided(storage, tuple(size), tuple(stride), offset).clone()
 
 
@@ -164,7 +166,8 @@ def _numpy_dtype(spec: str, align: bool = False, copy: bool = False) -> np.dtype
 def _latin1_bytes(text: str, encoding: str = "latin1") -> bytes:
     # Protocol 2 pickles write bytes objects as _codecs.encode(text, 'latin1').
     if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
-        raise UnsafePickleError(f"_codecs.encode called with {type(text).__name__}, {encoding!r}; only latin1 text is allowed")
+        raise UnsafePickleError(
+            f"_codecs.encode called with {type(text).__name__}, {encoding!r}; only latin1 text is allowed")
     return text.encode("latin1")
 
 
@@ -229,7 +232,8 @@ def _flatten_module(record: PersistentRecord | ModuleDictRecord, prefix: str, ou
         if child is None:
             continue
         if not isinstance(child, (PersistentRecord, ModuleDictRecord)):
-            raise CheckpointFormatError(f"submodule {prefix + name} is not a persistence record ({type(child).__name__})")
+            raise CheckpointFormatError(
+                f"submodule {prefix + name} is not a persistence record ({type(child).__name__})")
         _flatten_module(child, f"{prefix}{name}.", out)
 
 
@@ -244,7 +248,8 @@ def edm_state_from_pickle(path: str | Path, key: str = "ema") -> tuple[dict, dic
         name = record.class_name if isinstance(record, PersistentRecord) else type(record).__name__
         raise CheckpointFormatError(f"{path}[{key!r}] is a {name}, not an EDMPrecond")
     if record.init_args:
-        raise CheckpointFormatError(f"{path}: EDMPrecond was built with positional args {record.init_args}; expected kwargs only")
+        raise CheckpointFormatError(
+            f"{path}: EDMPrecond was built with positional args {record.init_args}; expected kwargs only")
     tensors: dict[str, torch.Tensor] = {}
     _flatten_module(record, "", tensors)
     return _plain_json(record.init_kwargs), tensors
@@ -276,7 +281,8 @@ def save_edm(net: EDMPrecond, init_kwargs: dict, out_safetensors: str | Path, ou
     write_json(out_json, {"class_name": "EDMPrecond", "init_kwargs": _plain_json(init_kwargs), **(extra or {})})
 
 
-def convert_edm_pickle(pkl: str | Path, out_safetensors: str | Path, out_json: str | Path, key: str = "ema") -> EDMPrecond:
+def convert_edm_pickle(pkl: str | Path, out_safetensors: str | Path, out_json: str | Path,
+                       key: str = "ema") -> EDMPrecond:
     """NVIDIA pickle -> safetensors + json, checked by loading every tensor strictly by name."""
     init_kwargs, tensors = edm_state_from_pickle(pkl, key)
     net = EDMPrecond(**_from_json(init_kwargs))
@@ -304,13 +310,16 @@ def load_edm(safetensors_path: str | Path, json_path: str | Path | None = None) 
     json_path = Path(json_path) if json_path is not None else safetensors_path.with_suffix(".json")
     for path in (safetensors_path, json_path):
         if not path.is_file():
-            raise FileNotFoundError(f"diffusion checkpoint file {path} is missing; run scripts/convert_edm_checkpoint.py "
+            raise FileNotFoundError(f"diffusion checkpoint file {path} is missing; run "
+                                    "scripts/convert_edm_checkpoint.py "
                                     f"(official pickles) or scripts/train_diffusion.py (mini) to create it")
     try:
         spec = json.loads(json_path.read_text())
     except (ValueError, UnicodeDecodeError) as err:
-        raise CheckpointFormatError(f"{json_path} is not JSON ({err}); delete it and rerun the rule that wrote it") from None
-    if not isinstance(spec, dict) or spec.get("class_name") != "EDMPrecond" or not isinstance(spec.get("init_kwargs"), dict):
+        raise CheckpointFormatError(
+            f"{json_path} is not JSON ({err}); delete it and rerun the rule that wrote it") from None
+    if (not isinstance(spec, dict) or spec.get("class_name") != "EDMPrecond"
+            or not isinstance(spec.get("init_kwargs"), dict)):
         raise CheckpointFormatError(f"{json_path}: expected {{'class_name': 'EDMPrecond', 'init_kwargs': {{...}}}}")
     net = EDMPrecond(**_from_json(spec["init_kwargs"]))
     try:

@@ -30,7 +30,8 @@ def _initial_weight(shape: Sequence[int], mode: str, fan_in: int, fan_out: int) 
         return math.sqrt(3 / fan_in) * (torch.rand(*shape) * 2 - 1)
     if mode == "kaiming_normal":
         return math.sqrt(1 / fan_in) * torch.randn(*shape)
-    raise ValueError(f"unknown init mode {mode!r}; use xavier_uniform, xavier_normal, kaiming_uniform or kaiming_normal")
+    raise ValueError(
+        f"unknown init mode {mode!r}; use xavier_uniform, xavier_normal, kaiming_uniform or kaiming_normal")
 
 
 class Linear(nn.Module):
@@ -122,7 +123,8 @@ class UNetBlock(nn.Module):
         self.skip_scale = skip_scale
 
         self.norm0 = GroupNorm(in_channels, eps=eps)
-        self.conv0 = Conv2d(in_channels, out_channels, kernel=3, up=up, down=down, resample_filter=resample_filter, **init)
+        self.conv0 = Conv2d(in_channels, out_channels, kernel=3, up=up, down=down, resample_filter=resample_filter,
+                            **init)
         self.affine = Linear(emb_channels, out_channels, **init)
         self.norm1 = GroupNorm(out_channels, eps=eps)
         self.conv1 = Conv2d(out_channels, out_channels, kernel=3, **init_zero)
@@ -133,7 +135,8 @@ class UNetBlock(nn.Module):
                                resample_filter=resample_filter, **init)
         if self.num_heads:
             self.norm2 = GroupNorm(out_channels, eps=eps)
-            self.qkv = Conv2d(out_channels, out_channels * 3, kernel=1, **(init_attn if init_attn is not None else init))
+            self.qkv = Conv2d(out_channels, out_channels * 3, kernel=1,
+                              **(init_attn if init_attn is not None else init))
             self.proj = Conv2d(out_channels, out_channels, kernel=1, **init_zero)
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
@@ -275,7 +278,8 @@ class EDMPrecond(nn.Module):
                  sigma_min: float = 0.0, sigma_max: float = float("inf"), sigma_data: float = 0.5,
                  model_type: str = "SongUNet", **model_kwargs):
         if model_type != "SongUNet":
-            raise UnsupportedArchitecture(f"EDMPrecond: model_type {model_type!r} is not supported; only 'SongUNet' (DDPM++)")
+            raise UnsupportedArchitecture(
+                f"EDMPrecond: model_type {model_type!r} is not supported; only 'SongUNet' (DDPM++)")
         super().__init__()
         self.img_resolution = img_resolution
         self.img_channels = img_channels

@@ -32,7 +32,8 @@ class _AllLayersCaptured(Exception):
 
 def noise_seed(seed: int, index: int, view: int) -> int:
     """A 63-bit generator seed for (seed, index, view), well mixed (splitmix64 finaliser)."""
-    z = (int(seed) * 0x9E3779B97F4A7C15 + int(index) * 0xBF58476D1CE4E5B9 + int(view) * 0x94D049BB133111EB) & (2**64 - 1)
+    z = (int(seed) * 0x9E3779B97F4A7C15 + int(index) * 0xBF58476D1CE4E5B9
+         + int(view) * 0x94D049BB133111EB) & (2**64 - 1)
     z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & (2**64 - 1)
     z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & (2**64 - 1)
     return (z ^ (z >> 31)) >> 1
@@ -89,7 +90,8 @@ class DiffusionFeatureExtractor:
     def __call__(self, images01: torch.Tensor, labels: torch.Tensor | None, indices: Sequence[int],
                  view: int = 0) -> torch.Tensor | dict[str, torch.Tensor]:
         if images01.ndim != 4 or images01.shape[1] != self.net.img_channels:
-            raise ValueError(f"images must be (B, {self.net.img_channels}, H, W) in [0, 1], got {tuple(images01.shape)}")
+            raise ValueError(
+                f"images must be (B, {self.net.img_channels}, H, W) in [0, 1], got {tuple(images01.shape)}")
         if len(indices) != images01.shape[0]:
             raise ValueError(f"{len(indices)} indices for {images01.shape[0]} images")
         device = images01.device

@@ -347,7 +347,8 @@ def count_parameters(config: dict[str, Any]) -> int:
 def load_torch_file(path: str | Path, what: str) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"{what} checkpoint {path} does not exist; download it (config.yaml's diffusion_models lists "
+        raise CheckpointError(f"{what} checkpoint {path} does not exist; download it (config.yaml's "
+                              "diffusion_models lists "
                               "its Hugging Face files) and point the config at it")
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=True)

@@ -49,7 +49,8 @@ def euler_sample(dit: LightningDiT, noise: torch.Tensor, labels: torch.Tensor, n
     """
     use_cfg = cfg_scale > 1.0
     if use_cfg and dit.null_class is None:
-        raise ValueError("classifier-free guidance needs the null class, but this LightningDiT has no class dropout row")
+        raise ValueError(
+            "classifier-free guidance needs the null class, but this LightningDiT has no class dropout row")
     device = noise.device
     batch = noise.shape[0]
     labels = labels.to(device)

@@ -131,7 +131,7 @@ def probe_robustness(net: EDMPrecond, probe: LinearProbe, layer: str, sigma: flo
             indices = range(index_offset + lo, index_offset + hi)
             x, y = images01[lo:hi], labels[lo:hi]
             if eps > 0:
-                x = pgd_from_clean(lambda adv: logits_of(adv, indices), x, y, eps, steps,
+                x = pgd_from_clean(lambda adv, indices=indices: logits_of(adv, indices), x, y, eps, steps,
                                    step_size=step_factor * eps / steps)
             with torch.no_grad():
                 correct += int((logits_of(x, indices).argmax(1) == y).sum())

@@ -98,7 +98,8 @@ def label_agreement(net: EDMPrecond, judge: LogisticRegression, n_per_class: int
     for lo in range(0, len(labels), batch_size):
         hi = min(len(labels), lo + batch_size)
         latents = seeded_latents(seeds[lo:hi].tolist(), (net.img_channels, net.img_resolution, net.img_resolution))
-        images = to_uint8_hwc(edm_heun_sample(net, latents, one_hot_labels(torch.from_numpy(labels[lo:hi]), net.label_dim),
+        labels_one_hot = one_hot_labels(torch.from_numpy(labels[lo:hi]), net.label_dim)
+        images = to_uint8_hwc(edm_heun_sample(net, latents, labels_one_hot,
                                               num_steps))
         predictions.append(judge.predict(images.reshape(len(images), -1).astype(np.float32) / 255))
     predictions = np.concatenate(predictions)

@@ -6,7 +6,8 @@ cluster needs around it:
 
 - The model runs in eval mode and fp32, on inputs in [0, 1] (fra31/auto-attack README.md).
 - Robust flags are recomputed from the returned adversarial examples, and every adversarial
-  example is checked to lie in the eps ball and in [0, 1] (auto-attack's autoattack.py only logs the largest perturbation).
+  example is checked to lie in the eps ball and in [0, 1] (auto-attack's autoattack.py only logs
+  the largest perturbation).
 - The evaluation set is split into chunks, each a separate ``run_standard_evaluation`` call.
   After each chunk its per-example flags are saved atomically to ``state_path``, so a killed
   job loses at most one chunk and a resumed run gives exactly the flags an uninterrupted run
@@ -356,7 +357,8 @@ def load_classifier(model_path: str | Path, recipe_path: str | Path, device: str
         state = torch.load(model_path, map_location="cpu", weights_only=True)
     except Exception as error:  # UnpicklingError, EOFError (no text), OSError, RuntimeError: say which file
         raise AutoAttackInputError(
-            f"{model_path} is not a readable PyTorch state dict ({type(error).__name__}: {error or 'file ends early'}); "
+            f"{model_path} is not a readable PyTorch state dict "
+            f"({type(error).__name__}: {error or 'file ends early'}); "
             "it is truncated or not a model.pt of train_cell: delete it and rerun the rule that wrote it"
         ) from None
     try:

@@ -123,7 +123,8 @@ class EDMEncoderClassifier(nn.Module):
 @MODEL_FAMILIES.register(
     "edm_encoder", required=("diffusion",),
     recipe_keys={"network": {"type": "string", "minLength": 1, "description": "the diffusion model's network json"},
-                 "layer": {"type": "string", "pattern": "^model\\.", "description": "a U-Net block, e.g. model.dec.8x8_in1"},
+                 "layer": {"type": "string", "pattern": "^model\\.",
+                           "description": "a U-Net block, e.g. model.dec.8x8_in1"},
                  "sigma": {"type": "number", "exclusiveMinimum": 0, "description": "a positive noise level"}})
 def build_edm_encoder_classifier(arch: dict, num_classes: int, mean: Sequence[float] | None = None,
                                  std: Sequence[float] | None = None) -> EDMEncoderClassifier:

@@ -98,7 +98,8 @@ def create_pretrained(name: str, num_classes: int, mean: Sequence[float], std: S
         if not os.path.isfile(weights_file):
             raise PretrainedWeightsMissing(
                 f"pretrained weights of timm model {name!r} are missing: {weights_file} does not exist. It is "
-                f"written by the workflow's download_pretrained rule (on a host with internet): snakemake {weights_file}")
+                f"written by the workflow's download_pretrained rule (on a host with internet): "
+                f"snakemake {weights_file}")
         path = weights_file
     else:
         path = cached_pretrained_file(name)

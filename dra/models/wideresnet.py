@@ -74,7 +74,8 @@ class WideResNet(nn.Module):
                  std: Sequence[float], activation: str = "silu"):
         super().__init__()
         if (depth - 4) % 6 != 0 or depth < 10:
-            raise ValueError(f"arch.depth: a WideResNet needs depth = 6n + 4 with n >= 1 (10, 16, 28, 34, 70, ...), got {depth}")
+            raise ValueError(
+                f"arch.depth: a WideResNet needs depth = 6n + 4 with n >= 1 (10, 16, 28, 34, 70, ...), got {depth}")
         if width < 1:
             raise ValueError(f"arch.width: must be a positive integer, got {width}")
         if activation not in ACTIVATIONS:

@@ -55,7 +55,8 @@ class StoredTargets:
         self.dim = real_features.shape[2]
         if synthetic_features is not None and synthetic_features.shape[1:] != real_features.shape[1:]:
             raise ValueError("dra.features: the real and synthetic feature stores differ in (views, dim): "
-                             f"{real_features.shape[1:]} vs {synthetic_features.shape[1:]}; extract both with one setting")
+                             f"{real_features.shape[1:]} vs {synthetic_features.shape[1:]}; "
+                             "extract both with one setting")
 
     def __call__(self, store_index: np.ndarray, is_synthetic: np.ndarray, view: np.ndarray,
                  images01: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

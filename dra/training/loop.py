@@ -179,7 +179,8 @@ def build_targets(dra: dict, data: TrainingData, device: torch.device):
 
     diffusion = dra["diffusion"]
     net = load_edm(diffusion["checkpoint"]).to(device).eval().requires_grad_(False)
-    extractor = DiffusionFeatureExtractor(net, diffusion["layer"], diffusion["sigma"], extra_view=diffusion["extra_view"])
+    extractor = DiffusionFeatureExtractor(net, diffusion["layer"], diffusion["sigma"],
+                                          extra_view=diffusion["extra_view"])
     return OnlineTargets(extractor, views=extractor.views), extractor.dims[diffusion["layer"]]
 
 
@@ -219,7 +220,8 @@ def _resumable_part(recipe: dict) -> dict:
 
 def save_state(path: Path, recipe: dict, trainable: TrainingModule, ema: WeightAverage, optimizer, scheduler,
                progress: Progress, randomness: TrainingRandomness) -> None:
-    state = {"recipe": _resumable_part(recipe), "trainable": trainable.state_dict(), "ema": ema.model.state_dict(), "optimizer": optimizer.state_dict(),
+    state = {"recipe": _resumable_part(recipe), "trainable": trainable.state_dict(), "ema": ema.model.state_dict(),
+             "optimizer": optimizer.state_dict(),
              "scheduler": scheduler.state_dict(), "progress": asdict(progress), "randomness": randomness.state()}
     with atomic_file(path) as tmp:
         torch.save(state, tmp)
@@ -289,7 +291,8 @@ def train_cell(recipe: dict, out_dir: str | Path, state_dir: str | Path, threads
     epochs, steps_per_epoch = recipe["epochs"], sampler.num_batches
 
     torch.manual_seed(recipe["seed"])
-    classifier = create_classifier(recipe["arch"], data_cfg["num_classes"], data_cfg["mean"], data_cfg["std"]).to(device)
+    classifier = create_classifier(recipe["arch"], data_cfg["num_classes"], data_cfg["mean"], data_cfg["std"])
+    classifier = classifier.to(device)
     targets, head = None, None
     if dra is not None:
         targets, target_dim = build_targets(dra, data, device)
@@ -314,7 +317,8 @@ def train_cell(recipe: dict, out_dir: str | Path, state_dir: str | Path, threads
     attack_forward: nn.Module = classifier
     if precision["compile"]:
         train_forward, attack_forward = torch.compile(train_forward), torch.compile(classifier)
-    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if precision["bf16"] else contextlib.nullcontext
+    bf16 = precision["bf16"]
+    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
     if data.val_size:
         val_images = images_to_tensor(data.train_images[:data.val_size], device).contiguous(memory_format=memory_format)
         val_labels = torch.as_tensor(np.array(data.train_labels[:data.val_size]), device=device)
@@ -352,7 +356,8 @@ def train_cell(recipe: dict, out_dir: str | Path, state_dir: str | Path, threads
             with torch.no_grad():
                 for buffer, value in zip(classifier.buffers(), kept):
                     buffer.copy_(value)
-        clean_correct = (logits_clean.argmax(1) == y).sum() if logits_clean is not None else torch.zeros((), device=device)
+        clean_correct = ((logits_clean.argmax(1) == y).sum() if logits_clean is not None
+                         else torch.zeros((), device=device))
         return torch.stack([loss.detach().float() * n, loss_main.detach().float() * n, loss_dra.detach().float() * n,
                             clean_correct.float(), (logits_adv.argmax(1) == y).sum().float(),
                             torch.tensor(float(n), device=device)])
@@ -380,7 +385,8 @@ def train_cell(recipe: dict, out_dir: str | Path, state_dir: str | Path, threads
             # drawn for the whole batch, then sliced: any number of ranks sees the noise of one process
             batch_shape = (len(store_index),) + tuple(x.shape[1:])
             start_noise = uniform_ball_noise(batch_shape, attack["eps"], randomness.device, device)[mine]
-            view = torch.randint(targets.views, (len(store_index),), generator=randomness.host).numpy() if targets else None
+            view = (torch.randint(targets.views, (len(store_index),), generator=randomness.host).numpy()
+                    if targets else None)
             x = x.contiguous(memory_format=memory_format)
 
             set_batchnorm_momentum(classifier, FIRST_STEP_BATCHNORM_MOMENTUM if progress.global_step == 0
@@ -396,7 +402,8 @@ def train_cell(recipe: dict, out_dir: str | Path, state_dir: str | Path, threads
                     else train_forward.no_sync()
                 keys = (store_index[micro], is_synthetic[micro], view[micro]) if targets else None
                 with sync:
-                    sums += train_micro_batch(x[local], y[local], start_noise[local], keys, len(store_index), index == 0)
+                    sums += train_micro_batch(x[local], y[local], start_noise[local], keys, len(store_index),
+                                              index == 0)
             totals = context.all_reduce_sum(sums).tolist()
             if not all(math.isfinite(v) for v in totals[:3]):
                 raise TrainingDivergedError(
@@ -417,7 +424,8 @@ def train_cell(recipe: dict, out_dir: str | Path, state_dir: str | Path, threads
             if loss_of.clean_branch:  # only an objective with a clean branch (TRADES) has clean accuracy to count
                 progress.sums["clean_counted"] = progress.sums.get("clean_counted", 0.0) + totals[5]
             if context.is_main and progress.global_step % recipe["checkpoint"]["every_steps"] == 0:
-                save_state(state_dir / STATE_FILE, recipe, trainable, ema, optimizer, schedule.scheduler, progress, randomness)
+                save_state(state_dir / STATE_FILE, recipe, trainable, ema, optimizer, schedule.scheduler, progress,
+                           randomness)
             bar.update(1)
             bar.set_postfix(epoch=epoch + 1, loss=f"{totals[0] / totals[5]:.4f}", img_s=f"{totals[5] / seconds:.0f}")
             if after_step is not None:
@@ -442,7 +450,8 @@ def train_cell(recipe: dict, out_dir: str | Path, state_dir: str | Path, threads
             schedule.scheduler.step()
         progress.epoch, progress.step_in_epoch, progress.sums = epoch + 1, 0, {}
         if context.is_main:
-            save_state(state_dir / STATE_FILE, recipe, trainable, ema, optimizer, schedule.scheduler, progress, randomness)
+            save_state(state_dir / STATE_FILE, recipe, trainable, ema, optimizer, schedule.scheduler, progress,
+                       randomness)
         context.barrier()
     bar.close()
 

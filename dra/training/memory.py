@@ -42,7 +42,7 @@ def saved_bytes_per_image(model: nn.Module, head: nn.Module | None, image_size: 
         images = torch.rand(batch, 3, image_size, image_size, generator=generator).to(device)
         images = images.contiguous(memory_format=memory_format)
 
-        def forward():
+        def forward(images=images):
             with autocast():
                 logits, features = model.forward_features(images)
                 return logits, head(features) if head is not None else None

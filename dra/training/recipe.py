@@ -82,7 +82,8 @@ def validate_recipe(recipe: Any, source: str = "recipe") -> dict:
     if not isinstance(recipe, dict):
         raise RecipeError(f"{source}: expected a mapping at the top level, got {type(recipe).__name__}")
     validator, descriptions = _validator(generation())
-    errors = sorted(validator.iter_errors(recipe), key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))))
+    errors = sorted(validator.iter_errors(recipe),
+                    key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))))
     if errors:
         # the shallowest first: a missing or wrong mapping before what it would hold
         raise RecipeError(_message(errors[0], descriptions, source))
