@@ -68,7 +68,8 @@ def cknna(a: torch.Tensor, b: torch.Tensor, topk: int = 10, normalize: bool = Tr
 
 class TopKSAE(nn.Module):
     """latents = ReLU(TopK(W_enc (x - b_pre) + b_lat)); recon = W_dec latents + b_pre,
-    decoder columns kept at unit norm (openai/sparse_autoencoder model.py)."""
+    decoder columns kept at unit norm (openai/sparse_autoencoder model.py; the unit norm: train.py
+    unit_norm_decoder_)."""
 
     def __init__(self, dim: int, latents: int, k: int):
         super().__init__()

@@ -1,7 +1,8 @@
 """Validate diffusion features: linear probes over (layer, sigma) and their PGD robustness.
 
-The paper picks the EDM block and noise level by linear-probe accuracy (Section 4.2 and
-Appendix D, following DDAE, FutureXiang/ddae linear.py) and shows in Figure 3b that a linear probe
+The paper extracts features at a fixed timestep near the one a linear probe finds best (Section 4.2,
+following DDAE, FutureXiang/ddae linear.py), and names the block, the U-Net bottleneck before the
+upsampling layers, and sigma 0.1 in Appendix D; it shows in Figure 3b that a linear probe
 on frozen diffusion features, with the diffusion noise held fixed, is somewhat robust to
 small L-inf budgets but breaks at the usual ones. Both measurements are made here for any
 EDM checkpoint: a probe grid (CSV + heatmap) and a robust-accuracy curve (CSV + plot).

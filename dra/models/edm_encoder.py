@@ -15,8 +15,8 @@ training mode (the diffusion model's own input distribution); in eval mode one f
 image, the ``eval_noise`` buffer drawn once from ``noise_seed`` and saved with the weights,
 added to every input. So an evaluated model is a deterministic function of each image, whatever
 the batch it is in (AutoAttack re-batches the points it still attacks), and stays
-differentiable in the image: no randomness for the attack to average over (the paper evaluates
-with deterministic noise, Section 5.6).
+differentiable in the image: no randomness for the attack to average over (the paper makes the
+noise deterministic when it evaluates its linear probe, Section 4.1 and Appendix C).
 """
 
 from __future__ import annotations
