@@ -842,7 +842,7 @@ def feature_store(config: dict, dataset: str, store: str, views: int, diffusion:
 
 def diffusion_feature(config: dict, model: str) -> dict:
     """The DRA feature of a diffusion model: ``diffusion_models.<model>.feature``, or, for a noisy
-    classifier, the feature of the diffusion model it replaces (Section 5.6: the same layer and noise)."""
+    classifier, the feature of the diffusion model it replaces (Appendix E: the same noisy inputs)."""
     entry = config["diffusion_models"][model]
     if entry["source"]["kind"] == "noisy_classifier":
         return config["diffusion_models"][entry["source"]["diffusion"]]["feature"]

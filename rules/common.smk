@@ -310,7 +310,7 @@ def feature_targets():
             targets.add(recipe["dra"]["features"]["real"])
             if recipe["dra"]["features"]["synthetic"]:
                 targets.add(recipe["dra"]["features"]["synthetic"])
-        if cfg.uses_edm(config, cell.dataset):  # the linear probes of Section 3 read EDM U-Nets
+        if cfg.uses_edm(config, cell.dataset):  # linear probes (Sections 4.1-4.2) read EDM U-Nets
             targets.add(
                 f"{RESULTS}/{cell.dataset}/feature-validation/{diffusion_of(cell.dataset)}/probe.csv"
             )

@@ -1,7 +1,7 @@
 """The noisy-input discriminative target of Section 5.6 and Appendix E.
 
-"Noisy-input discriminative pre-training applied to the same UNet encoder architecture used in
-the EDM diffusion model": the diffusion model's U-Net (same SongUNet configuration, read from its
+Section 5.6: "applying noisy-input discriminative pre-training to the same UNet encoder architecture
+used in the EDM diffusion model": the diffusion model's U-Net (same SongUNet configuration, read from its
 network json) up to the DRA layer, randomly initialised, plus an average-pooled linear head,
 trained with cross-entropy on noisy images. The noise is the DRA feature's: the fixed sigma of
 the feature (Appendix E: "on the same noisy inputs"), so the target differs from the diffusion
