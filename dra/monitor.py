@@ -93,7 +93,9 @@ class TrainingMonitor:
     def writer(self):
         """The event writer, opened at the first scalar (a run that stops before has no event file)."""
         if self._writer is None:
-            from torch.utils.tensorboard import SummaryWriter  # needs the tensorboard package
+            from torch.utils.tensorboard import (
+                SummaryWriter,  # needs the tensorboard package
+            )
 
             self._writer = SummaryWriter(log_dir=str(self.out_dir), purge_step=self.purge_step)
         return self._writer

@@ -34,9 +34,10 @@ import os
 import re
 import socket
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from dra import config as cfg
 from dra.monitor import PROGRESS_FILE, read_progress
@@ -284,10 +285,7 @@ def cell_status(config: dict, planned: PlannedCell, directory: Path, jobs: dict[
     row = CellStatus(cell.id, " ".join(planned.tables), "not started")
     if planned.paper:
         row.paper_clean, row.paper_autoattack = planned.paper["clean"], planned.paper["autoattack"]
-    try:
-        row.planned_gpu_hours = planned_gpu_hours(config, cell)
-    except Exception as error:  # the plan's own check names the fix; the status goes on
-        row.detail = f"no plan: {error}"
+    row.planned_gpu_hours = planned_gpu_hours(config, cell)
     if planned.waiting_for:
         row.status, row.detail = "not run", f"set {planned.waiting_for}"
         return row
@@ -469,14 +467,14 @@ def display_tables(status: CampaignStatus) -> list[dict[str, str]]:
 
 def notes(status: CampaignStatus) -> list[str]:
     return [
-        f"training: progress.json updated within {_duration(status.stale_seconds)} (or 3x its usual interval); "
-        "interrupted: older than that, or its process on this host is gone; its ETA counts from a restart.",
-        "not started: Snakemake has logged no start of its job, or logged one (with SLURM: the submission) but no "
-        "progress came yet; whether SLURM has started a job is not visible here (squeue --me).",
-        "GPU-h: wall hours x GPUs of the cell's own jobs (training: progress.json over all attempts, else its "
+        (f"training: progress.json updated within {_duration(status.stale_seconds)} (or 3x its usual interval); "
+        "interrupted: older than that, or its process on this host is gone; its ETA counts from a restart."),
+        ("not started: Snakemake has logged no start of its job, or logged one (with SLURM: the submission) but no "
+        "progress came yet; whether SLURM has started a job is not visible here (squeue --me)."),
+        ("GPU-h: wall hours x GPUs of the cell's own jobs (training: progress.json over all attempts, else its "
         "benchmark file; evaluation: benchmark files, written when a job succeeds); shared jobs (data, synthetic "
         "images, features) are not counted. plan GPU-h: dra.gpu_plan's training time without its margin x GPUs, "
-        "known once a GPU canary measured the GPU seconds per image.",
+        "known once a GPU canary measured the GPU seconds per image."),
     ]
 
 
@@ -495,9 +493,8 @@ def _markdown_table(rows: list[dict[str, str]]) -> str:
     if not rows:
         return "(no cells)"
     columns = list(rows[0])
-    escape = lambda text: text.replace("|", "\\|")  # noqa: E731
     lines = ["| " + " | ".join(columns) + " |", "|" + "|".join(" --- " for _ in columns) + "|"]
-    lines += ["| " + " | ".join(escape(row[c]) for c in columns) + " |" for row in rows]
+    lines += ["| " + " | ".join(row[c].replace("|", "\\|") for c in columns) + " |" for row in rows]
     return "\n".join(lines)
 
 

@@ -13,8 +13,16 @@ import sys
 from pathlib import Path
 
 from dra.config import ConfigError
-from dra.status import STALE_SECONDS, TARGETS, StatusError, campaign_status, load_workflow_config, render_csv, \
-    render_markdown, render_terminal
+from dra.status import (
+    STALE_SECONDS,
+    TARGETS,
+    StatusError,
+    campaign_status,
+    load_workflow_config,
+    render_csv,
+    render_markdown,
+    render_terminal,
+)
 
 
 def main(argv=None) -> None:
