@@ -413,14 +413,13 @@ def campaign_status(config: dict, directory: str | Path = ".", target: str = "al
             **{state: count for state, count in counts.items() if count},
             "gpu_hours": sum(row.gpu_hours for row in members), "hours": sum(row.hours for row in members),
             "planned_gpu_hours": sum(plan for plan in plans if plan is not None),
+            "cells_with_plan": sum(plan is not None for plan in plans),
             "cells_without_plan": sum(plan is None for plan in plans)})
     return status
 
 
 # ---------------------------------------------------------------------------------------------- output
 
-COLUMNS = ("cell", "status", "progress", "img/s", "ETA", "clean (paper)", "AA (paper)", "GPU-h", "plan GPU-h",
-           "detail")
 
 
 def _number(value: float | None, digits: int = 1) -> str:
@@ -447,6 +446,7 @@ def display_rows(status: CampaignStatus) -> list[dict[str, str]]:
                       "ETA": "" if row.eta_hours is None else _duration(row.eta_hours * 3600),
                       "clean (paper)": _with_paper(row.clean, row.paper_clean),
                       "AA (paper)": _with_paper(row.autoattack, row.paper_autoattack),
+                      "hours": _number(row.hours, 2) if row.hours else "",
                       "GPU-h": _number(row.gpu_hours, 2) if row.hours else "",
                       "plan GPU-h": _number(row.planned_gpu_hours), "detail": detail})
     return shown
@@ -456,9 +456,9 @@ def display_tables(status: CampaignStatus) -> list[dict[str, str]]:
     shown = []
     for table in status.tables:
         counts = ", ".join(f"{table[state]} {state}" for state in STATES if table.get(state))
-        plan = _number(table["planned_gpu_hours"])
-        if table["cells_without_plan"]:
-            plan = f"{plan} (+{table['cells_without_plan']} cells unplanned)"
+        plan, unplanned = _number(table["planned_gpu_hours"]), table["cells_without_plan"]
+        if unplanned:
+            plan = f"{plan} + {unplanned} cells unknown" if table["cells_with_plan"] else "unknown"
         shown.append({"table": table["table"], "cells": str(table["cells"]), "states": counts,
                       "hours": _number(table["hours"], 2), "GPU-h": _number(table["gpu_hours"], 2),
                       "plan GPU-h": plan})

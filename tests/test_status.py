@@ -274,3 +274,20 @@ def test_targets_and_their_cells():
     with pytest.raises(ValueError, match="target 'tabel2' is none of"):
         planned_cells(config, "tabel2")
     assert re.search(r"cell,tables,status", render_csv(campaign_status(config, Path("/nonexistent"))))
+
+
+def test_planned_gpu_hours_follow_the_measured_seconds_per_image(tmp_path):
+    from dra.status import planned_gpu_hours
+
+    config = load_workflow_config([], ROOT)
+    cell = cfg.parse_cell("cifar10/wrn-28-10/dm-at/syn1m-bs512-ep400")
+    assert planned_gpu_hours(config, cell) is None  # the shipped table has no GPU measurement
+    table = (ROOT / config["hardware"]["memory_per_image"]).read_text()
+    assert ",42512858,," in table  # wrn-28-10's row, its GPU seconds per image empty
+    (tmp_path / "memory.csv").write_text(table.replace(",42512858,,", ",42512858,0.001,"))
+    config["hardware"]["memory_per_image"] = str(tmp_path / "memory.csv")
+    gpus = cfg.train_plan(config, cell).gpus
+    steps = 98 * 400  # ceil(50000 / 512) steps per epoch, 400 epochs
+    # each GPU's share of the batch at 1 ms per image, times the GPUs (the plan rounds up to whole minutes)
+    expected = steps * -(-512 // gpus) * 0.001 * gpus / 3600
+    assert planned_gpu_hours(config, cell) == pytest.approx(expected, abs=gpus / 60)
