@@ -56,11 +56,11 @@ def status_seconds(configfiles: list[Path], directory: Path, target: str, repeat
 
 def finished_tiny_tree(work: Path) -> tuple[Path, dict[str, int]]:
     import numpy as np
+    from test_training_loop import _write_feature_store, _write_image_store, tiny_recipe
 
     from dra import config as cfg
     from dra.status import load_workflow_config, planned_cells, train_state_dir
     from dra.training import train_cell
-    from test_training_loop import _write_feature_store, _write_image_store, tiny_recipe
 
     stores = work / "stores"
     rng = np.random.default_rng(0)
