@@ -42,10 +42,13 @@ PACKAGE_OF_MODULE = {
     "tabulate": "tabulate",
     "jinja2": "jinja2",
     "robustbench": "robustbench",
+    "tensorboard": "tensorboard",
 }
 
 # pandas methods that import an optional package when called
 LAZY_IMPORTS = {"to_markdown": "tabulate", "to_latex": "jinja2"}
+# modules of a package that import another package, which the package itself does not require
+SUBMODULE_IMPORTS = {"torch.utils.tensorboard": "tensorboard"}
 
 # What a listed package installs along with it (its own declared requirements, on PyPI and
 # conda-forge alike): an env may rely on these without naming them.
@@ -83,6 +86,8 @@ def _imports_of(tree: ast.AST, package: str) -> tuple[set[str], set[str]]:
             first.add(name)
         elif top not in sys.stdlib_module_names and top != "__future__":
             third.add(top)
+        third.update(needed for module, needed in SUBMODULE_IMPORTS.items()
+                     if name == module or name.startswith(module + "."))
 
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):

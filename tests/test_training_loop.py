@@ -214,7 +214,8 @@ def test_nan_loss_stops_with_step_and_keeps_last_good_state(stores, tmp_path):
         train_cell(recipe, tmp_path / "out", tmp_path / "state", threads=1)
     state = torch.load(tmp_path / "state" / "state.pt", weights_only=True)
     assert state["progress"]["global_step"] == 1
-    assert not (tmp_path / "out").exists()
+    # no model and no epoch row; only the curves of step 1 (dra.monitor)
+    assert not (tmp_path / "out" / "model.pt").exists() and not (tmp_path / "out" / "log.csv").exists()
 
 
 def test_resuming_with_a_changed_recipe_is_refused(stores, tmp_path):

@@ -80,3 +80,53 @@ def test_report_builds_from_the_mini_run(mini):
     # the tables, a figure and a resolved recipe are registered in it
     for name in ("table2.csv", "figure5.png", "recipe.yaml"):
         assert name in html, name
+
+
+def test_status_after_the_mini_run_shows_every_cell_done_with_its_numbers(mini, tmp_path):
+    """`python -m scripts.status all` in the finished run: every planned cell done, with the clean and
+    AutoAttack accuracy its autoattack.json holds and the hours its jobs took; nothing under results/ changes."""
+    import csv
+    import subprocess
+    import sys
+
+    work = mini.parent.parent
+    before = {str(p): p.stat().st_mtime_ns for p in sorted((work / "results").rglob("*"))}
+    result = subprocess.run([sys.executable, "-m", "scripts.status", "all", "--configfile", "config/mini.yaml",
+                             "--out-csv", str(tmp_path / "status.csv"), "--out-md", str(tmp_path / "status.md")],
+                            cwd=work, capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert {str(p): p.stat().st_mtime_ns for p in sorted((work / "results").rglob("*"))} == before
+    with open(tmp_path / "status.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    from dra import config as cfg
+    from dra.status import load_workflow_config
+
+    config = load_workflow_config([work / "config" / "mini.yaml"], work)
+    # the mini's table cells and its figure cells (the ST model, the lambda sweep), each once
+    assert [row["cell"] for row in rows] == list(dict.fromkeys(c.id for c in cfg.table_cells(config)
+                                                               + cfg.figure_cells(config)))
+    for row in rows:
+        assert row["status"] == "done", row
+        assert float(row["hours"]) > 0  # training from its progress file, evaluation from benchmark files
+        summary_path = mini / row["cell"] / "autoattack.json"
+        if summary_path.exists():
+            summary = json.loads(summary_path.read_text())
+            assert float(row["clean"]) == summary["clean_accuracy"]
+            assert float(row["autoattack"]) == summary["robust_accuracy"]
+    print(result.stdout)
+
+
+def test_mini_training_curves_read_back_equal_log_csv(mini):
+    import numpy as np
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    train = mini / "digits/wrn-10-1/dm-at+dra/syn2k-bs128-ep30/train"
+    accumulator = EventAccumulator(str(train), size_guidance={"scalars": 0})
+    accumulator.Reload()
+    log = pd.read_csv(train / "log.csv")
+    for column, tag in (("loss", "epoch/loss"), ("loss_dra", "epoch/loss_dra"), ("val_robust_acc", "val/robust_acc")):
+        points = [(event.step, event.value) for event in accumulator.Scalars(tag)]
+        expected = [(int(step), np.float32(value)) for step, value in zip(log["step"], log[column]) if not pd.isna(value)]
+        assert points == expected, tag
+    steps = [event.step for event in accumulator.Scalars("train/loss")]
+    assert steps == sorted(set(steps)) and steps[-1] == log["step"].iloc[-1]

@@ -31,6 +31,7 @@ from dra.training.distributed import init_distributed, shutdown_distributed, wra
 from dra.training.dra_head import OnlineTargets, ProjectionHead, StoredTargets, dra_loss
 from dra.training.ema import WeightAverage, dmat_step_count, dmat_steps_per_epoch
 from dra.training.losses import objective_of
+from dra.monitor import TrainingMonitor
 from dra.training.recipe import validate_recipe
 from dra.training.schedules import (FIRST_STEP_BATCHNORM_MOMENTUM, TRAINING_BATCHNORM_MOMENTUM, build_optimizer,
                                     build_schedule, set_batchnorm_momentum)
@@ -272,7 +273,8 @@ def train_cell(recipe: dict, out_dir: str | Path, state_dir: str | Path, threads
     """Train the cell `recipe` describes; write out_dir/model.pt (EMA weights) and out_dir/log.csv.
 
     Resumes from state_dir/state.pt when present. `after_step(global_step)` is called after
-    each optimizer step and checkpoint (tests use it to interrupt a run).
+    each optimizer step and checkpoint (tests use it to interrupt a run). state_dir/log.csv grows by
+    a row each epoch; TensorBoard curves and state_dir/progress.json come from dra.monitor.
     """
     recipe = validate_recipe(recipe)
     torch.set_num_threads(threads)
@@ -313,6 +315,8 @@ def train_cell(recipe: dict, out_dir: str | Path, state_dir: str | Path, threads
             print(f"resuming from step {progress.global_step} (epoch {progress.epoch + 1}) of "
                   f"{state_dir / STATE_FILE}", file=sys.stderr, flush=True)
 
+    monitor = TrainingMonitor(recipe, out_dir, state_dir, steps_per_epoch, context.world_size, progress,
+                              enabled=context.is_main)
     train_forward = wrap_for_training(trainable, context)
     attack_forward: nn.Module = classifier
     if precision["compile"]:
@@ -426,6 +430,7 @@ def train_cell(recipe: dict, out_dir: str | Path, state_dir: str | Path, threads
             if context.is_main and progress.global_step % recipe["checkpoint"]["every_steps"] == 0:
                 save_state(state_dir / STATE_FILE, recipe, trainable, ema, optimizer, schedule.scheduler, progress,
                            randomness)
+            monitor.step(progress, totals, seconds, optimizer.param_groups[0]["lr"])
             bar.update(1)
             bar.set_postfix(epoch=epoch + 1, loss=f"{totals[0] / totals[5]:.4f}", img_s=f"{totals[5] / seconds:.0f}")
             if after_step is not None:
@@ -452,6 +457,10 @@ def train_cell(recipe: dict, out_dir: str | Path, state_dir: str | Path, threads
         if context.is_main:
             save_state(state_dir / STATE_FILE, recipe, trainable, ema, optimizer, schedule.scheduler, progress,
                        randomness)
+            # the epoch log as it grows, beside the state: train/log.csv is a declared output and appears
+            # only when training is complete, so a killed run never leaves an output that looks finished
+            write_log(state_dir / "log.csv", progress.rows)
+            monitor.epoch_end(progress)
         context.barrier()
     bar.close()
 
@@ -461,5 +470,6 @@ def train_cell(recipe: dict, out_dir: str | Path, state_dir: str | Path, threads
                    if recipe["checkpoint"]["select"] == "best_val" else ema.model.state_dict())
         with atomic_file(out_dir / "model.pt") as tmp:
             torch.save(weights, tmp)
+    monitor.finish(progress)
     context.barrier()
     shutdown_distributed(context)
