@@ -20,6 +20,7 @@ chunks no larger than the largest training micro-batch (`largest_micro_batch`).
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 from dataclasses import dataclass
@@ -61,7 +62,7 @@ class DistributedContext:
     def largest_micro_batch(self, global_size: int) -> int:
         """Images of the largest micro-batch of any rank: what one GPU holds at once in training."""
         every = cut_points(global_size, self.chunks, self.batchnorm_group)
-        return max(b - a for a, b in zip(every, every[1:]))
+        return max(b - a for a, b in itertools.pairwise(every))
 
     def share(self, total: int) -> slice:
         """This rank's part of `total` images cut evenly over the ranks (validation: no groups)."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
+import itertools
 import math
 import sys
 import time
@@ -26,8 +27,8 @@ from tqdm import tqdm
 from dra.io import atomic_file
 from dra.models import create_classifier
 from dra.training.attacks import robust_correct, uniform_ball_noise
-from dra.training.batchnorm import batchnorm_layers, normalise_in_groups
 from dra.training.augment import random_crop_flip_rotate
+from dra.training.batchnorm import batchnorm_layers, normalise_in_groups
 from dra.training.distributed import (DistributedContext, cut_points, init_distributed, shutdown_distributed,
                                       wrap_for_training)
 from dra.training.dra_head import OnlineTargets, ProjectionHead, StoredTargets, dra_loss
@@ -275,7 +276,7 @@ def check_batch_split(sampler, context: DistributedContext) -> None:
     shortest = batch if sampler.n_synthetic or sampler.n_real % batch == 0 else min(batch, sampler.n_real % batch)
     for size in {batch, shortest}:
         every = cut_points(size, context.chunks, context.batchnorm_group)
-        if any(b <= a for a, b in zip(every, every[1:])):
+        if any(b <= a for a, b in itertools.pairwise(every)):
             group = context.batchnorm_group or 1
             raise RecipeError(f"a batch of {size} images is {math.ceil(size / group)} BatchNorm group(s) of {group} "
                               f"(recipe key batchnorm_group), fewer than the {context.world_size} GPU(s) x "
