@@ -232,6 +232,15 @@ def test_recipe_errors_name_the_key(stores, tmp_path):
     recipe["dra"]["features"]["synthetic"] = None
     with pytest.raises(RecipeError, match=r"key 'dra.features.synthetic'"):
         train_cell(recipe, tmp_path / "out", tmp_path / "state", threads=1)
+    recipe = tiny_recipe(stores)
+    recipe["batchnorm_group"] = None  # a WRN has BatchNorm: the group must be stated
+    with pytest.raises(RecipeError, match=r"batchnorm_group is null, but arch wrn-10-2 has 7 BatchNorm layers"):
+        train_cell(recipe, tmp_path / "out", tmp_path / "state", threads=1)
+    recipe = tiny_recipe(stores, batch_size=16)
+    recipe.update(batchnorm_group=8, accumulation_steps=4)  # 2 groups cannot fill 4 micro-batches
+    with pytest.raises(RecipeError, match=r"a batch of 16 images is 2 BatchNorm group\(s\) of 8 .* fewer than the "
+                                          r"1 GPU\(s\) x 4 micro-batch\(es\)"):
+        train_cell(recipe, tmp_path / "out", tmp_path / "state", threads=1)
 
 
 # A LayerNorm-only model (tiny ViT): per-sample normalization, so splitting the global batch over

@@ -329,7 +329,7 @@ def train_cell(recipe: dict, out_dir: str | Path, state_dir: str | Path, threads
     if recipe["batchnorm_group"] is not None:
         normalise_in_groups(classifier, recipe["batchnorm_group"])
     elif batchnorm_layers(classifier):
-        raise RecipeError(f"recipe key batchnorm_group is null, but arch {recipe['arch']} has "
+        raise RecipeError(f"recipe key batchnorm_group is null, but arch {recipe['cell']['arch']} has "
                           f"{len(batchnorm_layers(classifier))} BatchNorm layers; set it (config recipes.<dataset>.<arch>."
                           "batchnorm_group) to the images each BatchNorm normalises over")
     targets, head = None, None
