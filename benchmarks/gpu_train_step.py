@@ -1,6 +1,7 @@
-"""Images per second of a WRN-28-10 TRADES-10 training step in four precision settings.
+"""Images per second of a WRN-28-10 TRADES-10 training step in five precision settings.
 
-fp32, bf16 autocast, bf16 + channels_last, bf16 + channels_last + torch.compile; synthetic
+fp32 (TF32 off), TF32 (fp32 weights, TF32 matmuls and convolutions), bf16 autocast, bf16 +
+channels_last, bf16 + channels_last + torch.compile; synthetic
 data on the device, warm-up steps (and compilation) excluded from the timing. Printed as a
 table with the ratio of each variant to fp32. Budget on an H200: about 5 minutes in all.
 
@@ -23,11 +24,12 @@ from dra.training.losses import adversarial_examples, trades_outer_loss
 from dra.training.schedules import build_optimizer
 
 EPS, STEP, STEPS = 8 / 255, 2 / 255, 10
-VARIANTS = {  # name: (bf16, channels_last, compile)
-    "fp32": (False, False, False),
-    "bf16": (True, False, False),
-    "bf16+channels_last": (True, True, False),
-    "bf16+channels_last+compile": (True, True, True),
+VARIANTS = {  # name: (bf16, channels_last, compile, tf32)
+    "fp32": (False, False, False, False),
+    "tf32": (False, False, False, True),
+    "bf16": (True, False, False, False),
+    "bf16+channels_last": (True, True, False, False),
+    "bf16+channels_last+compile": (True, True, True, False),
 }
 
 
@@ -37,7 +39,9 @@ def synchronize(device: torch.device) -> None:
 
 
 def measure(device: torch.device, depth: int, width: int, batch: int, steps: int, warmup: int,
-            bf16: bool, channels_last: bool, compile_model: bool) -> float:
+            bf16: bool, channels_last: bool, compile_model: bool, tf32: bool = False) -> float:
+    # PyTorch lets cuDNN convolutions use TF32 by default: fp32 here means TF32 off for both
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tf32
     torch.manual_seed(0)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     classifier = create_classifier({"family": "wrn", "depth": depth, "width": width, "activation": "silu"}, 10,

@@ -968,6 +968,8 @@ def resolve_recipe(config: dict, cell: Cell) -> dict:
             resolved.update(batch_size=batch, accumulation_steps=1)
         resolved["epochs"] = 1
         resolved["data"]["epoch_reference_size"] = steps * resolved["batch_size"]
+        # a state saved inside the step loop too (and the end-of-epoch validation and save, as the paper run)
+        resolved["checkpoint"]["every_steps"] = min(resolved["checkpoint"]["every_steps"], steps)
     return resolved
 
 

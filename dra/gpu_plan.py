@@ -13,6 +13,8 @@ node, whose usable memory (memory x (1 - headroom)) holds its share of the globa
 that one node cannot hold gets gradient accumulation on the node's GPUs: the fewest micro-batches
 per GPU that fit (recipe key accumulation_steps, dra.training.loop). `resources.train.gpu` may fix
 the GPU count instead of `auto` (0: the CPU; mini), and the plan then only picks the accumulation.
+Micro-batches are runs of whole BatchNorm groups (recipe key batchnorm_group, dra.training.batchnorm),
+cut by the rule of dra.training.distributed (`micro_batch_images`); no GPU gets an empty one.
 
 The time limit per attempt is the cell's steps x images per GPU x the measured GPU seconds per
 image (the table's gpu_seconds_per_image, written by a canary on a GPU) x RUNTIME_MARGIN; without
@@ -89,8 +91,27 @@ def graphs_kept(objective: str) -> int:
     return 2 if OBJECTIVES.meta(objective).get("clean_branch", False) else 1
 
 
+def micro_batch_images(batch: int, chunks: int, group: int | None) -> int | None:
+    """Images of the largest of `chunks` micro-batches when `batch` is cut into runs of whole
+    `group`-image BatchNorm groups (dra.training.distributed.cut_points); None when there are fewer
+    groups than micro-batches (a GPU would get none)."""
+    unit = group or 1
+    units = math.ceil(batch / unit)
+    return None if chunks > units else min(batch, math.ceil(units / chunks) * unit)
+
+
 def bytes_per_gpu(row: MemoryRow, graphs: int, micro_batch: int, bf16: bool) -> float:
     return graphs * row.saved_bytes_per_image * micro_batch + row.parameters * (4 * 4 + (2 if bf16 else 0))
+
+
+def fixed_share(cell, batch: int, gpus: int, group: int | None) -> int:
+    """The largest micro-batch on a fixed number of GPUs (resources.train.gpu), without accumulation."""
+    images = micro_batch_images(batch, gpus, group)
+    if images is None:
+        raise PlanError(f"cell {cell.id}: its batch of {batch} is {math.ceil(batch / group)} BatchNorm group(s) of "
+                        f"{group} (recipe key batchnorm_group), fewer than the {gpus} GPUs of resources.train.gpu; "
+                        "use fewer GPUs or a smaller group")
+    return images
 
 
 def plan_cell(config: dict, cell, objective: str, precision: dict, image_size: int, steps: int,
@@ -101,6 +122,7 @@ def plan_cell(config: dict, cell, objective: str, precision: dict, image_size: i
     usable = hardware["gpu_memory_gib"] * GIB * (1.0 - hardware["headroom_fraction"])
     fixed = config["resources"]["train"]["gpu"]
     batch = cell.batch_size
+    group = config["recipes"][cell.dataset][cell.arch]["batchnorm_group"]
     row = table.get((cell.arch, image_size, precision_name(precision)))
     if fixed == 0:  # the CPU: no GPU memory to fit
         return CellPlan(0, 1, batch, None, usable, None, steps)
@@ -110,25 +132,35 @@ def plan_cell(config: dict, cell, objective: str, precision: dict, image_size: i
                             f"at {image_size}x{image_size} "
                             f"in {precision_name(precision)} (cell {cell.id}); run the canary for it "
                             "(README, 'Running the paper on a cluster') or set resources.train.gpu to a number")
-        return CellPlan(fixed, 1, math.ceil(batch / fixed), None, usable, None, steps)
+        return CellPlan(fixed, 1, fixed_share(cell, batch, fixed, group), None, usable, None, steps)
 
     graphs = graphs_kept(objective)
     candidates = [fixed] if fixed != "auto" else range(1, hardware["gpus_per_node"] + 1)
     gpus, accumulation = None, None
-    for count in candidates:  # the fewest GPUs that hold the share without accumulation
-        if bytes_per_gpu(row, graphs, math.ceil(batch / count), precision["bf16"]) <= usable:
+    if fixed != "auto":
+        fixed_share(cell, batch, fixed, group)
+    # at least one BatchNorm group per micro-batch: more GPUs or micro-batches would leave some empty
+    fits = [count for count in candidates if micro_batch_images(batch, count, group) is not None]
+
+    def holds(chunks: int) -> bool:
+        images = micro_batch_images(batch, chunks, group)
+        return images is not None and bytes_per_gpu(row, graphs, images, precision["bf16"]) <= usable
+
+    for count in fits:  # the fewest GPUs that hold the share without accumulation
+        if holds(count):
             gpus, accumulation = count, 1
             break
     if gpus is None:  # the most GPUs on offer, then the fewest micro-batches per GPU that fit
-        gpus = candidates[-1]
-        accumulation = next((k for k in range(2, math.ceil(batch / gpus) + 1)
-                             if bytes_per_gpu(row, graphs, math.ceil(batch / (gpus * k)), precision["bf16"]) <= usable),
-                            None)
+        gpus = fits[-1]
+        accumulation = next((k for k in range(2, math.ceil(batch / gpus) + 1) if holds(gpus * k)), None)
         if accumulation is None:
-            raise PlanError(f"cell {cell.id}: one image of {cell.arch} needs "
-                            f"{bytes_per_gpu(row, graphs, 1, precision['bf16']) / GIB:.1f} GiB, more than the "
-                            f"{usable / GIB:.1f} GiB usable of one GPU (hardware.gpu_memory_gib, headroom_fraction)")
-    micro_batch = math.ceil(batch / (gpus * accumulation))
+            smallest = min(group or 1, batch)
+            needed = bytes_per_gpu(row, graphs, smallest, precision["bf16"])
+            raise PlanError(f"cell {cell.id}: {smallest} image(s) of {cell.arch} (one BatchNorm group, recipe key "
+                            f"batchnorm_group) need {needed / GIB:.1f} "
+                            f"GiB, more than the {usable / GIB:.1f} GiB usable of one GPU (hardware.gpu_memory_gib, "
+                            "headroom_fraction)")
+    micro_batch = micro_batch_images(batch, gpus * accumulation, group)
     runtime = None
     if row.gpu_seconds_per_image is not None:
         runtime = math.ceil(steps * math.ceil(batch / gpus) * row.gpu_seconds_per_image * RUNTIME_MARGIN / 60)

@@ -11,7 +11,8 @@ optimizer step, after each epoch, at the end); on every process but the main one
   and ``epoch/seconds``. The x axis is the global optimizer step throughout (an epoch's point sits
   at its last step). A run logs every ``max(1, steps // SCALAR_POINTS)``-th step.
 - ``progress.json`` beside the resumable state (``results/<scale>/state/<cell>/train/``), rewritten
-  atomically when the run starts or resumes, at each logged step and at each epoch end: epoch and step of how many, the measured rate,
+  atomically when the run starts or resumes, at each logged step and at each epoch end: epoch and step of how
+  many, the measured rate,
   seconds per step and per epoch end (validation), the wall seconds of all attempts together, the
   host and process. `dra.status` reads it instead of the state, which can be gigabytes.
 

@@ -68,6 +68,7 @@ CASES = [
      "recipes.cifar10.wrn-28-10.objective.label_smoothing",
      "2"),
     ("unsup fraction 1", R + ["unsup_fraction"], 1, "recipes.cifar10.wrn-28-10.unsup_fraction", "1"),
+    ("a BatchNorm group of no image", R + ["batchnorm_group"], 0, "recipes.cifar10.wrn-28-10.batchnorm_group", "0"),
     ("negative seed", ["seed"], -1, "seed", "-1"),
     ("a lambda sweep of one model", ["figures", "figure8_models"],
      ["cifar100/wrn-28-10/dm-at+dra-lambda0.4/syn1m-bs512-ep400"],

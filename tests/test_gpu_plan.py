@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from dra import config as cfg
-from dra.gpu_plan import GIB, MIB, bytes_per_gpu, graphs_kept, precision_name, read_memory_table
+from dra.gpu_plan import GIB, MIB, bytes_per_gpu, graphs_kept, micro_batch_images, precision_name, read_memory_table
 from workflow_helpers import ROOT, run_snakemake
 
 PAPER = yaml.safe_load((ROOT / "config.yaml").read_text())
@@ -20,7 +20,14 @@ def with_hardware(memory_gib, gpus_per_node, gpu="auto"):
     config = copy.deepcopy(PAPER)
     config["hardware"].update(gpu_memory_gib=memory_gib, gpus_per_node=gpus_per_node)
     config["resources"]["train"]["gpu"] = gpu
+    if memory_gib < 80:
+        config["recipes"]["cifar10"]["wrn-70-16"].update(SMALL_GPU_WRN_70_16)
     return config
+
+
+# One BatchNorm group of 128 WRN-70-16 images needs 34.4 GiB (2 x 121.2 MiB x 128 + 16 bytes x 273.6M
+# parameters), over the 32 GiB usable of a 40 GB GPU: there the group must be smaller
+SMALL_GPU_WRN_70_16 = {"batchnorm_group": 64}
 
 
 def planned_cells(config):
@@ -43,16 +50,22 @@ def test_every_planned_cell_fits_its_gpus_with_the_fewest_gpus_and_micro_batches
     assert len(cells) == 30  # 24 table cells and the lambda sweep of Figure 8
     for cell in cells:
         plan = cfg.train_plan(config, cell)
+        group = config["recipes"][cell.dataset][cell.arch]["batchnorm_group"]
+        chunks = plan.gpus * plan.accumulation_steps
         assert 1 <= plan.gpus <= gpus_per_node
-        assert plan.micro_batch == math.ceil(cell.batch_size / (plan.gpus * plan.accumulation_steps))
+        # runs of whole BatchNorm groups, the first ones the longest: ceil(groups / chunks) groups
+        unit = group or 1
+        assert plan.micro_batch == min(cell.batch_size, math.ceil(math.ceil(cell.batch_size / unit) / chunks) * unit)
+        if group is not None and plan.micro_batch < cell.batch_size:
+            assert plan.micro_batch % group == 0, cell.id
         assert plan.bytes_per_gpu == pytest.approx(estimate(config, cell, plan.micro_batch))
         assert plan.bytes_per_gpu <= usable, cell.id
         # minimal: one GPU fewer (without accumulation) or one micro-batch fewer would not fit
         if plan.accumulation_steps == 1 and plan.gpus > 1:
-            assert estimate(config, cell, math.ceil(cell.batch_size / (plan.gpus - 1))) > usable, cell.id
+            assert estimate(config, cell, micro_batch_images(cell.batch_size, plan.gpus - 1, group)) > usable, cell.id
         if plan.accumulation_steps > 1:
-            assert plan.gpus == gpus_per_node
-            fewer = math.ceil(cell.batch_size / (plan.gpus * (plan.accumulation_steps - 1)))
+            assert plan.gpus == gpus_per_node or micro_batch_images(cell.batch_size, plan.gpus + 1, group) is None
+            fewer = micro_batch_images(cell.batch_size, plan.gpus * (plan.accumulation_steps - 1), group)
             assert estimate(config, cell, fewer) > usable, cell.id
         assert cfg.resolve_recipe(config, cell)["accumulation_steps"] == plan.accumulation_steps
 
@@ -76,11 +89,20 @@ def test_known_plans_from_the_measured_per_image_memory():
 
 
 def test_a_gpu_too_small_for_one_image_and_a_missing_table_row_stop_with_the_keys(tmp_path):
-    # WRN-70-16: 16 bytes x 273.6M parameters + 2 x 121.2 MiB = 4.3 GiB, over 80% of 5 GiB
-    with pytest.raises(cfg.ConfigError, match=r"hardware / resources.train: cell cifar10/wrn-70-16/dm-at/syn50m-bs1024-"
-                                              r"ep2000: one image of wrn-70-16 needs 4.3 GiB, "
-                                              r"more than the 4.0 GiB usable"):
+    # WRN-28-10, one BatchNorm group of 128: 2 x 28.2 MiB x 128 + 16 bytes x 42.5M parameters = 7.7 GiB,
+    # over 80% of 5 GiB
+    with pytest.raises(cfg.ConfigError, match=r"hardware / resources.train: cell cifar10/wrn-28-10/dm-at/syn20m-bs2048-"
+                                              r"ep2400: 128 image\(s\) of wrn-28-10 \(one BatchNorm group, recipe key "
+                                              r"batchnorm_group\) need 7.7 GiB, more than the 4.0 GiB usable"):
         cfg.validate_config(with_hardware(5, 8))
+    # WRN-70-16 with groups of one image: 16 bytes x 273.6M parameters + 2 x 121.2 MiB = 4.3 GiB
+    config = with_hardware(5, 8)
+    for recipes in config["recipes"].values():
+        for recipe in recipes.values():
+            recipe["batchnorm_group"] = 1 if recipe["batchnorm_group"] else None
+    with pytest.raises(cfg.ConfigError, match=r"cell cifar10/wrn-70-16/dm-at/syn50m-bs1024-ep2000: 1 image\(s\) of "
+                                              r"wrn-70-16 .* need 4.3 GiB, more than the 4.0 GiB usable"):
+        cfg.validate_config(config)
     config = with_hardware(80, 8)
     table = tmp_path / "table.csv"
     lines = (ROOT / PAPER["hardware"]["memory_per_image"]).read_text().splitlines()
@@ -93,11 +115,11 @@ def test_a_gpu_too_small_for_one_image_and_a_missing_table_row_stop_with_the_key
 def test_paper_dry_run_shows_each_cells_gpus(tmp_path):
     overlay = tmp_path / "overlay.yaml"
     overlay.write_text("datasets:\n  imagenet:\n    source:\n      path: /data/ILSVRC2012\n"
-                       "hardware: {gpu_memory_gib: 40, gpus_per_node: 4}\n")
+                       "hardware: {gpu_memory_gib: 40, gpus_per_node: 4}\n"
+                       "recipes: {cifar10: {wrn-70-16: {batchnorm_group: 64}}}\n")
     result = run_snakemake(ROOT, "all_models", "--configfile", str(overlay), "--dry-run", timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    config = copy.deepcopy(PAPER)
-    config["hardware"].update(gpu_memory_gib=40, gpus_per_node=4)
+    config = with_hardware(40, 4)
     shown = {}
     for job in result.stdout.split("rule train_cell:")[1:]:
         wildcards = dict(re.findall(r"(\w+)=([^,\s]+)", re.search(r"wildcards: (.*)", job)[1]))

@@ -68,7 +68,8 @@ def runs(stores, tmp_path_factory, mini_config):  # noqa: F811
     work = {}
     for name in ("uninterrupted", "interrupted", "resumed"):
         directory = tmp_path_factory.mktemp(name)
-        out, state = directory / cfg.cell_dir(mini_config, CELL) / "train", directory / train_state_dir(mini_config, CELL)
+        out = directory / cfg.cell_dir(mini_config, CELL) / "train"
+        state = directory / train_state_dir(mini_config, CELL)
         if name == "resumed":  # continue the interrupted run's own files
             import shutil
 
@@ -174,7 +175,8 @@ def test_status_on_empty_results_lists_every_paper_cell_as_not_started(tmp_path)
         key = cfg.unset_source_key(config, cfg.parse_cell(row.cell).dataset)
         # ImageNet's cells wait for its folder, as the tables say; every other cell is not started
         assert (row.status, row.detail) == (("not run", f"set {key}") if key else ("not started", ""))
-    assert sum(row.status == "not started" for row in status.rows) == len(cfg.runnable_cells(config, cfg.table_cells(config)))
+    runnable = cfg.runnable_cells(config, cfg.table_cells(config))
+    assert sum(row.status == "not started" for row in status.rows) == len(runnable)
     # the paper's numbers of Table 1's first row (config.yaml)
     first = status.rows[0]
     assert (first.cell, first.paper_clean, first.paper_autoattack) == (
@@ -191,7 +193,8 @@ def _write_finished_cell(directory, config, cell, clean, robust, train_seconds, 
     (folder / "autoattack.json").write_text(json.dumps({"clean_accuracy": clean, "robust_accuracy": robust}))
     header = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
     (folder / TRAIN_BENCHMARK).write_text(header + f"{train_seconds}\t0:00:00\t0\t0\t0\t0\t0\t0\t0\t0\n")
-    (folder / EVAL_RULES["autoattack.json"][1]).write_text(header + f"{eval_seconds}\t0:00:00\t0\t0\t0\t0\t0\t0\t0\t0\n")
+    row = f"{eval_seconds}\t0:00:00\t0\t0\t0\t0\t0\t0\t0\t0\n"
+    (folder / EVAL_RULES["autoattack.json"][1]).write_text(header + row)
 
 
 def test_a_finished_cell_is_done_with_its_numbers_and_gpu_hours(tmp_path):

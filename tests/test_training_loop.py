@@ -80,6 +80,7 @@ def tiny_recipe(stores, objective="trades", dra=True, synthetic=True, arch=None,
         "batch_size": batch_size,
         "epochs": epochs,
         "accumulation_steps": 1,
+        "batchnorm_group": batch_size,  # the whole batch: one GPU without groups
         "precision": {"bf16": False, "channels_last": False, "compile": False},
         "checkpoint": {"every_steps": 1, "select": "last"},
         "validation": {"every_epochs": 1, "attack_steps": 3},
@@ -135,7 +136,7 @@ def test_ema_counts_and_best_epoch_tie_follow_dmat(stores, tmp_path, monkeypatch
         update(self, model, step)
 
     monkeypatch.setattr(loop.WeightAverage, "update", recording_update)
-    monkeypatch.setattr(loop, "robust_accuracy", lambda *args, **kwargs: (0.5, 0.25))  # every epoch ties
+    monkeypatch.setattr(loop, "validate", lambda *args, **kwargs: (0.5, 0.25))  # every epoch ties
     recipe = tiny_recipe(stores, dra=False, synthetic=False)
     recipe["checkpoint"]["select"] = "best_val"
     train_cell(recipe, tmp_path / "out", tmp_path / "state", threads=1)
@@ -235,6 +236,15 @@ def test_recipe_errors_name_the_key(stores, tmp_path):
     recipe["dra"]["features"]["synthetic"] = None
     with pytest.raises(RecipeError, match=r"key 'dra.features.synthetic'"):
         train_cell(recipe, tmp_path / "out", tmp_path / "state", threads=1)
+    recipe = tiny_recipe(stores)
+    recipe["batchnorm_group"] = None  # a WRN has BatchNorm: the group must be stated
+    with pytest.raises(RecipeError, match=r"batchnorm_group is null, but arch wrn-10-2 has 7 BatchNorm layers"):
+        train_cell(recipe, tmp_path / "out", tmp_path / "state", threads=1)
+    recipe = tiny_recipe(stores, batch_size=16)
+    recipe.update(batchnorm_group=8, accumulation_steps=4)  # 2 groups cannot fill 4 micro-batches
+    with pytest.raises(RecipeError, match=r"a batch of 16 images is 2 BatchNorm group\(s\) of 8 .* fewer than the "
+                                          r"1 GPU\(s\) x 4 micro-batch\(es\)"):
+        train_cell(recipe, tmp_path / "out", tmp_path / "state", threads=1)
 
 
 # A LayerNorm-only model (tiny ViT): per-sample normalization, so splitting the global batch over
@@ -252,6 +262,7 @@ def test_two_gloo_processes_match_one_process(stores, imagenet_folder, tmp_path,
     recipe = tiny_recipe(stores, arch=TINY_VIT, epochs=2) if data == "image_store" else imagenet_recipe(imagenet_folder)
     recipe["arch"] = copy.deepcopy(TINY_VIT)
     recipe["arch"]["kwargs"]["img_size"] = recipe["data"]["image_size"]
+    recipe["batchnorm_group"] = None  # LayerNorm only
     single, single_log, _ = _final_weights(tmp_path, "one_process", recipe)
     write_yaml(tmp_path / "recipe.yaml", recipe)
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
@@ -291,34 +302,125 @@ def _torchrun_train(tmp_path, name, recipe, processes):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("chunks,ddp_accumulation", [(2, 1), (4, 2)])
-def test_accumulated_micro_batches_match_ddp_over_as_many_gloo_processes(stores, tmp_path, chunks, ddp_accumulation):
-    """TRADES + DRA on a WRN with BatchNorm, a global batch of 15 cut into `chunks` micro-batches
-    (8 + 7, or 4 + 4 + 4 + 3): all of them in one process take the optimizer steps, and keep the
-    BatchNorm running statistics, of DDP over two gloo processes (each with chunks / 2 micro-batches,
-    gradients reduced at the last), where each rank normalizes by its own micro-batch and rank 0's
-    buffers are kept (broadcast before a step's forwards)."""
-    recipe = tiny_recipe(stores, objective="trades", dra=True, epochs=2, batch_size=15)
-    accumulated = copy.deepcopy(recipe)
-    accumulated["accumulation_steps"] = chunks
-    single_weights, _, single_state = _final_weights(tmp_path, "accumulated", accumulated)
-    single_trainable = torch.load(single_state / "state.pt", weights_only=True)["trainable"]
-    recipe["accumulation_steps"] = ddp_accumulation
-    ddp_weights, ddp_trainable = _torchrun_train(tmp_path, "ddp", recipe, processes=2)
+def test_batchnorm_groups_give_the_same_weights_on_one_process_two_gloo_ranks_and_micro_batches(stores, tmp_path):
+    """TRADES + DRA on a WRN with BatchNorm over groups of 4 images (recipe key batchnorm_group), a global
+    batch of 16: one process with 2 micro-batches of 8, two gloo processes with 8 each (gradients reduced
+    by DDP), one process with 4 micro-batches of 4, and one process with the whole batch at once all
+    take the same optimizer steps and keep the same BatchNorm running statistics (the first group's,
+    as DataParallel keeps device 0's); validation, split over the two ranks in chunks of 8, counts
+    what one process counts. Groups of 16 (the whole batch) train another model."""
+    recipe = tiny_recipe(stores, objective="trades", dra=True, epochs=2, batch_size=16)
+    recipe["batchnorm_group"] = 4
+    runs = {}
+    for name, accumulation in (("accumulated_2", 2), ("accumulated_4", 4), ("whole_batch", 1)):
+        split = dict(copy.deepcopy(recipe), accumulation_steps=accumulation)
+        weights, log, state = _final_weights(tmp_path, name, split)
+        runs[name] = (weights, torch.load(state / "state.pt", weights_only=True)["trainable"], log)
     recipe["accumulation_steps"] = 1
-    whole_batch, _, _ = _final_weights(tmp_path, "whole_batch", recipe)
+    ddp_weights, ddp_trainable = _torchrun_train(tmp_path, "ddp", recipe, processes=2)
+    runs["ddp_2_ranks"] = (ddp_weights, ddp_trainable, _read_log(tmp_path / "ddp" / "out" / "log.csv"))
+    whole_group = dict(copy.deepcopy(recipe), batchnorm_group=16)
+    other, _, _ = _final_weights(tmp_path, "group_16", whole_group)
 
-    assert any("running_mean" in key for key in single_weights)  # BatchNorm statistics are compared too
-    largest = max((single_trainable[key].double() - ddp_trainable[key].double()).abs().max().item()
-                  for key in single_trainable)
-    print(f"largest |accumulation - DDP| over the trained weights and buffers: {largest:.3g}")
-    for ours, theirs in ((single_weights, ddp_weights), (single_trainable, ddp_trainable)):
-        assert ours.keys() == theirs.keys()
-        for key in ours:
-            torch.testing.assert_close(ours[key].double(), theirs[key].double(), rtol=1e-4, atol=1e-5, msg=key)
-    # BatchNorm over the whole batch of 15 trains another model: the comparison above can fail
-    apart = max((single_weights[key].double() - whole_batch[key].double()).abs().max().item() for key in single_weights)
+    reference_weights, reference_trainable, reference_log = runs.pop("accumulated_2")
+    assert any("running_mean" in key for key in reference_weights)  # BatchNorm statistics are compared too
+    for name, (weights, trainable, log) in runs.items():
+        largest = max((reference_trainable[key].double() - trainable[key].double()).abs().max().item()
+                      for key in reference_trainable)
+        print(f"largest |accumulated_2 - {name}| over the trained weights and buffers: {largest:.3g}")
+        for ours, theirs in ((reference_weights, weights), (reference_trainable, trainable)):
+            assert ours.keys() == theirs.keys()
+            for key in ours:
+                torch.testing.assert_close(theirs[key].double(), ours[key].double(), rtol=1e-4, atol=1e-5,
+                                           msg=f"{name}: {key}")
+        for ours, theirs in zip(reference_log, log):  # the same validation counts, however split
+            assert ((ours["val_clean_acc"], ours["val_robust_acc"])
+                    == (theirs["val_clean_acc"], theirs["val_robust_acc"]))
+    # normalising over the whole batch trains another model: the comparisons above can fail
+    apart = max((reference_weights[key].double() - other[key].double()).abs().max().item() for key in other)
     assert apart > 1e-3
+
+
+def test_batchnorm_normalises_each_group_and_keeps_the_first_groups_statistics():
+    from dra.training.batchnorm import normalise_in_groups
+
+    torch.manual_seed(0)
+    x = torch.randn(10, 3, 2, 2, dtype=torch.float64) * 3 + 1
+    plain, grouped = (torch.nn.BatchNorm2d(3, momentum=0.1).double() for _ in range(2))
+    assert normalise_in_groups(torch.nn.Sequential(grouped), 4) == 1
+    out = grouped(x)
+    # groups of 4, 4 and 2 images, each normalised by its own mean and biased variance (float64 by hand)
+    for part in (slice(0, 4), slice(4, 8), slice(8, 10)):
+        chunk = x[part]
+        mean, var = chunk.mean((0, 2, 3), keepdim=True), chunk.var((0, 2, 3), unbiased=False, keepdim=True)
+        torch.testing.assert_close(out[part], (chunk - mean) / torch.sqrt(var + plain.eps))
+    plain(x[:4])  # the running statistics move with the first group only, once
+    for name in ("running_mean", "running_var", "num_batches_tracked"):
+        torch.testing.assert_close(getattr(grouped, name), getattr(plain, name))
+    grouped.eval()  # eval: the running statistics, per image, nothing cut
+    plain.eval()
+    torch.testing.assert_close(grouped(x), plain(x))
+
+
+def test_micro_batches_are_runs_of_whole_groups_and_the_plan_counts_the_same_images():
+    from dra.gpu_plan import micro_batch_images
+    from dra.training.distributed import DistributedContext
+
+    for batch in (1, 7, 15, 16, 100, 1024):
+        for group in (None, 1, 3, 4, 128):
+            for world, accumulation in ((1, 1), (1, 3), (2, 1), (2, 2), (5, 1), (8, 2)):
+                contexts = [DistributedContext(rank, world, torch.device("cpu"), accumulation, group)
+                            for rank in range(world)]
+                micro = [m for context in contexts for m in context.micro_batches(batch)]
+                expected = micro_batch_images(batch, world * accumulation, group)
+                if expected is None:
+                    assert any(m.stop <= m.start for m in micro)
+                    continue
+                assert [m.start for m in micro[1:]] == [m.stop for m in micro[:-1]] and micro[-1].stop == batch
+                assert all(m.start % (group or 1) == 0 for m in micro)  # each starts at a group's start
+                assert max(m.stop - m.start for m in micro) == expected == contexts[0].largest_micro_batch(batch)
+                shares = [context.share(batch).stop - context.share(batch).start for context in contexts]
+                assert sum(shares) == batch and max(shares) - min(shares) <= 1  # validation: even, no groups
+
+
+def test_validation_split_over_two_gloo_ranks_counts_what_one_process_counts(tmp_path):
+    """`validate` on 2 gloo ranks, each attacking its half in chunks of 3, against robust_accuracy in one
+    process with every image in one chunk (the same start noise)."""
+    import torch.multiprocessing as mp
+
+    from dra.training.attacks import robust_accuracy
+
+    torch.manual_seed(0)
+    model = create_classifier({"family": "wrn", "depth": 10, "width": 1, "activation": "silu"}, NUM_CLASSES,
+                              [0.5] * 3, [0.25] * 3)
+    images = torch.rand(11, 3, SIZE, SIZE)
+    labels = model.eval()(images).argmax(1)
+    labels[::3] = (labels[::3] + 1) % NUM_CLASSES  # some wrong already
+    torch.save({"model": model.state_dict(), "images": images, "labels": labels}, tmp_path / "inputs.pt")
+    single = robust_accuracy(model, images, labels, 0.05, 0.02, 5, len(images), torch.Generator().manual_seed(3))
+    # fork: the ranks start in a second instead of importing torch again
+    mp.start_processes(_validate_on_rank, args=(2, str(tmp_path)), nprocs=2, join=True, start_method="fork")
+    results = [torch.load(tmp_path / f"rank{rank}.pt") for rank in range(2)]
+    assert results[0] == results[1] == pytest.approx(single, abs=1e-12)
+    assert 0 < single[1] < single[0]  # the attack broke some, not all, of the correct ones
+
+
+def _validate_on_rank(rank, world, folder):
+    import torch.distributed as dist
+
+    from dra.training.distributed import DistributedContext
+    from dra.training.loop import validate
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{folder}/rendezvous", rank=rank, world_size=world)
+    inputs = torch.load(f"{folder}/inputs.pt")
+    model = create_classifier({"family": "wrn", "depth": 10, "width": 1, "activation": "silu"}, NUM_CLASSES,
+                              [0.5] * 3, [0.25] * 3)
+    model.load_state_dict(inputs["model"])
+    context = DistributedContext(rank, world, torch.device("cpu"))
+    result = validate(model, inputs["images"], inputs["labels"], {"eps": 0.05, "step": 0.02}, 5, 3, context, chunk=3)
+    torch.save(result, f"{folder}/rank{rank}.pt")
+    dist.destroy_process_group()
 
 
 def test_online_targets_from_a_diffusion_checkpoint_with_bf16_and_channels_last(stores, tmp_path):

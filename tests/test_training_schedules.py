@@ -189,6 +189,7 @@ def _valid_recipe():
         "batch_size": 512, "epochs": 400, "accumulation_steps": 1,
         "precision": {"bf16": False, "channels_last": False, "compile": False},
         "checkpoint": {"every_steps": 100, "select": "best_val"}, "validation": {"every_epochs": 1, "attack_steps": 40},
+        "batchnorm_group": 128,
     }
 
 

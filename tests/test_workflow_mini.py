@@ -126,7 +126,8 @@ def test_mini_training_curves_read_back_equal_log_csv(mini):
     log = pd.read_csv(train / "log.csv")
     for column, tag in (("loss", "epoch/loss"), ("loss_dra", "epoch/loss_dra"), ("val_robust_acc", "val/robust_acc")):
         points = [(event.step, event.value) for event in accumulator.Scalars(tag)]
-        expected = [(int(step), np.float32(value)) for step, value in zip(log["step"], log[column]) if not pd.isna(value)]
+        expected = [(int(step), np.float32(value)) for step, value in zip(log["step"], log[column])
+                    if not pd.isna(value)]
         assert points == expected, tag
     steps = [event.step for event in accumulator.Scalars("train/loss")]
     assert steps == sorted(set(steps)) and steps[-1] == log["step"].iloc[-1]

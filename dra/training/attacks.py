@@ -102,20 +102,30 @@ def cw_margin_objective(labels: torch.Tensor, margin: float = CW_MARGIN) -> Obje
 
 
 @torch.no_grad()
+def robust_correct(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, start_noise: torch.Tensor,
+                   eps: float, step_size: float, steps: int, chunk: int) -> torch.Tensor:
+    """[clean correct, PGD-`steps` CW-margin robust correct] (int64, on the images' device) of
+    `model` in eval mode, attacking `chunk` images at a time from the uniform start `start_noise`.
+
+    DM-AT's per-epoch validation: 40 steps, CW margin loss with margin 0, uniform start
+    (DM-AT gowal21uncovering/utils/watrain.py, core/attacks/utils.py). Eval mode normalises each
+    image by itself, so the chunk size changes memory, not the counts.
+    """
+    counts = torch.zeros(2, dtype=torch.int64, device=images.device)
+    with evaluation_mode(model):
+        for start in range(0, len(images), chunk):
+            x, y = images[start:start + chunk], labels[start:start + chunk]
+            counts[0] += (model(x).argmax(1) == y).sum()
+            x_adv = pgd_linf(model, x, cw_margin_objective(y), eps, step_size, steps, start_noise[start:start + chunk])
+            counts[1] += (model(x_adv).argmax(1) == y).sum()
+    return counts
+
+
 def robust_accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, eps: float,
                     step_size: float, steps: int, batch_size: int,
                     generator: torch.Generator) -> tuple[float, float]:
-    """(clean accuracy, PGD-`steps` CW-margin robust accuracy) of `model` in eval mode.
-
-    DM-AT's per-epoch validation: 40 steps, CW margin loss with margin 0, uniform start
-    (DM-AT gowal21uncovering/utils/watrain.py, core/attacks/utils.py).
-    """
-    clean_correct = robust_correct = 0
-    with evaluation_mode(model):
-        for start in range(0, len(images), batch_size):
-            x, y = images[start:start + batch_size], labels[start:start + batch_size]
-            clean_correct += (model(x).argmax(1) == y).sum().item()
-            noise = uniform_ball_noise(x.shape, eps, generator, x.device)
-            x_adv = pgd_linf(model, x, cw_margin_objective(y), eps, step_size, steps, noise)
-            robust_correct += (model(x_adv).argmax(1) == y).sum().item()
-    return clean_correct / len(images), robust_correct / len(images)
+    """(clean accuracy, robust accuracy) of `robust_correct` in one process, the start noise of all
+    images drawn at once from `generator`."""
+    noise = uniform_ball_noise(images.shape, eps, generator, images.device)
+    clean, robust = robust_correct(model, images, labels, noise, eps, step_size, steps, batch_size).tolist()
+    return clean / len(images), robust / len(images)

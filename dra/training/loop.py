@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
+import itertools
 import math
 import sys
 import time
@@ -25,14 +26,16 @@ from tqdm import tqdm
 
 from dra.io import atomic_file
 from dra.models import create_classifier
-from dra.training.attacks import robust_accuracy, uniform_ball_noise
+from dra.training.attacks import robust_correct, uniform_ball_noise
 from dra.training.augment import random_crop_flip_rotate
-from dra.training.distributed import init_distributed, shutdown_distributed, wrap_for_training
+from dra.training.batchnorm import batchnorm_layers, normalise_in_groups
+from dra.training.distributed import (DistributedContext, cut_points, init_distributed, shutdown_distributed,
+                                      wrap_for_training)
 from dra.training.dra_head import OnlineTargets, ProjectionHead, StoredTargets, dra_loss
 from dra.training.ema import WeightAverage, dmat_step_count, dmat_steps_per_epoch
 from dra.training.losses import objective_of
 from dra.monitor import TrainingMonitor
-from dra.training.recipe import validate_recipe
+from dra.training.recipe import RecipeError, validate_recipe
 from dra.training.schedules import (FIRST_STEP_BATCHNORM_MOMENTUM, TRAINING_BATCHNORM_MOMENTUM, build_optimizer,
                                     build_schedule, set_batchnorm_momentum)
 
@@ -268,6 +271,37 @@ def epoch_row(epoch: int, progress: Progress, lr: float, validation: tuple[float
             "val_clean_acc": validation[0] if validation else "", "val_robust_acc": validation[1] if validation else ""}
 
 
+def check_batch_split(sampler, context: DistributedContext) -> None:
+    """Every rank gets at least one BatchNorm group (one image without groups) of every micro-batch
+    of every batch, the shortest included (a real-only batch at the end of a pass over the real
+    images, dra.data.sampler)."""
+    batch = sampler.batch_size
+    shortest = batch if sampler.n_synthetic or sampler.n_real % batch == 0 else min(batch, sampler.n_real % batch)
+    for size in {batch, shortest}:
+        every = cut_points(size, context.chunks, context.batchnorm_group)
+        if any(b <= a for a, b in itertools.pairwise(every)):
+            group = context.batchnorm_group or 1
+            raise RecipeError(f"a batch of {size} images is {math.ceil(size / group)} BatchNorm group(s) of {group} "
+                              f"(recipe key batchnorm_group), fewer than the {context.world_size} GPU(s) x "
+                              f"{context.accumulation_steps} micro-batch(es) (accumulation_steps) that share it; "
+                              "use fewer GPUs or micro-batches, or a smaller batchnorm_group")
+
+
+def validate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, attack: dict, steps: int, seed: int,
+             context: DistributedContext, chunk: int) -> tuple[float, float]:
+    """(clean, robust accuracy) of DM-AT's end-of-epoch validation, split over the ranks: each rank
+    attacks its share of the held-out images, `chunk` images at a time (the largest training
+    micro-batch, so no GPU holds more than in training and none waits for another), and the correct
+    counts are summed over the ranks. The start noise of ALL images is drawn on every rank from the
+    same seed and sliced, so any number of ranks and any chunk give one process's result."""
+    generator = torch.Generator(device=images.device).manual_seed(seed)
+    noise = uniform_ball_noise(images.shape, attack["eps"], generator, images.device)
+    mine = context.share(len(images))
+    counts = robust_correct(model, images[mine], labels[mine], noise[mine], attack["eps"], attack["step"], steps, chunk)
+    clean, robust = context.all_reduce_sum(counts).tolist()
+    return clean / len(images), robust / len(images)
+
+
 def train_cell(recipe: dict, out_dir: str | Path, state_dir: str | Path, threads: int,
                after_step: Callable[[int], None] | None = None) -> None:
     """Train the cell `recipe` describes; write out_dir/model.pt (EMA weights) and out_dir/log.csv.
@@ -278,7 +312,7 @@ def train_cell(recipe: dict, out_dir: str | Path, state_dir: str | Path, threads
     """
     recipe = validate_recipe(recipe)
     torch.set_num_threads(threads)
-    context = init_distributed(recipe["accumulation_steps"])
+    context = init_distributed(recipe["accumulation_steps"], recipe["batchnorm_group"])
     device = context.device
     out_dir, state_dir = Path(out_dir), Path(state_dir)
     data_cfg, attack, objective, precision = recipe["data"], recipe["attack"], recipe["objective"], recipe["precision"]
@@ -291,10 +325,18 @@ def train_cell(recipe: dict, out_dir: str | Path, state_dir: str | Path, threads
     sampler = DMATBatchSampler(data.n_real, data.n_synthetic, recipe["batch_size"], data_cfg["unsup_fraction"],
                                data_cfg["epoch_reference_size"], recipe["seed"])
     epochs, steps_per_epoch = recipe["epochs"], sampler.num_batches
+    check_batch_split(sampler, context)
 
     torch.manual_seed(recipe["seed"])
     classifier = create_classifier(recipe["arch"], data_cfg["num_classes"], data_cfg["mean"], data_cfg["std"])
     classifier = classifier.to(device)
+    # BatchNorm over batchnorm_group images, however the batch is spread (dra.training.batchnorm)
+    if recipe["batchnorm_group"] is not None:
+        normalise_in_groups(classifier, recipe["batchnorm_group"])
+    elif batchnorm_layers(classifier):
+        raise RecipeError(f"recipe key batchnorm_group is null, but arch {recipe['cell']['arch']} has "
+                          f"{len(batchnorm_layers(classifier))} BatchNorm layers; set it (config "
+                          "recipes.<dataset>.<arch>.batchnorm_group) to the images each BatchNorm normalises over")
     targets, head = None, None
     if dra is not None:
         targets, target_dim = build_targets(dra, data, device)
@@ -339,9 +381,12 @@ def train_cell(recipe: dict, out_dir: str | Path, state_dir: str | Path, threads
         is-synthetic flags and target views), its loss weighted by its share of the global batch, so
         that the gradients summed over micro-batches (and averaged over DDP ranks, times world_size)
         are the global-batch mean.
-        BatchNorm normalizes by this micro-batch's statistics, as on one GPU of DM-AT's DataParallel;
-        the running statistics keep the first micro-batch's update only, as DataParallel keeps
-        device 0's replica and DDP broadcasts rank 0's buffers. Returns this micro-batch's log sums."""
+        BatchNorm normalizes each batchnorm_group images of this micro-batch by their own statistics
+        (dra.training.batchnorm; without groups, the whole micro-batch, as on one GPU of DM-AT's
+        DataParallel); the running statistics keep the first group's update only, as DataParallel
+        keeps device 0's replica and DDP broadcasts rank 0's buffers: the BatchNorm layers move them
+        with their first group, and the micro-batches after the first restore them below. Returns
+        this micro-batch's log sums."""
         with autocast():
             x_adv = loss_of.adversarial_examples(attack_forward, x, y, attack["eps"], attack["step"], attack["steps"],
                                                  start_noise)
@@ -440,16 +485,16 @@ def train_cell(recipe: dict, out_dir: str | Path, state_dir: str | Path, threads
         ema.copy_buffers(classifier)
         validation = None
         validate_now = (epoch + 1) % recipe["validation"]["every_epochs"] == 0 or epoch + 1 == epochs
-        if data.val_size and validate_now and context.is_main:
+        if data.val_size and validate_now:  # on every rank, each its share (`validate`)
             with autocast():
-                validation = robust_accuracy(ema.model, val_images, val_labels, attack["eps"], attack["step"],
-                                             recipe["validation"]["attack_steps"], recipe["batch_size"],
-                                             torch.Generator(device=device).manual_seed(recipe["seed"]))
-            # a tie keeps the later epoch, as DM-AT's train-wa.py does (>=)
+                validation = validate(ema.model, val_images, val_labels, attack, recipe["validation"]["attack_steps"],
+                                      recipe["seed"], context, context.largest_micro_batch(recipe["batch_size"]))
+            # a tie keeps the later epoch, as DM-AT's train-wa.py does (>=); every rank holds the same counts
             if recipe["checkpoint"]["select"] == "best_val" and validation[1] >= progress.best_val_robust:
                 progress.best_val_robust = validation[1]
-                with atomic_file(state_dir / BEST_FILE) as tmp:
-                    torch.save(ema.model.state_dict(), tmp)
+                if context.is_main:
+                    with atomic_file(state_dir / BEST_FILE) as tmp:
+                        torch.save(ema.model.state_dict(), tmp)
         progress.rows.append(epoch_row(epoch, progress, optimizer.param_groups[0]["lr"], validation))
         if schedule.per == "epoch":
             schedule.scheduler.step()
