@@ -31,7 +31,7 @@ from dra.config import parse_cell, resolve_recipe
 from dra.data.digits import digits_uint8
 from dra.data.sampler import DMATBatchSampler
 from dra.models import create_classifier
-from dra.training.attacks import cross_entropy_objective, frozen_batchnorm_statistics, pgd_linf, uniform_ball_noise
+from dra.attacks import cross_entropy_objective, frozen_batchnorm_statistics, pgd_linf, uniform_ball_noise
 from dra.training.ema import dmat_step_count, dmat_steps_per_epoch, ema_decay
 from dra.training.losses import adversarial_examples, pgd_at_outer_loss, smooth_cross_entropy
 from dra.training.schedules import set_batchnorm_momentum

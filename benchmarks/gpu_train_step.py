@@ -18,7 +18,7 @@ import time
 import torch
 
 from dra.models import create_classifier
-from dra.training.attacks import uniform_ball_noise
+from dra.attacks import uniform_ball_noise
 from dra.training.loop import TrainingModule
 from dra.training.losses import adversarial_examples, trades_outer_loss
 from dra.training.schedules import build_optimizer

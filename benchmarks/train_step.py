@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from dra.models import create_classifier
-from dra.training.attacks import uniform_ball_noise
+from dra.attacks import uniform_ball_noise
 from dra.training.dra_head import OnlineTargets, ProjectionHead, StoredTargets, dra_loss
 from dra.training.ema import WeightAverage
 from dra.training.loop import TrainingModule

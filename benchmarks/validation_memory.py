@@ -25,7 +25,7 @@ import yaml
 from dra import config as cfg
 from dra.gpu_plan import GIB, graphs_kept
 from dra.models import create_classifier
-from dra.training.attacks import cw_margin_objective
+from dra.attacks import cw_margin_objective
 from dra.training.dra_head import ProjectionHead
 from dra.training.memory import saved_bytes_per_image, saved_for_backward_bytes
 
@@ -36,7 +36,7 @@ CELLS = ["cifar10/wrn-70-16/dm-at/syn50m-bs1024-ep2000", "cifar10/vit-b-2/dm-at+
 def validation_bytes_per_image(model: torch.nn.Module, image_size: int, num_classes: int, bf16: bool,
                                batches: tuple[int, int] = (2, 4)) -> float:
     """Bytes saved by one step of the validation attack per image: eval mode, weights frozen,
-    the CW margin's gradient with respect to the input (dra.training.attacks.pgd_linf)."""
+    the CW margin's gradient with respect to the input (dra.attacks.pgd_linf)."""
     model.eval().requires_grad_(False)
     autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
     counted = []
@@ -59,7 +59,7 @@ def target_dim(config: dict, recipe: dict) -> int | None:
         return None
     from dra.diffusion.edm import EDMPrecond
     from dra.diffusion.features import DiffusionFeatureExtractor
-    from dra.diffusion.presets import EDM_CIFAR10_DDPMPP
+    from dra.network_presets import EDM_CIFAR10_DDPMPP
 
     layer = recipe["dra"]["diffusion"]["layer"]
     with torch.device("meta"):

@@ -20,7 +20,7 @@ from typing import Any, Iterable
 import jsonschema
 import yaml
 
-from dra.diffusion.presets import EDM_CIFAR10_DDPMPP
+from dra.network_presets import EDM_CIFAR10_DDPMPP
 from dra.registry import MODEL_FAMILIES, OBJECTIVES, OPTIMIZERS, SCHEDULES, TABLE_KINDS
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "config" / "schema.yaml"

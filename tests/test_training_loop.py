@@ -388,7 +388,7 @@ def test_validation_split_over_two_gloo_ranks_counts_what_one_process_counts(tmp
     process with every image in one chunk (the same start noise)."""
     import torch.multiprocessing as mp
 
-    from dra.training.attacks import robust_accuracy
+    from dra.attacks import robust_accuracy
 
     torch.manual_seed(0)
     model = create_classifier({"family": "wrn", "depth": 10, "width": 1, "activation": "silu"}, NUM_CLASSES,

@@ -7,9 +7,9 @@ import pytest
 import torch
 from torch import nn
 
+from dra.attacks import (cross_entropy_objective, cw_margin_objective, frozen_batchnorm_statistics, pgd_linf,
+                         robust_accuracy, uniform_ball_noise)
 from dra.models import create_classifier
-from dra.training.attacks import (cross_entropy_objective, cw_margin_objective, frozen_batchnorm_statistics, pgd_linf,
-                                  robust_accuracy, uniform_ball_noise)
 from dra.training.dra_head import ProjectionHead, StoredTargets, dra_loss
 from dra.training.losses import adversarial_examples, pgd_at_outer_loss, smooth_cross_entropy, trades_outer_loss
 from dra.training.loop import TrainingModule

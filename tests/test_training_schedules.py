@@ -7,8 +7,8 @@ import torch
 import torchvision.transforms.functional as TF
 from torch import nn
 
+from dra.data.augment import random_crop_flip_rotate
 from dra.models import create_classifier
-from dra.training.augment import random_crop_flip_rotate
 from dra.training.ema import WeightAverage, dmat_step_count, dmat_steps_per_epoch, ema_decay
 from dra.training.recipe import RecipeError, validate_recipe
 from dra.training.schedules import WarmupCosine, build_optimizer, build_schedule

@@ -144,8 +144,8 @@ def pgd_adversarial_images(model: nn.Module, images01: torch.Tensor, labels: tor
                            step: float, steps: int, seed: int, batch_size: int,
                            device: torch.device | str) -> torch.Tensor:
     """Linf PGD on cross-entropy against the full model in eval mode, uniform random start
-    (the training code's attack, dra.training.attacks)."""
-    from dra.training.attacks import cross_entropy_objective, pgd_linf, uniform_ball_noise
+    (the training code's attack, dra.attacks)."""
+    from dra.attacks import cross_entropy_objective, pgd_linf, uniform_ball_noise
 
     model.eval()
     generator = torch.Generator().manual_seed(seed)

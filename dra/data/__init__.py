@@ -1,4 +1,5 @@
-"""Datasets as memory-mapped stores, their converters, and DM-AT's batch sampler.
+"""Datasets as memory-mapped stores, their converters, DM-AT's batch sampler and its batch augmentation
+(`dra.data.augment`).
 
 Converters (cifar, synthetic, imagenet, digits) import their heavier dependencies
 themselves; importing this package only brings in the store API.

@@ -6,7 +6,6 @@
 - ``features``: pooled block outputs at a fixed, seeded noise (the DRA targets); feature stores.
 - ``probe``: linear probes over (layer, sigma) and their PGD robustness.
 - ``train``: the mini EDM trained by the workflow itself.
-- ``presets``: network configurations of released checkpoints, as data (read by the config checks).
 - ``shards``: resumable long jobs (finished shards kept in a state folder); ``run_sharded_job`` is the loop
   of every long job here (EDM and LightningDiT sampling and features).
 """

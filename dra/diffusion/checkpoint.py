@@ -341,7 +341,7 @@ def save_random_edm(out_safetensors: str | Path, out_json: str | Path, seed: int
     """A randomly initialised EDM (the canary's stand-in for a download): by default DDPM++ at the
     configuration of NVIDIA's CIFAR-10 model (EDM_CIFAR10_DDPMPP, 55.7M parameters), ``network``
     overriding its keys (label_dim for CIFAR-100); written as the converted checkpoints are."""
-    from dra.diffusion.presets import EDM_CIFAR10_DDPMPP
+    from dra.network_presets import EDM_CIFAR10_DDPMPP
 
     kwargs = {**EDM_CIFAR10_DDPMPP, **(network or {})}
     torch.manual_seed(seed)

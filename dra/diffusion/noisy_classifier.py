@@ -36,7 +36,7 @@ from dra.diffusion.edm import EDMPrecond
 from dra.diffusion.features import noise_seed
 from dra.io import atomic_file, package_versions, write_json
 from dra.models.edm_encoder import EDMEncoder
-from dra.training.augment import random_crop_flip_rotate
+from dra.data.augment import random_crop_flip_rotate
 
 
 def noisy_classifier_kwargs(base_network_json: str | Path) -> dict:

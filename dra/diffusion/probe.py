@@ -24,10 +24,10 @@ from sklearn.linear_model import LogisticRegression
 from torch import nn
 from tqdm import tqdm
 
+from dra.attacks import cross_entropy_objective, pgd_linf
 from dra.diffusion.edm import EDMPrecond, UNetBlock
 from dra.diffusion.features import DiffusionFeatureExtractor, images_to_tensor
 from dra.io import atomic_file
-from dra.training.attacks import cross_entropy_objective, pgd_linf
 
 
 class LinearProbe(nn.Module):
@@ -103,7 +103,7 @@ def probe_grid(net: EDMPrecond, train: tuple[torch.Tensor, torch.Tensor], val: t
 def pgd_from_clean(logits_of, images01: torch.Tensor, labels: torch.Tensor, eps: float, steps: int,
                    step_size: float) -> torch.Tensor:
     """Deterministic L-inf PGD on the summed cross-entropy: the training attack
-    (dra.training.attacks.pgd_linf) started at the clean image instead of a random point of the ball,
+    (dra.attacks.pgd_linf) started at the clean image instead of a random point of the ball,
     so that a curve over eps is a function of the model alone."""
     return pgd_linf(logits_of, images01, cross_entropy_objective(labels), eps, step_size, steps,
                     start_noise=torch.zeros_like(images01))

@@ -26,8 +26,8 @@ from tqdm import tqdm
 
 from dra.io import atomic_file
 from dra.models import create_classifier
-from dra.training.attacks import robust_correct, uniform_ball_noise
-from dra.training.augment import random_crop_flip_rotate
+from dra.attacks import robust_correct, uniform_ball_noise
+from dra.data.augment import random_crop_flip_rotate
 from dra.training.batchnorm import batchnorm_layers, normalise_in_groups
 from dra.training.distributed import (DistributedContext, cut_points, init_distributed, shutdown_distributed,
                                       wrap_for_training)

@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dra.training.attacks import (cross_entropy_objective, evaluation_mode, frozen_batchnorm_statistics, pgd_linf,
-                                  trades_kl_objective)
+from dra.attacks import (cross_entropy_objective, evaluation_mode, frozen_batchnorm_statistics, pgd_linf,
+                         trades_kl_objective)
 from dra.registry import OBJECTIVES
 
 

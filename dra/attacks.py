@@ -9,6 +9,9 @@ DM-AT's TRADES attack keeps the model in train mode but switches BatchNorm's run
 tracking off, so the attack uses batch statistics without moving the running averages
 (`frozen_batchnorm_statistics`); its PGD-AT attack and its validation attack run the model in
 eval mode (`evaluation_mode`).
+
+Shared by the layers above it: training (the outer losses and the per-epoch validation), the
+diffusion probe's robustness and the classification dimension's attack.
 """
 
 from __future__ import annotations

@@ -4,7 +4,8 @@ Random crop of the size of the image after zero padding of 4 on each side, horiz
 with probability 0.5, and for CIFAR-100 a random rotation in [-15, 15] degrees (nearest, zero
 fill, about the centre: torchvision's RandomRotation defaults), applied in that order as in
 torchvision's Compose. All randomness comes from an explicit generator, so a resumed run
-draws exactly what an uninterrupted one would.
+draws exactly what an uninterrupted one would. Training and the noisy classifier (dra.diffusion)
+augment their batches with it.
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
 """Network configurations of released diffusion checkpoints, as data (no torch: the config checks of
-the Snakemake process read them)."""
+the Snakemake process read them, and dra.diffusion.checkpoint builds the canary's random EDM from
+them). A module of the lowest layer, so that dra.config does not import the diffusion package."""
 
 #: NVIDIA's class-conditional CIFAR-10 EDM (edm-cifar10-32x32-cond-vp): the 'ddpmpp' preset of
 #: NVlabs/edm train.py with the CIFAR-10 options (dropout 0.13, augment_dim 9), 55.7M parameters.
