@@ -268,8 +268,31 @@ def _plain_json(value: Any) -> Any:
     return value
 
 
-def _from_json(kwargs: dict) -> dict:
+def _decode_infinities(kwargs: dict) -> dict:
+    """_plain_json's inverse for init kwargs: "inf" and "-inf" back to floats."""
     return {k: float(v) if v in ("inf", "-inf") else v for k, v in kwargs.items()}
+
+
+def edm_init_kwargs(json_path: str | Path) -> dict:
+    """The EDMPrecond init kwargs a network json records (``{"class_name": "EDMPrecond", "init_kwargs":
+    {...}}``, as save_edm writes it beside the weights), infinities decoded; a file that is not such a json
+    stops with CheckpointFormatError naming it."""
+    json_path = Path(json_path)
+    try:
+        spec = json.loads(json_path.read_text())
+    except (ValueError, UnicodeDecodeError) as err:
+        raise CheckpointFormatError(
+            f"{json_path} is not JSON ({err}); delete it and rerun the rule that wrote it") from None
+    if (not isinstance(spec, dict) or spec.get("class_name") != "EDMPrecond"
+            or not isinstance(spec.get("init_kwargs"), dict)):
+        raise CheckpointFormatError(f"{json_path}: expected {{'class_name': 'EDMPrecond', 'init_kwargs': {{...}}}}")
+    return _decode_infinities(spec["init_kwargs"])
+
+
+def edm_from_json(json_path: str | Path) -> EDMPrecond:
+    """A new EDMPrecond, randomly initialised, of the configuration a network json records: the architecture
+    without its weights (load_edm loads them into it; the EDM encoder classifier builds on it)."""
+    return EDMPrecond(**edm_init_kwargs(json_path))
 
 
 def save_edm(net: EDMPrecond, init_kwargs: dict, out_safetensors: str | Path, out_json: str | Path,
@@ -285,7 +308,7 @@ def convert_edm_pickle(pkl: str | Path, out_safetensors: str | Path, out_json: s
                        key: str = "ema") -> EDMPrecond:
     """NVIDIA pickle -> safetensors + json, checked by loading every tensor strictly by name."""
     init_kwargs, tensors = edm_state_from_pickle(pkl, key)
-    net = EDMPrecond(**_from_json(init_kwargs))
+    net = EDMPrecond(**_decode_infinities(init_kwargs))
     expected = net.state_dict()
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))
@@ -313,15 +336,7 @@ def load_edm(safetensors_path: str | Path, json_path: str | Path | None = None) 
             raise FileNotFoundError(f"diffusion checkpoint file {path} is missing; run "
                                     "scripts/convert_edm_checkpoint.py "
                                     f"(official pickles) or scripts/train_diffusion.py (mini) to create it")
-    try:
-        spec = json.loads(json_path.read_text())
-    except (ValueError, UnicodeDecodeError) as err:
-        raise CheckpointFormatError(
-            f"{json_path} is not JSON ({err}); delete it and rerun the rule that wrote it") from None
-    if (not isinstance(spec, dict) or spec.get("class_name") != "EDMPrecond"
-            or not isinstance(spec.get("init_kwargs"), dict)):
-        raise CheckpointFormatError(f"{json_path}: expected {{'class_name': 'EDMPrecond', 'init_kwargs': {{...}}}}")
-    net = EDMPrecond(**_from_json(spec["init_kwargs"]))
+    net = edm_from_json(json_path)
     try:
         weights = load_file(str(safetensors_path))
     except Exception as err:  # SafetensorError, OSError: a truncated or foreign file

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import copy
 import csv
-import json
 import math
 import sys
 import time
@@ -31,12 +30,12 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from dra.diffusion.checkpoint import _from_json, save_edm
+from dra.data.augment import random_crop_flip_rotate
+from dra.diffusion.checkpoint import edm_init_kwargs, save_edm
 from dra.diffusion.edm import EDMPrecond
 from dra.diffusion.features import noise_seed
 from dra.io import atomic_file, package_versions, write_json
 from dra.models.edm_encoder import EDMEncoder
-from dra.data.augment import random_crop_flip_rotate
 
 
 def noisy_classifier_kwargs(base_network_json: str | Path) -> dict:
@@ -44,10 +43,7 @@ def noisy_classifier_kwargs(base_network_json: str | Path) -> dict:
     path = Path(base_network_json)
     if not path.is_file():
         raise FileNotFoundError(f"network json {path} of the diffusion model is missing; build that model first")
-    spec = json.loads(path.read_text())
-    if spec.get("class_name") != "EDMPrecond" or not isinstance(spec.get("init_kwargs"), dict):
-        raise ValueError(f"{path}: expected {{'class_name': 'EDMPrecond', 'init_kwargs': {{...}}}}")
-    return dict(_from_json(spec["init_kwargs"]), label_dim=0)
+    return dict(edm_init_kwargs(path), label_dim=0)
 
 
 def _noisy(images01: torch.Tensor, sigma: float, noise: torch.Tensor) -> torch.Tensor:

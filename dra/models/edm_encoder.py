@@ -137,12 +137,11 @@ def create_edm_encoder_classifier(arch: dict, num_classes: int) -> EDMEncoderCla
     """``{family: edm_encoder, network: <model.json>, weights: <model.safetensors> | absent, layer,
     sigma, noise_seed}``: the architecture from the diffusion model's json; its weights by name
     when ``weights`` is given (training starts from them; evaluation overwrites them with model.pt)."""
-    import json
     from pathlib import Path
 
     from safetensors.torch import load_file
 
-    from dra.diffusion.checkpoint import _from_json
+    from dra.diffusion.checkpoint import edm_from_json
 
     for key in ("network", "layer", "sigma"):
         if key not in arch:
@@ -151,11 +150,8 @@ def create_edm_encoder_classifier(arch: dict, num_classes: int) -> EDMEncoderCla
     if not network.is_file():
         raise FileNotFoundError(f"arch.network: {network} is missing; build the diffusion model first "
                                 f"(convert_diffusion_model or train_diffusion)")
-    spec = json.loads(network.read_text())
-    if spec.get("class_name") != "EDMPrecond":
-        raise EDMEncoderError(f"{network}: expected an EDMPrecond network json")
-    model = EDMEncoderClassifier(EDMPrecond(**_from_json(spec["init_kwargs"])), arch["layer"], float(arch["sigma"]),
-                                 num_classes, noise_seed=int(arch.get("noise_seed", 0)))
+    model = EDMEncoderClassifier(edm_from_json(network), arch["layer"], float(arch["sigma"]), num_classes,
+                                 noise_seed=int(arch.get("noise_seed", 0)))
     if arch.get("weights"):
         load_encoder_weights(model.encoder, load_file(str(arch["weights"])), str(arch["weights"]))
     return model
