@@ -9,12 +9,14 @@ import pytest
 import torch
 
 from dra.analysis.figures import FigureInputError, load_representation
-from dra.diffusion.checkpoint import CheckpointFormatError, load_edm, save_edm
+from dra.diffusion.checkpoint import CheckpointFormatError, edm_from_json, edm_init_kwargs, load_edm, save_edm
 from dra.diffusion.edm import EDMPrecond
 from dra.evaluation.autoattack import AutoAttackInputError, load_classifier
 from dra.io import write_yaml
 from dra.models import create_classifier
+from dra.diffusion.noisy_classifier import noisy_classifier_kwargs
 from dra.models.dmat_checkpoint import CheckpointLayoutError, load_dmat_state_dict
+from dra.models.edm_encoder import create_edm_encoder_classifier
 
 TINY_EDM = dict(img_resolution=8, img_channels=3, label_dim=3, use_fp16=False, sigma_min=0, sigma_max=float("inf"),
                 sigma_data=0.5, model_type="SongUNet", model_channels=16, channel_mult=[1, 2], num_blocks=1,
@@ -38,6 +40,23 @@ def test_load_edm_names_a_truncated_safetensors_file(tmp_path):
     with pytest.raises(CheckpointFormatError, match=f"{network} is not JSON"):
         load_edm(weights, network)
 
+
+
+def test_the_network_json_readers_share_one_loader_that_names_a_foreign_file(tmp_path):
+    weights, network = tmp_path / "model.safetensors", tmp_path / "model.json"
+    save_edm(EDMPrecond(**TINY_EDM), TINY_EDM, weights, network)
+    assert '"sigma_max": "inf"' in network.read_text()  # JSON has no infinity; the loader decodes it
+    assert edm_init_kwargs(network) == TINY_EDM
+    built = edm_from_json(network).state_dict()
+    loaded = load_edm(weights, network).state_dict()
+    assert {k: v.shape for k, v in built.items()} == {k: v.shape for k, v in loaded.items()}
+    assert noisy_classifier_kwargs(network) == {**TINY_EDM, "label_dim": 0}
+    arch = {"family": "edm_encoder", "network": str(network), "layer": "model.enc.4x4_block0", "sigma": 0.5}
+    assert create_edm_encoder_classifier(arch, 3).encoder.net.sigma_max == float("inf")
+    network.write_text('{"class_name": "LightningDiT", "init_kwargs": {}}')
+    for read in (edm_from_json, noisy_classifier_kwargs, lambda path: create_edm_encoder_classifier(arch, 3)):
+        with pytest.raises(CheckpointFormatError, match=f"{network}: expected {{'class_name': 'EDMPrecond'"):
+            read(network)
 
 @pytest.fixture
 def classifier_files(tmp_path):
