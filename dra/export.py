@@ -232,7 +232,7 @@ def robustbench_model_info(entry: Mapping[str, Any], spec: Mapping[str, Any], ev
         "link": PAPER["link"], "name": PAPER["name"], "authors": PAPER["authors"],
         "additional_data": False, "number_forward_passes": 1, "dataset": entry["dataset"], "venue": PAPER["venue"],
         "architecture": f"WideResNet-{spec['arch']['depth']}-{spec['arch']['width']}",
-        "eps": f"{evaluation['eps_255']}/255",
+        "eps": evaluation["eps_255"],
         "clean_acc": f"{evaluation['clean_accuracy']:.2f}",
         "reported": f"{evaluation['robust_accuracy']:.2f}",
         "autoattack_acc": f"{evaluation['robust_accuracy']:.2f}",
@@ -350,7 +350,9 @@ def export_cell(recipe_path: str | Path, model_path: str | Path, autoattack_json
             checkpoint, info = robustbench_paths(entry)
             (tmp / checkpoint).parent.mkdir(parents=True)
             torch.save(state, tmp / checkpoint)
-            write_json(tmp / info, robustbench_model_info(entry, spec, evaluation, recipe, cell_id))
+            # RobustBench's key order (its files are not sorted)
+            (tmp / info).parent.mkdir(parents=True)
+            (tmp / info).write_text(json.dumps(robustbench_model_info(entry, spec, evaluation, recipe, cell_id), indent=2) + "\n")
             config["robustbench"] = {**entry, "checkpoint": checkpoint, "model_info": info}
         write_json(tmp / CONFIG_FILE, config)
         versions = package_versions()

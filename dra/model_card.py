@@ -167,7 +167,7 @@ def render_card(export: dict) -> str:
                    dataset_name=config["dataset"]["name"], dataset_split="test", metric_type="accuracy",
                    metric_name=name, metric_value=round(value, 4))
         for name, value in (("clean accuracy", evaluation["clean_accuracy"]),
-                            (f"AutoAttack accuracy ({threat['norm']}, eps {threat['eps_255']}/255)",
+                            (f"AutoAttack accuracy ({threat['norm']}, eps {threat['eps_255']})",
                              evaluation["robust_accuracy"]))
     ]
     data = ModelCardData(
@@ -183,7 +183,7 @@ def render_card(export: dict) -> str:
         f"# {config['name']}", "",
         f"A {config['family_description']} trained by the DRA reproduction workflow (\"Expanding the Role "
         f"of Diffusion Models for Robust Classifier Training\") for the cell `{config['cell']}`: "
-        f"{config['dataset']['name']}, {threat['norm']} threat model, eps = {threat['eps_255']}/255.",
+        f"{config['dataset']['name']}, {threat['norm']} threat model, eps = {threat['eps_255']}.",
         "",
         "## Use",
         "",
@@ -203,7 +203,7 @@ def render_card(export: dict) -> str:
         "## Evaluation",
         "",
         f"AutoAttack ({evaluation['version']}: {', '.join(evaluation['attacks'])}), {threat['norm']}, "
-        f"eps = {threat['eps_255']}/255, on the first {evaluation['n']} test images, seed {evaluation['seed']}. "
+        f"eps = {threat['eps_255']}, on the first {evaluation['n']} test images, seed {evaluation['seed']}. "
         "Intervals: 95% exact (Clopper-Pearson) binomial intervals from the per-example flags "
         "(autoattack.npz).",
         "",
