@@ -270,7 +270,7 @@ PACKAGE_SIDE = textwrap.dedent("""
     import pyautoattack
     import robustbench.eval
     from robustbench.model_zoo import model_dicts
-    from robustbench.model_zoo.architectures.dm_wide_resnet import DMWideResNet
+    from robustbench.model_zoo.architectures.dm_wide_resnet import CIFAR10_MEAN, CIFAR10_STD, DMWideResNet
     from robustbench.model_zoo.enums import BenchmarkDataset, ThreatModel
     from robustbench.utils import load_model
     export, images, labels, eps = sys.argv[1], np.load(sys.argv[2]), np.load(sys.argv[3]), float(sys.argv[4])
@@ -285,8 +285,7 @@ PACKAGE_SIDE = textwrap.dedent("""
     zoo[entry["model_name"]] = {"model": lambda: DMWideResNet(**kwargs), "gdrive_id": "not-downloaded"}
     model = load_model(entry["model_name"], model_dir=f"{export}/robustbench/models", dataset=entry["dataset"],
                        threat_model=entry["threat_model"])
-    default = DMWideResNet(**dict(kwargs, mean=DMWideResNet.__init__.__defaults__[3],
-                                  std=DMWideResNet.__init__.__defaults__[4])).eval()
+    default = DMWideResNet(**dict(kwargs, mean=CIFAR10_MEAN, std=CIFAR10_STD)).eval()  # its default normalisation
     default.load_state_dict(torch.load(f"{export}/{entry['checkpoint']}"), strict=True)
     with torch.no_grad():
         logits, default_logits = model(x).numpy(), default(x).numpy()
