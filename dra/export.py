@@ -247,9 +247,10 @@ def robustbench_paths(entry: Mapping[str, Any]) -> tuple[str, str]:
 
 
 def _dm_wide_resnet_logits(checkpoint: Path, entry: Mapping[str, Any], images01: torch.Tensor) -> torch.Tensor:
-    """Logits of the RobustBench checkpoint in the architecture RobustBench builds from the stated
-    constructor arguments (our WideResNet has DMWideResNet's layout; tests/test_export.py runs
-    RobustBench's own class on the same file)."""
+    """Logits of the RobustBench checkpoint with the stated constructor arguments, in our WideResNet
+    (DMWideResNet's layout and names; RobustBench is not installed in the rule's env).
+    tests/test_export.py runs RobustBench's own class on the same file: the same logits to float32
+    rounding (it pools with avg_pool2d(8) where we take the mean over H and W)."""
     from dra.models.wideresnet import WideResNet
 
     kwargs = entry["kwargs"]
