@@ -40,7 +40,7 @@ DATASET_SOURCES = {
     },
     "cifar100": {
         "name": "CIFAR-100 (Krizhevsky 2009)", "hub_dataset": "uoft-cs/cifar100",
-        "license": "none stated by the source",
+        "license": "none stated by the source (the Hugging Face CIFAR-100 card: unknown)",
         "link": "https://www.cs.toronto.edu/~kriz/cifar.html",
     },
     "imagenet_folder": {
