@@ -11,6 +11,7 @@ from snakemake.logging import logger
 from snakemake.utils import update_config
 
 from dra import config as cfg
+from dra import model_card
 
 # --config values typed as a config file types them (Snakemake keeps nested ones as strings)
 update_config(config, cfg.typed_overrides(workflow.config_settings.config))
@@ -429,3 +430,28 @@ def table_inputs(wildcards):
 
 def table_outputs(table):
     return [f"{RESULTS}/tables/{table}.{suffix}" for suffix in ("csv", "md", "tex")]
+
+
+# ---------------------------------------------------------------------------- exports
+
+
+def export_gpus(wildcards):
+    # the GPUs each measured job asked for: GPU-hours = benchmark wall time x these
+    return json.dumps({"train": train_gpus(wildcards), "autoattack": resource("evaluate", "gpu")})
+
+
+def export_sources(wildcards):
+    return json.dumps(
+        model_card.weight_sources(config, cfg.resolve_recipe(config, cell_of(wildcards)))
+    )
+
+
+def export_targets():
+    # the canary's cells are random networks: nothing to hand on
+    if config["canary"]["cap_training"]:
+        return []
+    return [cell_path(cell, "export/config.json") for cell in RUNNABLE_CELLS]
+
+
+def export_paper(wildcards):
+    return json.dumps(model_card.paper_numbers(config, cell_of(wildcards).id))

@@ -134,7 +134,7 @@ def build_edm_encoder_classifier(arch: dict, num_classes: int, mean: Sequence[fl
 
 
 def create_edm_encoder_classifier(arch: dict, num_classes: int) -> EDMEncoderClassifier:
-    """``{family: edm_encoder, network: <model.json>, weights: <model.safetensors> | absent, layer,
+    """``{family: edm_encoder, network: <model.json> or its content, weights: <model.safetensors> | absent, layer,
     sigma, noise_seed}``: the architecture from the diffusion model's json; its weights by name
     when ``weights`` is given (training starts from them; evaluation overwrites them with model.pt)."""
     import json
@@ -147,11 +147,14 @@ def create_edm_encoder_classifier(arch: dict, num_classes: int) -> EDMEncoderCla
     for key in ("network", "layer", "sigma"):
         if key not in arch:
             raise EDMEncoderError(f"arch.{key}: missing for family 'edm_encoder' (resolve_recipe fills it in)")
-    network = Path(arch["network"])
-    if not network.is_file():
-        raise FileNotFoundError(f"arch.network: {network} is missing; build the diffusion model first "
-                                f"(convert_diffusion_model or train_diffusion)")
-    spec = json.loads(network.read_text())
+    if isinstance(arch["network"], dict):  # the network json's content itself (an export's config.json)
+        network, spec = "arch.network", arch["network"]
+    else:
+        network = Path(arch["network"])
+        if not network.is_file():
+            raise FileNotFoundError(f"arch.network: {network} is missing; build the diffusion model first "
+                                    f"(convert_diffusion_model or train_diffusion)")
+        spec = json.loads(network.read_text())
     if spec.get("class_name") != "EDMPrecond":
         raise EDMEncoderError(f"{network}: expected an EDMPrecond network json")
     model = EDMEncoderClassifier(EDMPrecond(**_from_json(spec["init_kwargs"])), arch["layer"], float(arch["sigma"]),
