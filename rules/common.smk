@@ -378,7 +378,7 @@ def train_runtime(wildcards, attempt):
 
 
 def train_retries():
-    """One count for the rule (Snakemake's retries: is a number per rule): what the longest cell needs."""
+    """What the longest cell needs: Snakemake takes one retries count per rule, not per job."""
     return max(
         time_limits.retries(train_estimate_minutes(cell), TIME_LIMIT_MINUTES)
         for cell in CELLS_BY_ID.values()
