@@ -379,6 +379,8 @@ def train_runtime(wildcards, attempt):
 
 def train_retries():
     """What the longest cell needs: Snakemake takes one retries count per rule, not per job."""
+    if not workflow.is_main_process:
+        return 0  # see retries_of
     return max(
         time_limits.retries(train_estimate_minutes(cell), TIME_LIMIT_MINUTES)
         for cell in CELLS_BY_ID.values()
@@ -430,7 +432,12 @@ def runtime_per_attempt(kind):
 
 
 def retries_of(kind):
-    # attempts after the first for a resumable job of resources.<kind>.runtime (dra.time_limits)
+    # attempts after the first for a resumable job of resources.<kind>.runtime (dra.time_limits).
+    # Only the main process retries, by submitting a new SLURM job: a rule's retries: also applies in
+    # the Snakemake that runs the job inside its allocation (its --retries 0 does not override it),
+    # which would restart a job stopped before its limit in the same allocation, to be killed there
+    if not workflow.is_main_process:
+        return 0
     return time_limits.retries(
         time_limits.minutes(config["resources"][kind]["runtime"]), TIME_LIMIT_MINUTES
     )
