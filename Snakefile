@@ -53,6 +53,7 @@ include: "rules/reference.smk"
 include: "rules/analysis.smk"
 include: "rules/figures.smk"
 include: "rules/canary.smk"
+include: "rules/export.smk"
 
 
 rule all:
@@ -61,3 +62,4 @@ rule all:
         rules.all_tables.input,
         rules.all_features.input,
         rules.all_figures.input,
+        rules.all_exports.input,

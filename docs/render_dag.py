@@ -36,6 +36,7 @@ NOT_DRAWN = {
     "all_models": "a list of targets (every trained cell)",
     "all_evals": "a list of targets (every AutoAttack evaluation)",
     "all_data": "a list of targets (every download and the stores made from them)",
+    "all_exports": "a list of targets (every cell's export folder); `all` names the same files",
     "all_replicates": "a list of targets (tables that run several seeds; none in the paper's config)",
     "prepare_digits": "mini scale only: scikit-learn's digits instead of CIFAR",
     "train_diffusion": "mini scale only: the workflow trains its own small EDM",

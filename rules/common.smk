@@ -11,6 +11,8 @@ from snakemake.logging import logger
 from snakemake.utils import update_config
 
 from dra import config as cfg
+from dra import model_card
+from dra import time_limits
 
 # --config values typed as a config file types them (Snakemake keeps nested ones as strings)
 update_config(config, cfg.typed_overrides(workflow.config_settings.config))
@@ -20,6 +22,8 @@ except cfg.ConfigError as error:
     raise WorkflowError(str(error)) from None
 
 RESULTS = cfg.results_dir(config)
+# the partition's longest wall time: no job asks for more (dra.time_limits)
+TIME_LIMIT_MINUTES = time_limits.minutes(config["hardware"]["time_limit"])
 DATA = config["data_dir"]
 CELLS = cfg.table_cells(config)
 # every trained cell by path: the tables' and the figures' (the ST model, the lambda sweep: cells
@@ -357,16 +361,31 @@ def train_gpus(wildcards):
     return cfg.train_plan(config, cell_of(wildcards)).gpus
 
 
-def train_runtime(wildcards, attempt):
+def train_estimate_minutes(cell):
     """From the cell's steps and the measured GPU seconds per image where the memory table has them,
-    else resources.train.runtime (the canary's capped training: canary.runtime); times the attempt,
-    as runtime_per_attempt."""
+    else resources.train.runtime (the canary's capped training: canary.runtime)."""
     if config["canary"]["cap_training"]:
-        return runtime_per_attempt("canary")(wildcards, attempt)
-    minutes = cfg.train_plan(config, cell_of(wildcards)).runtime_minutes
+        return time_limits.minutes(config["canary"]["runtime"])
+    minutes = cfg.train_plan(config, cell).runtime_minutes
     if minutes is None:
-        return runtime_per_attempt("train")(wildcards, attempt)
-    return f"{minutes * attempt}m"
+        return time_limits.minutes(config["resources"]["train"]["runtime"])
+    return minutes
+
+
+def train_runtime(wildcards, attempt):
+    # the estimate times the attempt, at most the partition's limit (dra.time_limits)
+    minutes = train_estimate_minutes(cell_of(wildcards))
+    return f"{time_limits.attempt_minutes(minutes, attempt, TIME_LIMIT_MINUTES)}m"
+
+
+def train_retries():
+    """What the longest cell needs: Snakemake takes one retries count per rule, not per job."""
+    if not workflow.is_main_process:
+        return 0  # see retries_of
+    return max(
+        time_limits.retries(train_estimate_minutes(cell), TIME_LIMIT_MINUTES)
+        for cell in CELLS_BY_ID.values()
+    )
 
 
 # every trained cell, once: the canary runs them all
@@ -405,10 +424,24 @@ def resource(kind, key):
 
 
 def runtime_per_attempt(kind):
-    """The configured time limit times the attempt: a job killed at its limit is retried longer."""
-    limit = (config["canary"] if kind == "canary" else config["resources"][kind])["runtime"]
-    amount, unit = int(limit[:-1]), limit[-1]
-    return lambda wildcards, attempt: f"{amount * attempt}{unit}"
+    """resources.<kind>.runtime times the attempt (a job killed at its limit is retried longer), at
+    most the partition's limit (hardware.time_limit)."""
+    minutes = time_limits.minutes(config["resources"][kind]["runtime"])
+    return (
+        lambda wildcards, attempt: f"{time_limits.attempt_minutes(minutes, attempt, TIME_LIMIT_MINUTES)}m"
+    )
+
+
+def retries_of(kind):
+    # attempts after the first for a resumable job of resources.<kind>.runtime (dra.time_limits).
+    # Only the main process retries, by submitting a new SLURM job: a rule's retries: also applies in
+    # the Snakemake that runs the job inside its allocation (its --retries 0 does not override it),
+    # which would restart a job stopped before its limit in the same allocation, to be killed there
+    if not workflow.is_main_process:
+        return 0
+    return time_limits.retries(
+        time_limits.minutes(config["resources"][kind]["runtime"]), TIME_LIMIT_MINUTES
+    )
 
 
 # ---------------------------------------------------------------------------- evaluation and tables
@@ -429,3 +462,28 @@ def table_inputs(wildcards):
 
 def table_outputs(table):
     return [f"{RESULTS}/tables/{table}.{suffix}" for suffix in ("csv", "md", "tex")]
+
+
+# ---------------------------------------------------------------------------- exports
+
+
+def export_gpus(wildcards):
+    # the GPUs each measured job asked for: GPU-hours = benchmark wall time x these
+    return json.dumps({"train": train_gpus(wildcards), "autoattack": resource("evaluate", "gpu")})
+
+
+def export_sources(wildcards):
+    return json.dumps(
+        model_card.weight_sources(config, cfg.resolve_recipe(config, cell_of(wildcards)))
+    )
+
+
+def export_targets():
+    # the canary's cells are random networks: nothing to hand on
+    if config["canary"]["cap_training"]:
+        return []
+    return [cell_path(cell, "export/config.json") for cell in RUNNABLE_CELLS]
+
+
+def export_paper(wildcards):
+    return json.dumps(model_card.paper_numbers(config, cell_of(wildcards).id))

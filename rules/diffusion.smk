@@ -119,6 +119,8 @@ rule generate_synthetic:
         f"{DATA}/{{dataset}}/generated/{{set}}.generate_synthetic.benchmark.tsv"
     wildcard_constraints:
         dataset=_one_of(d for d in config["datasets"] if cfg.uses_edm(config, d)),
+    # resumable: stopped near its time limit, it continues in the next attempt (dra.time_limits)
+    retries: retries_of("diffusion")
     conda:
         "../envs/torch.yaml"
     threads: resource("diffusion", "cpus")
@@ -168,6 +170,8 @@ rule extract_features:
         dataset=_one_of(edm_datasets()),
         store=r"train|synthetic-[0-9a-z]+",
         views="1|2",
+    # resumable: stopped near its time limit, it continues in the next attempt (dra.time_limits)
+    retries: retries_of("diffusion")
     conda:
         "../envs/torch.yaml"
     threads: resource("diffusion", "cpus")

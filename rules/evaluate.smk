@@ -13,6 +13,8 @@ rule autoattack:
         f"{RESULTS}/{{dataset}}/{{arch}}/{{method}}/{{budget}}/autoattack.log",
     benchmark:
         f"{RESULTS}/{{dataset}}/{{arch}}/{{method}}/{{budget}}/autoattack.benchmark.tsv"
+    # resumable: stopped near its time limit, it continues in the next attempt (dra.time_limits)
+    retries: retries_of("evaluate")
     conda:
         "../envs/torch.yaml"
     threads: resource("evaluate", "cpus")

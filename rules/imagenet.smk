@@ -72,6 +72,8 @@ rule generate_imagenet_synthetic_part:
     wildcard_constraints:
         dataset=_one_of(lightningdit_datasets()),
         part="[0-9]+",
+    # resumable: stopped near its time limit, it continues in the next attempt (dra.time_limits)
+    retries: retries_of("diffusion")
     conda:
         "../envs/torch.yaml"
     threads: resource("diffusion", "cpus")
@@ -131,6 +133,8 @@ rule extract_imagenet_features:
         dataset=_one_of(lightningdit_datasets()),
         diffusion=_one_of(diffusion_models_of_kind("lightningdit")),
         store=r"train|synthetic-[0-9a-z]+",
+    # resumable: stopped near its time limit, it continues in the next attempt (dra.time_limits)
+    retries: retries_of("diffusion")
     conda:
         "../envs/torch.yaml"
     threads: resource("diffusion", "cpus")

@@ -30,6 +30,8 @@ rule train_cell:
         f"{RESULTS}/{{dataset}}/{{arch}}/{{method}}/{{budget}}/train/train.log",
     benchmark:
         f"{RESULTS}/{{dataset}}/{{arch}}/{{method}}/{{budget}}/train/train_cell.benchmark.tsv"
+    # resumable: stopped near its time limit, it continues in the next attempt (dra.time_limits)
+    retries: train_retries()
     conda:
         "../envs/torch.yaml"
     threads: resource("train", "cpus")

@@ -1,8 +1,13 @@
-"""Shared by the test files: their order for the two pytest-xdist workers, and three fixtures.
+"""Shared by the test files: their order for the two pytest-xdist workers, and four fixtures.
 
 The end-to-end files take most of the time (the mini reproduction about 20 minutes); started
 first, they run beside the unit tests instead of after them (pyproject: -n 2 --dist loadfile).
 """
+
+import os
+import site
+import subprocess
+import sys
 
 import pytest
 
@@ -59,3 +64,34 @@ def counted_calls(monkeypatch):
         return calls
 
     return count
+
+
+# RobustBench 1.1.1 with its pins, for the zoo figures and the export tests (see tests/test_robustbench_zoo.py)
+ZOO_PACKAGES = ["robustbench==1.1.1", "timm==1.0.9", "gdown==5.1.0", "geotorch==0.4.0", "torchdiffeq==0.2.5",
+                "pyautoattack==0.2.0", "beautifulsoup4", "soupsieve", "filelock", "setuptools<81"]
+AUTOATTACK_SHIM = {
+    "__init__.py": "# test stand-in for fra31's `autoattack` (see tests/test_robustbench_zoo.py)\n"
+                   "from pyautoattack import AutoAttack\n",
+    "state.py": "from pyautoattack.state import EvaluationState\n",
+}
+
+
+@pytest.fixture(scope="session")
+def zoo_python(tmp_path_factory):
+    """A venv with robustbench's pins over this venv's packages (tests/test_robustbench_zoo.py says why)."""
+    venv = tmp_path_factory.mktemp("zoo") / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    own = subprocess.run([str(python), "-c", "import site; print(site.getsitepackages()[0])"], check=True,
+                         capture_output=True, text=True).stdout.strip()
+    done = subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "--quiet", "--no-deps",
+                           "--disable-pip-version-check", *ZOO_PACKAGES], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    shim = os.path.join(own, "autoattack")
+    os.makedirs(shim)
+    for name, code in AUTOATTACK_SHIM.items():
+        with open(os.path.join(shim, name), "w") as handle:
+            handle.write(code)
+    with open(os.path.join(own, "main-venv.pth"), "w") as handle:
+        handle.write("\n".join(site.getsitepackages()) + "\n")
+    return python

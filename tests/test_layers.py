@@ -71,12 +71,14 @@ def imports_of(module: str, source: str, is_package: bool, known: set[str]) -> l
 
 
 def place(module: str, rows: list[list[set[str]]]) -> tuple[int, int] | None:
-    """(row, group) of the longest table name that is the module or a package above it."""
+    """(row, group) of the longest table name that is the module or a package above it; the top package's
+    name (`dra`, its __init__) stands for itself only."""
     best, best_length = None, -1
     for r, groups in enumerate(rows):
         for g, names in enumerate(groups):
             for name in names:
-                if (module == name or module.startswith(name + ".")) and len(name) > best_length:
+                covers = module == name or ("." in name and module.startswith(name + "."))
+                if covers and len(name) > best_length:
                     best, best_length = (r, g), len(name)
     return best
 

@@ -7,7 +7,8 @@ The zoo's Python differs from the user's conda env (envs/robustbench.yaml) in th
 because of this machine:
 - robustbench 1.1.1 pins timm 1.0.9, and the test venv has timm 1.0.31: a venv of its own holds
   robustbench, timm 1.0.9, gdown, geotorch, torchdiffeq, pyautoattack and gdown's own needs
-  (pip, --no-deps, from pip's cache after the first run; built once per test session), and reaches
+  (pip, --no-deps, from pip's cache after the first run; built once per test session by conftest.py's
+  zoo_python, which tests/test_export.py uses too), and reaches
   this venv's torch, numpy, pandas, matplotlib through a .pth file. Its own site-packages come first
   on sys.path, so its timm shadows ours.
 - robustbench's package imports `autoattack`, the import name of fra31's AutoAttack from git, which
@@ -21,7 +22,6 @@ from __future__ import annotations
 
 import json
 import os
-import site
 import subprocess
 import sys
 import textwrap
@@ -36,8 +36,6 @@ from dra.analysis.representation_metrics import cknna
 from dra.data.store import ImageStoreWriter
 from workflow_helpers import copy_workflow
 
-ZOO_PACKAGES = ["robustbench==1.1.1", "timm==1.0.9", "gdown==5.1.0", "geotorch==0.4.0", "torchdiffeq==0.2.5",
-                "pyautoattack==0.2.0", "beautifulsoup4", "soupsieve", "filelock", "setuptools<81"]
 # two architectures of the CIFAR-10 Linf zoo with their reported AutoAttack accuracy (model_info JSON)
 MODELS = {"Wong2020Fast": 43.21,  # PreActResNet-18
           "Rebuffi2021Fixing_R18_ddpm": 56.66}  # DeepMind's PreActResNet-18 (DMPreActResNet, Swish)
@@ -46,34 +44,6 @@ N = 20
 # a venv (pip, from its cache after the first run), two model builds and a Snakemake run: about 80 s on
 # two shared cores (`python -m pytest -n 0 tests/test_robustbench_zoo.py --durations=5`)
 pytestmark = pytest.mark.slow
-
-AUTOATTACK_SHIM = {
-    "__init__.py": "# test stand-in for fra31's `autoattack` (see tests/test_robustbench_zoo.py)\n"
-                   "from pyautoattack import AutoAttack\n",
-    "state.py": "from pyautoattack.state import EvaluationState\n",
-}
-
-
-@pytest.fixture(scope="session")
-def zoo_python(tmp_path_factory):
-    """A venv with robustbench's pins over this venv's packages (see the module's docstring)."""
-    venv = tmp_path_factory.mktemp("zoo") / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
-    python = venv / "bin" / "python"
-    own = subprocess.run([str(python), "-c", "import site; print(site.getsitepackages()[0])"], check=True,
-                         capture_output=True, text=True).stdout.strip()
-    done = subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "--quiet", "--no-deps",
-                           "--disable-pip-version-check", *ZOO_PACKAGES], capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
-    shim = os.path.join(own, "autoattack")
-    os.makedirs(shim)
-    for name, code in AUTOATTACK_SHIM.items():
-        with open(os.path.join(shim, name), "w") as handle:
-            handle.write(code)
-    with open(os.path.join(own, "main-venv.pth"), "w") as handle:
-        handle.write("\n".join(site.getsitepackages()) + "\n")
-    return python
-
 
 PACKAGE_SIDE = textwrap.dedent("""
     # run once in the zoo venv (importing robustbench takes seconds): each model built by the package with

@@ -185,6 +185,36 @@ def test_interrupted_run_resumes_bit_identical(stores, tmp_path):
     assert len(head) == 6
 
 
+def test_stop_signal_saves_the_step_it_arrived_in_and_the_retry_resumes_bit_identical(stores, tmp_path):
+    """SLURM's warning before the time limit (dra.preemption): the run saves the step in progress,
+    exits with status 75, and its retry ends as a run never stopped; no finished step is lost, even
+    between periodic saves."""
+    from dra import preemption
+
+    recipe = tiny_recipe(stores, epochs=2)
+    recipe["checkpoint"]["every_steps"] = 4  # the signal arrives in step 1, before the first periodic save
+    reference, _, _ = _final_weights(tmp_path, "uninterrupted", recipe)
+    out, state = tmp_path / "stopped" / "out", tmp_path / "stopped" / "state"
+
+    def signal_in_step_one(step):
+        if step == 1:  # as if it arrived while step 1 ran: the loop checks once the step is done
+            os.kill(os.getpid(), preemption.STOP_SIGNAL)
+
+    preemption.clear()
+    try:
+        with pytest.raises(preemption.StopForRetry) as stopped:
+            train_cell(copy.deepcopy(recipe), out, state, threads=1, after_step=signal_in_step_one)
+    finally:
+        preemption.clear()  # the retry is a new process
+    assert stopped.value.code == 75
+    assert torch.load(state / "state.pt", weights_only=True)["progress"]["global_step"] == 1
+    assert not (out / "model.pt").exists()
+    train_cell(copy.deepcopy(recipe), out, state, threads=1)
+    resumed = torch.load(out / "model.pt", weights_only=True)
+    for key in reference:
+        assert torch.equal(reference[key], resumed[key]), key
+
+
 @pytest.mark.slow
 def test_kill_with_sigkill_then_rerun_script_matches(stores, tmp_path):
     """A process killed from outside (SIGKILL, no cleanup) resumes to the same weights."""

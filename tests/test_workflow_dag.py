@@ -105,8 +105,10 @@ def test_paper_training_job_asks_the_cluster_for_a_gpu():
         "--printshellcmds",
     )
     job = result.stdout.split("rule train_cell:")[1].split("Job stats")[0]
-    # 72 h from config.yaml, in minutes as Snakemake resolves it; retries get attempt x 72 h
-    for resource in ("gpu=1", "tasks_per_gpu=0", "runtime=4320", "mem_mb=64000", "slurm_partition=gpu"):
+    # resources.train.runtime, 72 h, capped at the partition's hardware.time_limit, 24 h, in minutes
+    # as Snakemake resolves it; the profile asks SLURM for SIGURG 600 s before that limit
+    for resource in ("gpu=1", "tasks_per_gpu=0", "runtime=1440", "mem_mb=64000", "slurm_partition=gpu",
+                     "slurm_extra=--signal=URG@600"):
         assert resource in job, resource
     assert "python -m scripts.train --recipe" in job
 

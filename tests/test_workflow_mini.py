@@ -131,3 +131,29 @@ def test_mini_training_curves_read_back_equal_log_csv(mini):
         assert points == expected, tag
     steps = [event.step for event in accumulator.Scalars("train/loss")]
     assert steps == sorted(set(steps)) and steps[-1] == log["step"].iloc[-1]
+
+
+def test_mini_exports_load_as_their_cells_and_state_their_evaluation(mini):
+    import numpy as np
+    import torch
+    from huggingface_hub import ModelCard
+
+    from dra import load_model
+    from dra.data.store import open_image_store
+
+    exports = sorted(path.parent for path in mini.rglob("export/config.json"))
+    # every runnable row of the mini tables: 5 WRN cells of table 2, the DRA-noisy row, the encoder row
+    assert len(exports) == 7
+    store = open_image_store(mini / "data" / "digits" / "test")
+    images = torch.from_numpy(np.array(store.images[:32])).permute(0, 3, 1, 2).float() / 255
+    for export in exports:
+        cell = export.parent
+        assert sorted(p.name for p in export.iterdir()) == ["LICENSE.md", "README.md", "config.json",
+                                                            "model.safetensors"]  # digits: no RobustBench files
+        with torch.no_grad():
+            assert torch.equal(load_model(cell)(images), load_model(export)(images))
+        evaluation = json.loads((cell / "autoattack.json").read_text())
+        card = ModelCard.load(export / "README.md")
+        values = sorted(result.metric_value for result in card.data.eval_results)
+        assert values == sorted([evaluation["clean_accuracy"], evaluation["robust_accuracy"]])
+        assert "scikit-learn" in (export / "LICENSE.md").read_text()

@@ -2,12 +2,16 @@
 
 The profile under test is profiles/slurm with what this test cluster cannot offer changed:
 no conda (conda channels are unreachable here), no accounting (squeue instead of sacct, no
-account), the test cluster's partition, and fast status polling.
+account), the test cluster's partition, fast status polling, and minutes instead of hours: the
+stop signal 30 s before the limit instead of 600 s.
 """
 
 from __future__ import annotations
 
 import csv
+import re
+import threading
+import time
 
 import pytest
 import yaml
@@ -16,7 +20,13 @@ from slurm_cluster import start_slurm
 from workflow_helpers import ROOT, copy_workflow, run_snakemake
 pytestmark = pytest.mark.slow
 
-CELL = "digits/wrn-10-1/at/nosyn-bs64-ep50"
+# 924 steps of a few per second: longer than the first attempt on a fast machine, within the
+# three attempts on a loaded one
+CELL = "digits/wrn-10-1/at/nosyn-bs64-ep44"
+# the cell's estimate: its attempts ask for 2, 4 and 6 minutes (time_limits.attempt_minutes); the
+# partition's limit stays above the mini AutoAttack's few minutes, which run as one chunk
+ESTIMATE_MINUTES, TIME_LIMIT_MINUTES = 2, 10
+SIGNAL_SECONDS = 30
 
 
 @pytest.fixture(scope="module")
@@ -36,10 +46,14 @@ def workdir(tmp_path_factory):
     overlay["data_dir"] = "results/slurm-test/data"
     overlay["tables"]["table2"]["rows"].append({"cell": CELL, "paper": None})
     overlay["datasets"]["digits"]["eval_n"] = 50  # the attack is not what this test is about
+    overlay["hardware"] = {"time_limit": f"{TIME_LIMIT_MINUTES}m"}
+    overlay["resources"]["train"]["runtime"] = f"{ESTIMATE_MINUTES}m"
     (work / "config" / "slurm-test.yaml").write_text(yaml.safe_dump(overlay))
     profile = yaml.safe_load((ROOT / "profiles" / "slurm" / "config.v8+.yaml").read_text())
     profile.pop("software-deployment-method")
     profile["default-resources"]["slurm_partition"] = "debug"
+    assert profile["default-resources"]["slurm_extra"] == "'--signal=URG@600'"
+    profile["default-resources"]["slurm_extra"] = f"'--signal=URG@{SIGNAL_SECONDS}'"
     profile.update(
         {
             "slurm-no-account": True,
@@ -63,32 +77,87 @@ def test_every_job_request_fits_the_test_node(cluster, workdir):
     assert profile["jobs"] * max(requests) <= cluster.memory_mb, (requests, cluster.memory_mb)
 
 
-def test_training_killed_at_its_time_limit_is_retried_and_resumes(cluster, workdir):
+class LogWatcher:
+    """Everything a log file held, across attempts: Snakemake deletes a job's log before each
+    attempt, so the stopped attempt's last lines are read while it runs (every 0.2 s)."""
+
+    def __init__(self, path):
+        self.path, self.history, self._current = path, [], ""
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+        self._thread.start()
+
+    def _poll(self):
+        while not self._done.wait(0.2):
+            try:
+                text = self.path.read_text(errors="replace")
+            except FileNotFoundError:
+                continue
+            if text.startswith(self._current):
+                self.history.append(text[len(self._current):])
+            else:  # a new attempt's log
+                self.history.append("\n" + text)
+            self._current = text
+
+    def stop(self) -> str:
+        self._done.set()
+        self._thread.join()
+        return "".join(self.history)
+
+
+def stops_and_resumptions(transcript: str):
+    """[(last step shown before the stop, step saved at the stop or None if killed, step resumed)]."""
+    pattern = re.compile(r"\| (?P<shown>\d+)/\d+ \[|training state of step (?P<saved>\d+) saved"
+                         r"|resuming from step (?P<resumed>\d+)")
+    found, shown, saved = [], 0, None
+    for match in pattern.finditer(transcript):  # in order: tqdm, the stop and the resumption share lines
+        if match["shown"]:
+            shown = max(shown, int(match["shown"]))
+        elif match["saved"]:
+            saved = int(match["saved"])
+        else:
+            found.append((shown, saved, int(match["resumed"])))
+            shown, saved = int(match["resumed"]), None
+    return found
+
+
+def test_training_stopped_before_its_time_limit_loses_no_step_and_resumes(cluster, workdir):
     target = f"results/slurm-test/{CELL}/autoattack.json"
-    # a one-minute first attempt: SLURM cancels it (TIMEOUT), Snakemake resubmits it, and the
-    # second attempt continues from the saved state. Later attempts get 3 and 5 minutes, so
-    # that the test does not depend on how fast this machine trains while other tests run
-    # beside it (at one minute each, four attempts did not suffice on a loaded CI runner)
-    result = run_snakemake(
-        workdir,
-        target,
-        "--profile",
-        "slurm",
-        "--set-resources",
-        "train_cell:runtime=2*attempt-1",
-        "--retries",
-        "3",
-        "--configfile",
-        "config/slurm-test.yaml",
-        env=cluster.env,
-        timeout=1500,
-    )
+    # the job's time limits come from config (hardware.time_limit, resources.train.runtime) and its
+    # attempts from the rule's retries (dra.time_limits); SLURM sends SIGURG 30-60 s before each limit
+    watcher = LogWatcher(workdir / f"results/slurm-test/{CELL}/train/train.log")
+    started = time.monotonic()
+    try:
+        result = run_snakemake(
+            workdir,
+            target,
+            "--profile",
+            "slurm",
+            "--configfile",
+            "config/slurm-test.yaml",
+            env=cluster.env,
+            timeout=1500,
+        )
+    finally:
+        transcript = watcher.stop()
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:] + cluster.log_tail()
-    log = (workdir / f"results/slurm-test/{CELL}/train/train.log").read_text()
-    assert "resuming from step" in log, log[-2000:]
+    # every attempt asked SLURM for the estimate times the attempt, at most the partition's limit
+    # (Snakemake prints a job's resources at its submission and again at its error)
+    output = result.stdout + result.stderr
+    asked = list(dict.fromkeys(int(m) for m in re.findall(r"rule train_cell:(?:.|\n)*?runtime=(\d+)", output)))
+    assert asked and asked == [min(ESTIMATE_MINUTES * attempt, TIME_LIMIT_MINUTES)
+                               for attempt in range(1, len(asked) + 1)], asked
+    boundaries = stops_and_resumptions(transcript)
+    print(f"\nslurm test: {time.monotonic() - started:.0f} s; (last step shown, step saved at the "
+          f"signal, step resumed) per retry: {boundaries}")
+    assert boundaries, transcript[-2000:]
+    for shown, saved, resumed in boundaries:
+        # stopped by the signal, not killed at the limit: the retry resumes from the step the
+        # signal's stop saved, and no step shown before it is lost
+        assert saved is not None and resumed == saved and shown <= saved, (boundaries, transcript[-2000:])
     with open(workdir / f"results/slurm-test/{CELL}/train/log.csv") as handle:
         steps = [int(row["step"]) for row in csv.DictReader(handle)]
     # the resumed run continued the count instead of starting over
-    assert steps == sorted(steps) and steps[-1] > 0
+    assert steps == sorted(steps) and steps[-1] == 924
     report = yaml.safe_load((workdir / target).read_text())
     assert report["n"] == 50 and report["attacks"] == ["apgd-ce", "apgd-t", "fab-t", "square"]

@@ -8,6 +8,8 @@ baseline on the same test images.
   when neither model is better (scipy.stats.binomtest, two-sided).
 - ``bootstrap_difference``: a percentile bootstrap interval of the accuracy difference, resampling
   test images (the same images for every seed pair, so the pairing is kept), averaged over seeds.
+- ``accuracy_interval``: a 95% exact (Clopper-Pearson) interval of one model's accuracy from its
+  per-example flags (scipy.stats.binomtest(...).proportion_ci(method="exact")).
 - ``min_detectable_difference``: the smallest accuracy difference the exact McNemar test detects
   with a given power on n paired images, for an assumed rate of discordant images.
 """
@@ -30,6 +32,17 @@ def seed_summary(values: Sequence[float]) -> dict:
     sd = float(values.std(ddof=1))
     half = float(stats.t.ppf(0.975, len(values) - 1)) * sd / math.sqrt(len(values))
     return {"mean": mean, "sd": sd, "ci_low": mean - half, "ci_high": mean + half, "seeds": len(values)}
+
+
+def accuracy_interval(flags: np.ndarray, confidence: float = 0.95) -> dict:
+    """{accuracy, low, high, n} in percent: the exact binomial interval of the fraction of True flags."""
+    flags = np.asarray(flags, dtype=bool).reshape(-1)
+    if flags.size == 0:
+        raise ValueError("no per-example flags: the interval needs at least one evaluated image")
+    correct = int(flags.sum())
+    interval = stats.binomtest(correct, flags.size).proportion_ci(confidence_level=confidence, method="exact")
+    return {"accuracy": 100.0 * correct / flags.size, "low": 100.0 * float(interval.low),
+            "high": 100.0 * float(interval.high), "n": int(flags.size)}
 
 
 def _as_pairs(baseline: np.ndarray, treated: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -273,26 +273,32 @@ def _decode_infinities(kwargs: dict) -> dict:
     return {k: float(v) if v in ("inf", "-inf") else v for k, v in kwargs.items()}
 
 
-def edm_init_kwargs(json_path: str | Path) -> dict:
+def edm_init_kwargs(network: str | Path | dict, name: str | None = None) -> dict:
     """The EDMPrecond init kwargs a network json records (``{"class_name": "EDMPrecond", "init_kwargs":
-    {...}}``, as save_edm writes it beside the weights), infinities decoded; a file that is not such a json
-    stops with CheckpointFormatError naming it."""
-    json_path = Path(json_path)
-    try:
-        spec = json.loads(json_path.read_text())
-    except (ValueError, UnicodeDecodeError) as err:
-        raise CheckpointFormatError(
-            f"{json_path} is not JSON ({err}); delete it and rerun the rule that wrote it") from None
+    {...}}``, as save_edm writes it beside the weights), infinities decoded. ``network``: the json's path,
+    or its content already read (an export's config.json carries it; ``name`` then says where it came
+    from in messages). Anything else stops with CheckpointFormatError naming the file."""
+    if isinstance(network, dict):
+        spec, name = network, name or "the network json"
+    else:
+        json_path = Path(network)
+        name = str(json_path)
+        try:
+            spec = json.loads(json_path.read_text())
+        except (ValueError, UnicodeDecodeError) as err:
+            raise CheckpointFormatError(
+                f"{json_path} is not JSON ({err}); delete it and rerun the rule that wrote it") from None
     if (not isinstance(spec, dict) or spec.get("class_name") != "EDMPrecond"
             or not isinstance(spec.get("init_kwargs"), dict)):
-        raise CheckpointFormatError(f"{json_path}: expected {{'class_name': 'EDMPrecond', 'init_kwargs': {{...}}}}")
+        raise CheckpointFormatError(f"{name}: expected {{'class_name': 'EDMPrecond', 'init_kwargs': {{...}}}}")
     return _decode_infinities(spec["init_kwargs"])
 
 
-def edm_from_json(json_path: str | Path) -> EDMPrecond:
-    """A new EDMPrecond, randomly initialised, of the configuration a network json records: the architecture
-    without its weights (load_edm loads them into it; the EDM encoder classifier builds on it)."""
-    return EDMPrecond(**edm_init_kwargs(json_path))
+def edm_from_json(network: str | Path | dict, name: str | None = None) -> EDMPrecond:
+    """A new EDMPrecond, randomly initialised, of the configuration a network json records (its path or
+    its content, as for edm_init_kwargs): the architecture without its weights (load_edm loads them into
+    it; the EDM encoder classifier builds on it)."""
+    return EDMPrecond(**edm_init_kwargs(network, name))
 
 
 def save_edm(net: EDMPrecond, init_kwargs: dict, out_safetensors: str | Path, out_json: str | Path,

@@ -22,6 +22,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 from tqdm import tqdm
 
+from dra import preemption
 from dra.io import atomic_file, write_json
 
 
@@ -105,13 +106,19 @@ def run_sharded_job(out_path: str | Path, n: int, shard_size: int, fingerprint: 
     ``write_output`` receives the (start row, arrays) of every shard in order and writes the
     output atomically (an image or feature store writer); only after it returns is the state
     folder (default ``<out_path>.state``) removed, so a kill at any point loses at most the
-    shard being computed.
+    shard being computed. On SLURM's warning before the time limit (dra.preemption) it exits after
+    the shard in progress, for Snakemake to retry.
     """
     job = ShardedJob(state_dir or default_state_dir(out_path), n, shard_size, fingerprint)
     pending = job.pending()
     done = n - sum(stop - start for start, stop in map(job.bounds, pending))
     progress = tqdm(total=n, initial=done, desc=desc, unit="img", file=sys.stderr)
+    preemption.watch()
     for shard in pending:
+        if preemption.requested():  # the time limit is near: the retry computes the shards left
+            progress.close()
+            saved = job.num_shards - len(job.pending())
+            preemption.stop(f"{saved} of {job.num_shards} shards saved in {job.state_dir}")
         start, stop = job.bounds(shard)
         job.save(shard, **compute(start, stop, progress.update))
     progress.close()

@@ -15,6 +15,8 @@ cluster needs around it:
   the points that were still robust mid-attack, which changes the random starts (so the
   result differs from an uninterrupted run), and it writes its JSON in place, so a kill during
   a write leaves a file that cannot be read back.
+- On SLURM's warning before the time limit (dra.preemption) the job exits after the chunk in
+  progress, with the status that makes Snakemake retry it; the retry resumes from the saved chunks.
 - The global torch RNG is restored afterwards (each attack reseeds it, autopgd_base.py).
 """
 
@@ -35,6 +37,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from dra import preemption
 from dra.io import atomic_file, package_versions, read_yaml, write_json
 
 # The attacks of version='standard' for Linf, in the order they run (autoattack.py set_version).
@@ -257,9 +260,12 @@ def evaluate_autoattack(
         state = _load_state(state_path, fingerprint, n, n_chunks)
         adversary = AutoAttack(model, norm=NORM, eps=float(eps), version=version, device=device, seed=int(seed),
                                attacks=None if version == VERSION else list(attacks))
+        preemption.watch()
         for chunk in range(n_chunks):
             if state["done"][chunk]:
                 continue
+            if state_path and preemption.requested():  # the time limit is near: the retry resumes here
+                preemption.stop(f"AutoAttack: {int(state['done'].sum())} of {n_chunks} chunks saved in {state_path}")
             start, stop = chunk * chunk_size, min(n, (chunk + 1) * chunk_size)
             progress_log.info("AutoAttack chunk %d/%d (points %d-%d)", chunk + 1, n_chunks, start, stop - 1)
             x, y = images01[start:stop], labels[start:stop]

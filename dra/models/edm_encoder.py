@@ -134,7 +134,7 @@ def build_edm_encoder_classifier(arch: dict, num_classes: int, mean: Sequence[fl
 
 
 def create_edm_encoder_classifier(arch: dict, num_classes: int) -> EDMEncoderClassifier:
-    """``{family: edm_encoder, network: <model.json>, weights: <model.safetensors> | absent, layer,
+    """``{family: edm_encoder, network: <model.json> or its content, weights: <model.safetensors> | absent, layer,
     sigma, noise_seed}``: the architecture from the diffusion model's json; its weights by name
     when ``weights`` is given (training starts from them; evaluation overwrites them with model.pt)."""
     from pathlib import Path
@@ -146,12 +146,14 @@ def create_edm_encoder_classifier(arch: dict, num_classes: int) -> EDMEncoderCla
     for key in ("network", "layer", "sigma"):
         if key not in arch:
             raise EDMEncoderError(f"arch.{key}: missing for family 'edm_encoder' (resolve_recipe fills it in)")
-    network = Path(arch["network"])
-    if not network.is_file():
-        raise FileNotFoundError(f"arch.network: {network} is missing; build the diffusion model first "
-                                f"(convert_diffusion_model or train_diffusion)")
-    model = EDMEncoderClassifier(edm_from_json(network), arch["layer"], float(arch["sigma"]), num_classes,
-                                 noise_seed=int(arch.get("noise_seed", 0)))
+    network = arch["network"]
+    if not isinstance(network, dict):  # a dict is the network json's content itself (an export's config.json)
+        network = Path(network)
+        if not network.is_file():
+            raise FileNotFoundError(f"arch.network: {network} is missing; build the diffusion model first "
+                                    f"(convert_diffusion_model or train_diffusion)")
+    model = EDMEncoderClassifier(edm_from_json(network, name="arch.network"), arch["layer"], float(arch["sigma"]),
+                                 num_classes, noise_seed=int(arch.get("noise_seed", 0)))
     if arch.get("weights"):
         load_encoder_weights(model.encoder, load_file(str(arch["weights"])), str(arch["weights"]))
     return model

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from dra import preemption
 from dra.io import atomic_file
 from dra.models import create_classifier
 from dra.attacks import robust_correct, uniform_ball_noise
@@ -302,15 +303,26 @@ def validate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, attac
     return clean / len(images), robust / len(images)
 
 
+def _stop_requested_on_any_rank(context) -> bool:
+    """Whether any rank received the stop signal, so that all ranks stop after the same step."""
+    if not context.enabled:
+        return preemption.requested()
+    flag = torch.tensor([float(preemption.requested())], device=context.device)
+    return context.all_reduce_sum(flag).item() > 0
+
+
 def train_cell(recipe: dict, out_dir: str | Path, state_dir: str | Path, threads: int,
                after_step: Callable[[int], None] | None = None) -> None:
     """Train the cell `recipe` describes; write out_dir/model.pt (EMA weights) and out_dir/log.csv.
 
     Resumes from state_dir/state.pt when present. `after_step(global_step)` is called after
     each optimizer step and checkpoint (tests use it to interrupt a run). state_dir/log.csv grows by
-    a row each epoch; TensorBoard curves and state_dir/progress.json come from dra.monitor.
+    a row each epoch; TensorBoard curves and state_dir/progress.json come from dra.monitor. On SLURM's
+    warning before the time limit (dra.preemption) every rank finishes its step, the state is saved and
+    the process exits with status 75, for Snakemake to retry.
     """
     recipe = validate_recipe(recipe)
+    preemption.watch()
     torch.set_num_threads(threads)
     context = init_distributed(recipe["accumulation_steps"], recipe["batchnorm_group"])
     device = context.device
@@ -480,6 +492,13 @@ def train_cell(recipe: dict, out_dir: str | Path, state_dir: str | Path, threads
             bar.set_postfix(epoch=epoch + 1, loss=f"{totals[0] / totals[5]:.4f}", img_s=f"{totals[5] / seconds:.0f}")
             if after_step is not None:
                 after_step(progress.global_step)
+            if _stop_requested_on_any_rank(context):  # the time limit is near: save now, resume in the retry
+                if context.is_main:
+                    save_state(state_dir / STATE_FILE, recipe, trainable, ema, optimizer, schedule.scheduler, progress,
+                               randomness)
+                context.barrier()
+                shutdown_distributed(context)
+                preemption.stop(f"training state of step {progress.global_step} saved in {state_dir / STATE_FILE}")
 
         # End of epoch: BN statistics into the average, validation, log row, per-epoch lr step.
         ema.copy_buffers(classifier)

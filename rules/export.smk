@@ -1,0 +1,38 @@
+# Models that leave the project: per evaluated cell, an export folder that loads with
+# dra.load_model, uploads to the Hugging Face Hub as it is, and for CIFAR WideResNets holds
+# RobustBench's checkpoint and model_info (dra.export).
+rule export_cell:
+    input:
+        recipe=f"{RESULTS}/{{dataset}}/{{arch}}/{{method}}/{{budget}}/recipe.yaml",
+        model=f"{RESULTS}/{{dataset}}/{{arch}}/{{method}}/{{budget}}/train/model.pt",
+        json=f"{RESULTS}/{{dataset}}/{{arch}}/{{method}}/{{budget}}/autoattack.json",
+        flags=f"{RESULTS}/{{dataset}}/{{arch}}/{{method}}/{{budget}}/autoattack.npz",
+        train_benchmark=f"{RESULTS}/{{dataset}}/{{arch}}/{{method}}/{{budget}}/train/train_cell.benchmark.tsv",
+        eval_benchmark=f"{RESULTS}/{{dataset}}/{{arch}}/{{method}}/{{budget}}/autoattack.benchmark.tsv",
+    output:
+        # the folder export/ is written whole and renamed into place (dra.io.atomic_dir); config.json
+        # stands for it, so that no marker file of Snakemake's lies in a folder that is uploaded as it is
+        config=f"{RESULTS}/{{dataset}}/{{arch}}/{{method}}/{{budget}}/export/config.json",
+    log:
+        f"{RESULTS}/{{dataset}}/{{arch}}/{{method}}/{{budget}}/export.log",
+    benchmark:
+        f"{RESULTS}/{{dataset}}/{{arch}}/{{method}}/{{budget}}/export_cell.benchmark.tsv"
+    conda:
+        "../envs/torch.yaml"
+    threads: 1
+    params:
+        gpus=export_gpus,
+        dataset_kind=lambda wc: config["datasets"][wc.dataset]["source"]["kind"],
+        sources=export_sources,
+        paper=export_paper,
+    shell:
+        "python -m scripts.export_cell --recipe {input.recipe} --model {input.model}"
+        " --autoattack-json {input.json} --autoattack-flags {input.flags}"
+        " --benchmark train={input.train_benchmark} --benchmark autoattack={input.eval_benchmark}"
+        " --gpus {params.gpus:q} --dataset-kind {params.dataset_kind} --sources {params.sources:q}"
+        " --paper {params.paper:q} --out $(dirname {output.config}) --threads {threads} 2> {log}"
+
+
+rule all_exports:
+    input:
+        export_targets(),
