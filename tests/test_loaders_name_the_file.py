@@ -2,6 +2,7 @@
 what to do, not with a bare SafetensorError, UnpicklingError, EOFError or OSError."""
 
 import io
+import json
 import zipfile
 
 import numpy as np
@@ -47,6 +48,7 @@ def test_the_network_json_readers_share_one_loader_that_names_a_foreign_file(tmp
     save_edm(EDMPrecond(**TINY_EDM), TINY_EDM, weights, network)
     assert '"sigma_max": "inf"' in network.read_text()  # JSON has no infinity; the loader decodes it
     assert edm_init_kwargs(network) == TINY_EDM
+    assert edm_init_kwargs(json.loads(network.read_text())) == TINY_EDM  # the content, as an export carries it
     built = edm_from_json(network).state_dict()
     loaded = load_edm(weights, network).state_dict()
     assert {k: v.shape for k, v in built.items()} == {k: v.shape for k, v in loaded.items()}
@@ -57,6 +59,8 @@ def test_the_network_json_readers_share_one_loader_that_names_a_foreign_file(tmp
     for read in (edm_from_json, noisy_classifier_kwargs, lambda path: create_edm_encoder_classifier(arch, 3)):
         with pytest.raises(CheckpointFormatError, match=f"{network}: expected {{'class_name': 'EDMPrecond'"):
             read(network)
+    with pytest.raises(CheckpointFormatError, match="arch.network: expected"):
+        create_edm_encoder_classifier({**arch, "network": json.loads(network.read_text())}, 3)
 
 @pytest.fixture
 def classifier_files(tmp_path):
