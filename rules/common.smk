@@ -11,6 +11,7 @@ from snakemake.logging import logger
 from snakemake.utils import update_config
 
 from dra import config as cfg
+from dra import gpu_plan
 
 # --config values typed as a config file types them (Snakemake keeps nested ones as strings)
 update_config(config, cfg.typed_overrides(workflow.config_settings.config))
@@ -391,6 +392,15 @@ def canary_planned(wildcards):
             "planned_gib_per_gpu": gib,
         }
     )
+
+
+# the batch of every other GPU job, from the memory model of its network and mode (dra.gpu_plan);
+# the config check above has planned each of them already
+JOB_BATCHES = gpu_plan.job_batches(config)
+
+
+def job_batch(rule, network):
+    return JOB_BATCHES[(rule, network)]
 
 
 def train_launcher(wildcards, resources):
