@@ -156,7 +156,7 @@ def lightningdit_step(dit: nn.Module, vae: nn.Module, mode: str, sampling: dict,
 
         def run():
             with torch.no_grad():
-                latents = euler_sample(dit, noise, labels, 1, sampling["timestep_shift"], sampling["cfg_scale"],
+                latents = euler_sample(dit, noise, labels, 2, sampling["timestep_shift"], sampling["cfg_scale"],
                                        0.0, sampling["cfg_channels"])
             return latents
         return run
