@@ -11,8 +11,9 @@ batches is the cost per image, free of every per-batch constant, as in the train
 
 Modes (dra.gpu_plan): attack (eval mode, frozen weights, cross-entropy gradient with respect to
 the input: one step of AutoAttack's or PGD's), infer (no_grad forward), sample (one LightningDiT
-Euler step with its guidance pair, then the VA-VAE decoding of the latents; the larger of the two)
-and train (a train-mode step with parameter gradients).
+Euler step with its guidance pair, then the VA-VAE decoding of the latents) and train (a
+train-mode step with parameter gradients). A job of two stages (LightningDiT's) takes the larger
+per-image cost of its stages, each measured alone.
 """
 
 from __future__ import annotations
@@ -130,42 +131,46 @@ def edm_step(net: nn.Module, mode: str, image_size: int):
     return run_at
 
 
-def lightningdit_step(dit: nn.Module, vae: nn.Module, mode: str, sampling: dict, feature: dict):
-    """run_at for LightningDiT: infer (the feature extractor: VA-VAE encoding and the transformer up
-    to the feature layer) or sample (one Euler step with the guidance pair, and the decoding)."""
-    from dra.diffusion.lightningdit_features import LightningDiTFeatureExtractor
+def lightningdit_stages(dit: nn.Module, vae: nn.Module, mode: str, sampling: dict) -> list:
+    """run_at functions of the stages of a LightningDiT job, measured one by one: a stage whose
+    per-image cost is small can still have the larger peak at batches 1 and 2 (a constant of its
+    own), which would hide the other stage's cost per image. infer: the VA-VAE encoding and one
+    transformer pass (the feature stops halfway through it); sample: one Euler step with its
+    guidance pair, and the decoding of the latents."""
     from dra.diffusion.lightningdit_sampler import decode_latents, euler_sample
     from dra.diffusion.vavae import LatentStats
 
     dit, vae = _frozen(dit), _frozen(vae)
     stats = LatentStats(torch.zeros(1, vae.embed_dim, 1, 1), torch.ones(1, vae.embed_dim, 1, 1))
 
-    def run_at(batch: int):
-        generator = torch.Generator().manual_seed(batch)
-        labels = torch.randint(dit.num_classes, (batch,), generator=generator)
-        if mode == "infer":
-            extractor = LightningDiTFeatureExtractor(dit, vae, stats, layer=feature["layer"], t=feature["t"],
-                                                     zero_channels=feature["zero_channels"])
-            images = torch.rand(batch, 3, vae.resolution, vae.resolution, generator=generator)
-
-            def run():
-                with torch.no_grad():
-                    return extractor(images, labels, range(batch))
-            return run
-        noise = torch.randn(batch, dit.in_channels, dit.input_size, dit.input_size, generator=generator)
+    def encode_at(batch: int):
+        images = torch.rand(batch, 3, vae.resolution, vae.resolution, generator=torch.Generator().manual_seed(batch))
 
         def run():
             with torch.no_grad():
-                latents = euler_sample(dit, noise, labels, 2, sampling["timestep_shift"], sampling["cfg_scale"],
-                                       0.0, sampling["cfg_channels"])
-            return latents
+                return vae.encode_moments(images * 2 - 1)
         return run
+
+    def transformer_at(batch: int):
+        generator = torch.Generator().manual_seed(batch)
+        labels = torch.randint(dit.num_classes, (batch,), generator=generator)
+        noise = torch.randn(batch, dit.in_channels, dit.input_size, dit.input_size, generator=generator)
+        if mode == "infer":
+            def run():
+                with torch.no_grad():
+                    return dit(noise, torch.full((batch,), 0.8), labels)
+            return run
+
+        def run():  # two steps: the grid needs both ends; one is alive at a time
+            return euler_sample(dit, noise, labels, 2, sampling["timestep_shift"], sampling["cfg_scale"], 0.0,
+                                sampling["cfg_channels"])
+        return torch.no_grad()(run)
 
     def decode_at(batch: int):
         latents = torch.randn(batch, vae.embed_dim, vae.latent_size, vae.latent_size)
         return lambda: decode_latents(vae, stats, latents)
 
-    return run_at, decode_at
+    return [encode_at, transformer_at] if mode == "infer" else [transformer_at, decode_at]
 
 
 def edm_network(config: dict, model: str) -> dict:
@@ -220,12 +225,8 @@ def measure_job(config: dict, job) -> tuple[float, int]:
 
         dit = LightningDiT(**source.get("dit_config", LIGHTNINGDIT_XL_1))
         vae = VAVAE(**source.get("vae_config", VAVAE_F16D32))
-        model = config["diffusion_models"][job.network]
-        run_at, decode_at = lightningdit_step(dit, vae, job.mode, model["sampling"], model["feature"])
-        per_image = bytes_per_image(run_at)
-        if job.mode == "sample":
-            per_image = max(per_image, bytes_per_image(decode_at))
-        return per_image, _parameters(dit) + _parameters(vae)
+        stages = lightningdit_stages(dit, vae, job.mode, config["diffusion_models"][job.network]["sampling"])
+        return max(bytes_per_image(run_at) for run_at in stages), _parameters(dit) + _parameters(vae)
     net = EDMPrecond(**edm_network(config, job.network))
     return bytes_per_image(edm_step(net, job.mode, job.image_size)), _parameters(net)
 
