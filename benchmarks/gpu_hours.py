@@ -28,7 +28,6 @@ network in fp32 is counted at TF32 and a transformer at FP32.
 from __future__ import annotations
 
 import argparse
-import math
 from pathlib import Path
 
 import torch

@@ -36,6 +36,10 @@ PYTHON_EXEMPT = {
     "python benchmarks/mini_rule_times.py": "reads a finished mini run's benchmark files (15-20 min to make)",
     "python benchmarks/epoch_time_ratio.py --cell ... --baseline ...": "two trained cells, named by the user",
     "python benchmarks/gpu_train_step.py": "measures a CUDA GPU",
+    "PYTHONPATH=. python benchmarks/job_memory.py --write":
+        "measures every GPU job's network on the CPU, LightningDiT-XL included (about 20 minutes on 2 cores)",
+    "PYTHONPATH=. python benchmarks/autoattack_passes.py":
+        "runs AutoAttack's whole budget on a linear model (a minute); its counts are quoted in README and gpu_hours.py",
     "python -m scripts.<step>": "the pattern of every rule's command, not a command",
     "python -m scripts.canary_table --cells results/canary/*/*/*/*/canary.json --out-csv results/canary/canary.csv "
     "--out-md results/canary/canary.md --memory-table config/data/memory_per_image.csv --measured <date>":
