@@ -19,9 +19,7 @@ per-image cost of its stages, each measured alone.
 from __future__ import annotations
 
 import copy
-import tempfile
 import weakref
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -233,7 +231,3 @@ def measure_job(config: dict, job) -> tuple[float, int]:
 
 def _parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
-
-
-def scratch_dir() -> Path:
-    return Path(tempfile.mkdtemp(prefix="job-memory-"))
