@@ -31,9 +31,10 @@ def add_lightningdit_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast (GPU)")
 
 
-def add_sharded_job_arguments(parser: argparse.ArgumentParser, batch_size: int) -> None:
-    """A resumable job of shards (dra.diffusion.shards): its batch and where finished shards wait."""
-    parser.add_argument("--batch-size", type=int, default=batch_size)
+def add_sharded_job_arguments(parser: argparse.ArgumentParser) -> None:
+    """A resumable job of shards (dra.diffusion.shards): its batch (the rule passes the GPU plan's,
+    dra.gpu_plan) and where finished shards wait."""
+    parser.add_argument("--batch-size", type=int, required=True, help="images per batch on the device")
     parser.add_argument("--state-dir", help="where finished shards wait (default: <out>.state)")
 
 

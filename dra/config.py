@@ -194,14 +194,19 @@ def validate_config(config: dict) -> None:
 
 
 def _check_gpu_plans(config: dict) -> None:
-    """Every cell fits the configured GPUs (with accumulation) before any job starts."""
-    from dra.gpu_plan import PlanError
+    """Every cell fits the configured GPUs (with accumulation), and every other GPU job has a batch
+    that fits one GPU (dra.gpu_plan.job_plans), before any job starts."""
+    from dra.gpu_plan import PlanError, job_plans
 
     for cell in {cell.id: cell for cell in table_cells(config) + figure_cells(config)}.values():
         try:
             train_plan(config, cell)
         except PlanError as error:
             raise ConfigError(f"config keys hardware / resources.train: {error}") from None
+    try:
+        job_plans(config)
+    except PlanError as error:
+        raise ConfigError(f"config keys hardware / resources.evaluate, resources.diffusion: {error}") from None
 
 
 def _require(condition: bool, key: str, message: str) -> None:

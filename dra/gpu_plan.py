@@ -11,7 +11,9 @@ with graphs = 2 for TRADES (the clean and adversarial passes are kept until one 
 otherwise (the attack's graphs are freed step by step). A cell gets the fewest GPUs, up to one
 node, whose usable memory (memory x (1 - headroom)) holds its share of the global batch; a cell
 that one node cannot hold gets gradient accumulation on the node's GPUs: the fewest micro-batches
-per GPU that fit (recipe key accumulation_steps, dra.training.loop). `resources.train.gpu` may fix
+per GPU that fit (recipe key accumulation_steps, dra.training.loop). That count then moves to one
+that packs the node (a divisor of gpus_per_node, pack_node) where it costs no GPU-hours: WRN-70-16
+needs 5 of 8 GPUs of 80 GiB and gets 8 of 128 images each, the same 1,024 images per step. `resources.train.gpu` may fix
 the GPU count instead of `auto` (0: the CPU; mini), and the plan then only picks the accumulation.
 Micro-batches are runs of whole BatchNorm groups (recipe key batchnorm_group, dra.training.batchnorm),
 cut by the rule of dra.training.distributed (`micro_batch_images`); no GPU gets an empty one.
@@ -114,6 +116,29 @@ def fixed_share(cell, batch: int, gpus: int, group: int | None) -> int:
     return images
 
 
+def images_computed(batch: int, gpus: int, accumulation: int, group: int | None) -> int:
+    """Images the GPUs compute per optimizer step: each of gpus x accumulation micro-batches is as
+    large as the largest (whole BatchNorm groups), so a batch that does not divide evenly costs a
+    little more. GPU-hours go with this count, whatever the number of GPUs."""
+    return gpus * accumulation * micro_batch_images(batch, gpus * accumulation, group)
+
+
+def pack_node(batch: int, gpus: int, accumulation: int, gpus_per_node: int, fewest_micro_batches,
+              group: int | None) -> tuple[int, int]:
+    """A GPU count that packs the node: a divisor of gpus_per_node (5 GPUs of 8 leave 3 that no
+    other 5-GPU job can use), with the fewest micro-batches that fit it, where that computes no
+    more images per step than the fewest-GPU plan (gpus, accumulation): fewest micro-batches first
+    (shorter jobs), then fewest GPUs; else that plan."""
+    best = (accumulation, gpus) if gpus_per_node % gpus == 0 else None
+    for count in (d for d in range(1, gpus_per_node + 1) if gpus_per_node % d == 0):
+        micro_batches = fewest_micro_batches(count)
+        if micro_batches is None:
+            continue
+        if images_computed(batch, count, micro_batches, group) <= images_computed(batch, gpus, accumulation, group):
+            best = min(best or (micro_batches, count), (micro_batches, count))
+    return (gpus, accumulation) if best is None else (best[1], best[0])
+
+
 def plan_cell(config: dict, cell, objective: str, precision: dict, image_size: int, steps: int,
               table: dict | None = None) -> CellPlan:
     """The GPUs and micro-batches of `cell` (dra.config.Cell) under config's hardware."""
@@ -135,16 +160,22 @@ def plan_cell(config: dict, cell, objective: str, precision: dict, image_size: i
         return CellPlan(fixed, 1, fixed_share(cell, batch, fixed, group), None, usable, None, steps)
 
     graphs = graphs_kept(objective)
+
+    def holds(chunks: int) -> bool:
+        # the largest of `chunks` micro-batches (whole BatchNorm groups) fits one GPU
+        images = micro_batch_images(batch, chunks, group)
+        return images is not None and bytes_per_gpu(row, graphs, images, precision["bf16"]) <= usable
+
+    def fewest_micro_batches(count: int) -> int | None:
+        # the fewest micro-batches per GPU whose share fits `count` GPUs
+        return next((k for k in range(1, math.ceil(batch / count) + 1) if holds(count * k)), None)
+
     candidates = [fixed] if fixed != "auto" else range(1, hardware["gpus_per_node"] + 1)
     gpus, accumulation = None, None
     if fixed != "auto":
         fixed_share(cell, batch, fixed, group)
     # at least one BatchNorm group per micro-batch: more GPUs or micro-batches would leave some empty
     fits = [count for count in candidates if micro_batch_images(batch, count, group) is not None]
-
-    def holds(chunks: int) -> bool:
-        images = micro_batch_images(batch, chunks, group)
-        return images is not None and bytes_per_gpu(row, graphs, images, precision["bf16"]) <= usable
 
     for count in fits:  # the fewest GPUs that hold the share without accumulation
         if holds(count):
@@ -160,9 +191,250 @@ def plan_cell(config: dict, cell, objective: str, precision: dict, image_size: i
                             f"batchnorm_group) need {needed / GIB:.1f} "
                             f"GiB, more than the {usable / GIB:.1f} GiB usable of one GPU (hardware.gpu_memory_gib, "
                             "headroom_fraction)")
+    if fixed == "auto":
+        gpus, accumulation = pack_node(batch, gpus, accumulation, hardware["gpus_per_node"], fewest_micro_batches,
+                                       group)
     micro_batch = micro_batch_images(batch, gpus * accumulation, group)
     runtime = None
     if row.gpu_seconds_per_image is not None:
         runtime = math.ceil(steps * math.ceil(batch / gpus) * row.gpu_seconds_per_image * RUNTIME_MARGIN / 60)
     return CellPlan(gpus, accumulation, micro_batch, bytes_per_gpu(row, graphs, micro_batch, precision["bf16"]),
                     usable, runtime, steps)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Every other GPU job: the batch each rule passes to its script, from the same kind of memory model.
+#
+# A job runs one network on one GPU in one of four modes, each with its own per-image cost (the
+# table hardware.job_memory_per_image, measured on the CPU by benchmarks/job_memory.py with
+# dra.job_memory, as the training table is) and its own bytes per parameter:
+#   attack  eval mode, weights frozen, gradient with respect to the input (AutoAttack, PGD):
+#           the peak of live tensors over one forward and backward; 4 bytes per parameter
+#   infer   no gradient (feature extraction, representations): the peak of live tensors over one
+#           forward; 4 bytes per parameter
+#   sample  no gradient, one sampling step with the guidance pair and the decoding of its latents;
+#           4 bytes per parameter (the diffusion transformer and its tokenizer)
+#   train   a training step with parameter gradients (the noisy classifier): Adam keeps weights,
+#           gradients and two moments, 16 bytes per parameter; its batch is the configured one,
+#           which must fit
+# A job's batch is the largest whose estimate fits the usable memory of one GPU, at most the job's
+# images; on the CPU (the job's resources gpu: 0) it is hardware.cpu_batch_size.
+
+JOB_TABLE_COLUMNS = ["network", "image_size", "precision", "mode", "mib_per_image", "parameters", "measured"]
+MODES = ("attack", "infer", "sample", "train")
+BYTES_PER_PARAMETER = {"attack": 4, "infer": 4, "sample": 4, "train": 16}
+# the zoo of Figures 1 and 9 is planned by its largest network (dra.job_memory.ZOO_PROXY)
+ZOO_NETWORK = "robustbench-zoo"
+
+
+@dataclass(frozen=True)
+class JobRow:
+    bytes_per_image: float
+    parameters: int
+    measured: str
+
+
+@dataclass(frozen=True)
+class Job:
+    """One kind of GPU job: the rule, the network it runs (an arch, a diffusion model or the zoo),
+    the mode, the images it processes, and the resources family whose gpu count it gets."""
+    rule: str
+    network: str
+    image_size: int
+    mode: str
+    images: int
+    resources: str            # evaluate or diffusion (config resources.<family>)
+    fixed_batch: int | None = None   # a training job's configured batch (it must fit)
+    label: str = ""           # what the job is for (a cell, a dataset), for messages
+
+    @property
+    def key(self) -> tuple[str, int, str, str]:
+        return (self.network, self.image_size, "fp32", self.mode)
+
+
+@dataclass(frozen=True)
+class JobPlan:
+    job: Job
+    gpus: int                 # 0: the CPU
+    batch: int
+    bytes_per_gpu: float | None
+    usable_bytes_per_gpu: float
+
+
+def read_job_table(path: str | Path) -> dict[tuple[str, int, str, str], JobRow]:
+    path = Path(path)
+    if not path.is_file():
+        raise PlanError(f"hardware.job_memory_per_image: {path} does not exist; point it at the per-image memory "
+                        "table of the GPU jobs (config/data/job_memory_per_image.csv)")
+    rows = {}
+    with path.open() as handle:
+        reader = csv.DictReader(handle)
+        if reader.fieldnames != JOB_TABLE_COLUMNS:
+            raise PlanError(f"{path}: columns {reader.fieldnames}; expected {JOB_TABLE_COLUMNS}")
+        for line, row in enumerate(reader, start=2):
+            try:
+                if row["mode"] not in MODES:
+                    raise ValueError(f"mode {row['mode']!r} is none of {MODES}")
+                key = (row["network"], int(row["image_size"]), row["precision"], row["mode"])
+                rows[key] = JobRow(float(row["mib_per_image"]) * MIB, int(row["parameters"]), row["measured"])
+            except ValueError as error:
+                raise PlanError(f"{path}, line {line}: {error}; fix the row or rerun "
+                                "python benchmarks/job_memory.py --write") from error
+    return rows
+
+
+def job_bytes(row: JobRow, mode: str, batch: int) -> float:
+    return row.bytes_per_image * batch + row.parameters * BYTES_PER_PARAMETER[mode]
+
+
+def plan_job(config: dict, job: Job, table: dict | None = None) -> JobPlan:
+    """The batch of one GPU job under config's hardware (see the comment above)."""
+    hardware = config["hardware"]
+    usable = hardware["gpu_memory_gib"] * GIB * (1.0 - hardware["headroom_fraction"])
+    gpus = config["resources"][job.resources]["gpu"]
+    if gpus == 0:  # the CPU: the job's memory is its mem_mb, not planned
+        return JobPlan(job, 0, job.fixed_batch or min(hardware["cpu_batch_size"], job.images), None, usable)
+    table = read_job_table(hardware["job_memory_per_image"]) if table is None else table
+    row = table.get(job.key)
+    if row is None:
+        raise PlanError(f"{hardware['job_memory_per_image']} has no row for network {job.network} at "
+                        f"{job.image_size}x{job.image_size} in mode {job.mode} (rule {job.rule}, {job.label}); "
+                        "measure it: python benchmarks/job_memory.py --write (with --configfile for an overlay)")
+    if job.fixed_batch is not None:
+        if job_bytes(row, job.mode, job.fixed_batch) > usable:
+            raise PlanError(f"rule {job.rule} ({job.label}): its configured batch of {job.fixed_batch} needs "
+                            f"{job_bytes(row, job.mode, job.fixed_batch) / GIB:.1f} GiB, more than the "
+                            f"{usable / GIB:.1f} "
+                            "GiB usable of one GPU (hardware.gpu_memory_gib, headroom_fraction)")
+        return JobPlan(job, 1, job.fixed_batch, job_bytes(row, job.mode, job.fixed_batch), usable)
+    batch = math.floor((usable - row.parameters * BYTES_PER_PARAMETER[job.mode]) / row.bytes_per_image)
+    if batch < 1:
+        raise PlanError(f"rule {job.rule} ({job.label}): one image of {job.network} in mode {job.mode} needs "
+                        f"{job_bytes(row, job.mode, 1) / GIB:.1f} GiB, more than the {usable / GIB:.1f} GiB usable of "
+                        "one GPU (hardware.gpu_memory_gib, headroom_fraction)")
+    batch = min(batch, job.images)
+    return JobPlan(job, 1, batch, job_bytes(row, job.mode, batch), usable)
+
+
+# the VA-VAE f16d32's resolution (dra.diffusion.vavae.VAVAE_F16D32; a constant here so that the config
+# check imports no torch): LightningDiT samples and reads 256x256 images
+VAVAE_RESOLUTION = 256
+
+
+def classifier_of(config: dict, model: str) -> tuple[str, str]:
+    """(arch, dataset) of a cell path or reference/<name>."""
+    from dra.config import REFERENCE_PREFIX, parse_cell
+
+    if model.startswith(REFERENCE_PREFIX):
+        entry = config["reference_models"]["models"][model.removeprefix(REFERENCE_PREFIX)]
+        return entry["arch"], entry["dataset"]
+    cell = parse_cell(model)
+    return cell.arch, cell.dataset
+
+
+def memory_network(config: dict, model: str) -> str:
+    # a noisy classifier is its base diffusion model's U-Net (label input removed): the same memory
+    source = config["diffusion_models"][model]["source"]
+    return source["diffusion"] if source["kind"] == "noisy_classifier" else model
+
+
+def gpu_jobs(config: dict) -> list[Job]:
+    """Every kind of job of the configuration that runs a network on a GPU, besides training cells
+    (plan_cell) and the canary's cells: one entry per rule and network it runs (jobs of one rule on
+    one network at one size differ only in their images, and the largest count stands for them)."""
+    from dra import config as cfg
+
+    jobs: dict[tuple, Job] = {}
+
+    def add(job: Job) -> None:
+        key = (job.rule, job.network, job.image_size, job.mode)
+        if key not in jobs or job.images > jobs[key].images:
+            jobs[key] = job
+
+    datasets = config["datasets"]
+    cells = list({c.id: c for c in cfg.table_cells(config) + cfg.figure_cells(config)}.values())
+    for cell in cells:
+        dataset = datasets[cell.dataset]
+        add(Job("autoattack", cell.arch, dataset["image_size"], "attack", dataset["eval_n"], "evaluate",
+                label=f"cell {cell.id}"))
+    for name, entry in config["reference_models"]["models"].items():
+        dataset = datasets[entry["dataset"]]
+        add(Job("reference_autoattack", entry["arch"], dataset["image_size"], "attack", dataset["eval_n"],
+                "evaluate", label=f"reference_models.models.{name}"))
+    for cell in cfg.table_cells(config, cfg.tables_of_kind(config, "classification_dimension")):
+        add(Job("classification_dimension", cell.arch, datasets[cell.dataset]["image_size"], "attack",
+                config["classification_dimension"]["eval_n"], "evaluate", label=f"cell {cell.id}"))
+    figures = config["figures"]
+    for model in cfg.figure_models(config):
+        arch, dataset = classifier_of(config, model)
+        add(Job("figure_representation", arch, datasets[dataset]["image_size"], "attack", figures["eval_n"],
+                "evaluate", label=f"figure model {model}"))
+    figure_datasets = []
+    if "standard" in figures:
+        figure_datasets.append(cfg.model_dataset(config, figures["standard"]))
+    if figures.get("robustbench"):
+        figure_datasets.append("cifar10")  # the zoo's dataset (rules/figures_common.smk ZOO_DATASET)
+        add(Job("zoo_representation", ZOO_NETWORK, 32, "infer", figures["eval_n"], "evaluate",
+                label="figures.robustbench"))
+    for dataset in dict.fromkeys(figure_datasets):
+        model = datasets[dataset]["diffusion"]
+        validation = config["diffusion_models"][model].get("validation") or {}
+        add(Job("figure_diffusion_representation", model, datasets[dataset]["image_size"], "attack",
+                max(figures["eval_n"], validation.get("train_n", 0)), "diffusion", label=f"dataset {dataset}"))
+    for dataset_name, dataset in datasets.items():
+        model = dataset["diffusion"]
+        kind = config["diffusion_models"][model]["source"]["kind"]
+        largest_store = max([cfg.split_sizes(config, dataset_name)[0] or 0]
+                            + [cfg.synthetic_size(config, dataset_name, name) for name in dataset["synthetic"]])
+        if cfg.uses_edm(config, dataset_name):
+            views = 2 if dataset["extra_view_over_synthetic"] is not None else 1
+            for target in {model, *(m for m, d in config["diffusion_models"].items()
+                                    if d["source"]["kind"] == "noisy_classifier"
+                                    and d["source"]["dataset"] == dataset_name)}:
+                add(Job("extract_features", memory_network(config, target), dataset["image_size"], "infer",
+                        largest_store * views, "diffusion", label=f"dataset {dataset_name}, {target}"))
+            validation = config["diffusion_models"][model]["validation"]
+            add(Job("validate_features", model, dataset["image_size"], "attack",
+                    max(validation["train_n"], validation["test_n"]), "diffusion", label=f"dataset {dataset_name}"))
+            for name, spec in dataset["synthetic"].items():
+                if "generate" in spec:
+                    add(Job("generate_synthetic", model, dataset["image_size"], "infer",
+                            cfg.synthetic_size(config, dataset_name, name), "diffusion",
+                            label=f"datasets.{dataset_name}.synthetic.{name}"))
+        elif kind == "lightningdit":
+            resolution = config["diffusion_models"][model]["source"].get("vae_config", {}).get(
+                "resolution", VAVAE_RESOLUTION)
+            add(Job("extract_imagenet_features", model, resolution, "infer", largest_store, "diffusion",
+                    label=f"dataset {dataset_name}"))
+            for name, spec in dataset["synthetic"].items():
+                if "generate" in spec:
+                    per_part = math.ceil(cfg.synthetic_size(config, dataset_name, name)
+                                         / spec["generate"].get("parts", 1))
+                    add(Job("generate_imagenet_synthetic_part", model, resolution, "sample", per_part, "diffusion",
+                            label=f"datasets.{dataset_name}.synthetic.{name}"))
+    for name, model in config["diffusion_models"].items():
+        source = model["source"]
+        if source["kind"] in ("noisy_classifier", "train"):
+            size = datasets[source["dataset"]]["image_size"]
+            rule = "train_noisy_classifier" if source["kind"] == "noisy_classifier" else "train_diffusion"
+            add(Job(rule, name, size, "train", source["training"]["batch_size"], "diffusion",
+                    fixed_batch=source["training"]["batch_size"], label=f"diffusion_models.{name}"))
+    return list(jobs.values())
+
+
+def job_plans(config: dict) -> list[JobPlan]:
+    """The plan of every GPU job of the configuration (the config check runs it before any job)."""
+    table = None
+    if any(config["resources"][family]["gpu"] for family in ("evaluate", "diffusion")):
+        table = read_job_table(config["hardware"]["job_memory_per_image"])
+    return [plan_job(config, job, table) for job in gpu_jobs(config)]
+
+
+def job_batches(config: dict) -> dict[tuple[str, str], int]:
+    """{(rule, network): the batch the rule passes to its script (--batch-size)}; a network that one
+    rule runs at two image sizes gets the smaller batch."""
+    batches: dict[tuple[str, str], int] = {}
+    for plan in job_plans(config):
+        key = (plan.job.rule, plan.job.network)
+        batches[key] = min(batches.get(key, plan.batch), plan.batch)
+    return batches

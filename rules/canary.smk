@@ -141,6 +141,7 @@ rule canary_cell:
         # one GPU of the planned job, or the CPU where the plan has none
         gpu=lambda wc: min(train_gpus(wc), 1),
         tasks_per_gpu=0,
+        nodes=1,
         runtime=f"{min(time_limits.minutes(config['canary']['runtime']), TIME_LIMIT_MINUTES)}m",
         mem_mb=resource("train", "mem_mb"),
     params:

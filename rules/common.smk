@@ -11,6 +11,7 @@ from snakemake.logging import logger
 from snakemake.utils import update_config
 
 from dra import config as cfg
+from dra import gpu_plan
 from dra import model_card
 from dra import time_limits
 
@@ -410,6 +411,15 @@ def canary_planned(wildcards):
             "planned_gib_per_gpu": gib,
         }
     )
+
+
+# the batch of every other GPU job, from the memory model of its network and mode (dra.gpu_plan);
+# the config check above has planned each of them already
+JOB_BATCHES = gpu_plan.job_batches(config)
+
+
+def job_batch(rule, network):
+    return JOB_BATCHES[(rule, network)]
 
 
 def train_launcher(wildcards, resources):

@@ -57,6 +57,7 @@ rule train_diffusion:
     resources:
         gpu=resource("diffusion", "gpu"),
         tasks_per_gpu=0,
+        nodes=1,
         runtime=runtime_per_attempt("diffusion"),
         mem_mb=resource("diffusion", "mem_mb"),
     params:
@@ -91,6 +92,7 @@ rule train_noisy_classifier:
     resources:
         gpu=resource("diffusion", "gpu"),
         tasks_per_gpu=0,
+        nodes=1,
         runtime=runtime_per_attempt("diffusion"),
         mem_mb=resource("diffusion", "mem_mb"),
     params:
@@ -127,17 +129,20 @@ rule generate_synthetic:
     resources:
         gpu=resource("diffusion", "gpu"),
         tasks_per_gpu=0,
+        nodes=1,
         runtime=runtime_per_attempt("diffusion"),
         mem_mb=resource("diffusion", "mem_mb"),
     params:
         spec=lambda wc: config["datasets"][wc.dataset]["synthetic"][wc.set]["generate"],
         num_classes=lambda wc: config["datasets"][wc.dataset]["num_classes"],
         state=f"{RESULTS}/state/{{dataset}}/generated-{{set}}",
+        batch=lambda wc: job_batch("generate_synthetic", diffusion_of(wc.dataset)),
         seed=config["seed"],
     shell:
         "python -m scripts.generate_synthetic --weights {input.weights} --network {input.network}"
         " --images-per-class {params.spec[images_per_class]} --num-classes {params.num_classes}"
-        " --num-steps {params.spec[num_steps]} --seed {params.seed} --state-dir {params.state}"
+        " --num-steps {params.spec[num_steps]} --batch-size {params.batch} --seed {params.seed}"
+        " --state-dir {params.state}"
         " --threads {threads} --out {output} 2> {log}"
 
 
@@ -178,16 +183,21 @@ rule extract_features:
     resources:
         gpu=resource("diffusion", "gpu"),
         tasks_per_gpu=0,
+        nodes=1,
         runtime=runtime_per_attempt("diffusion"),
         mem_mb=resource("diffusion", "mem_mb"),
     params:
         layer=lambda wc: cfg.diffusion_feature(config, wc.diffusion)["layer"],
         sigma=lambda wc: cfg.diffusion_feature(config, wc.diffusion)["sigma"],
+        batch=lambda wc: job_batch(
+            "extract_features", gpu_plan.memory_network(config, wc.diffusion)
+        ),
         seed=config["seed"],
     shell:
         "python -m scripts.extract_features --weights {input.weights} --network {input.network}"
         " --images {input.images} --layer {params.layer:q} --sigma {params.sigma}"
-        " --views {wildcards.views} --seed {params.seed} --threads {threads} --out {output} 2> {log}"
+        " --views {wildcards.views} --batch-size {params.batch} --seed {params.seed} --threads {threads}"
+        " --out {output} 2> {log}"
 
 
 rule validate_features:
@@ -222,6 +232,7 @@ rule validate_features:
     resources:
         gpu=resource("diffusion", "gpu"),
         tasks_per_gpu=0,
+        nodes=1,
         runtime=runtime_per_attempt("diffusion"),
         mem_mb=resource("diffusion", "mem_mb"),
     params:
@@ -233,6 +244,7 @@ rule validate_features:
         sigmas=lambda wc: " ".join(
             str(s) for s in config["diffusion_models"][wc.diffusion]["validation"]["sigmas"]
         ),
+        batch=lambda wc: job_batch("validate_features", wc.diffusion),
         seed=config["seed"],
     shell:
         "python -m scripts.validate_features --weights {input.weights} --network {input.network}"
@@ -240,7 +252,7 @@ rule validate_features:
         " --sigmas {params.sigmas} --eps-255 {params.eps} --train-n {params.spec[train_n]}"
         " --test-n {params.spec[test_n]} --attack-n {params.spec[attack][n]}"
         " --pgd-steps {params.spec[attack][steps]} --pgd-step-factor {params.spec[attack][step_factor]}"
-        " --seed {params.seed} --threads {threads}"
+        " --batch-size {params.batch} --seed {params.seed} --threads {threads}"
         " --out-probe {output.probe} --out-probe-png {output.probe_png}"
         " --out-robustness {output.robustness} --out-robustness-png {output.robustness_png} 2> {log}"
 

@@ -21,6 +21,7 @@ rule autoattack:
     resources:
         gpu=resource("evaluate", "gpu"),
         tasks_per_gpu=0,
+        nodes=1,
         runtime=runtime_per_attempt("evaluate"),
         mem_mb=resource("evaluate", "mem_mb"),
     params:
@@ -28,12 +29,13 @@ rule autoattack:
         n=lambda wc: config["datasets"][wc.dataset]["eval_n"],
         seed=config["seed"],
         attacks=" ".join(config["evaluation"]["attacks"]),
+        batch=lambda wc: job_batch("autoattack", wc.arch),
         # resumable state of an interrupted evaluation, not a declared output
         state=f"{RESULTS}/state/{{dataset}}/{{arch}}/{{method}}/{{budget}}/autoattack",
     shell:
         "python -m scripts.evaluate_autoattack --model {input.model} --recipe {input.recipe}"
         " --test-store {input.test} --eps {params.eps_255}/255 --n {params.n} --seed {params.seed}"
-        " --attacks {params.attacks} --state {params.state} --threads {threads}"
+        " --attacks {params.attacks} --batch-size {params.batch} --state {params.state} --threads {threads}"
         " --out-json {output.json} --out-npz {output.flags} 2>> {log}"
 
 
@@ -60,6 +62,7 @@ rule classification_dimension:
     resources:
         gpu=resource("evaluate", "gpu"),
         tasks_per_gpu=0,
+        nodes=1,
         runtime=runtime_per_attempt("evaluate"),
         mem_mb=resource("evaluate", "mem_mb"),
     params:
@@ -67,11 +70,12 @@ rule classification_dimension:
         n=config["classification_dimension"]["eval_n"],
         steps=config["classification_dimension"]["attack"]["steps"],
         step_fraction=config["classification_dimension"]["attack"]["step_fraction"],
+        batch=lambda wc: job_batch("classification_dimension", wc.arch),
         seed=config["seed"],
     shell:
         "python -m scripts.classification_dimension --model {input.model} --recipe {input.recipe}"
         " --test-store {input.test} --n {params.n} --eps {params.eps_255}/255 --steps {params.steps}"
-        " --step-fraction {params.step_fraction}"
+        " --step-fraction {params.step_fraction} --batch-size {params.batch}"
         " --seed {params.seed} --threads {threads} --out-json {output.json}"
         " --out-csv {output.curve} --out-png {output.figure} 2> {log}"
 

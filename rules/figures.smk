@@ -26,6 +26,7 @@ rule figure_representation:
     resources:
         gpu=resource("evaluate", "gpu"),
         tasks_per_gpu=0,
+        nodes=1,
         runtime=runtime_per_attempt("evaluate"),
         mem_mb=resource("evaluate", "mem_mb"),
     params:
@@ -34,11 +35,14 @@ rule figure_representation:
         n=FIGURES["eval_n"],
         steps=FIGURES["pgd_steps"],
         step_factor=FIGURES["pgd_step_factor"],
+        batch=lambda wc: job_batch(
+            "figure_representation", gpu_plan.classifier_of(config, wc.model)[0]
+        ),
     shell:
         "python -m scripts.figure_representation --model {input.model} --recipe {input.recipe}"
         " --test-store {input.test} --n {params.n} --eps-255 {params.eps}"
         " --attack-eps-255 {params.attack_eps} --steps {params.steps}"
-        " --step-factor {params.step_factor} --threads {threads}"
+        " --step-factor {params.step_factor} --batch-size {params.batch} --threads {threads}"
         " --out {output} 2> {log}"
 
 
@@ -61,6 +65,7 @@ rule figure_diffusion_representation:
     resources:
         gpu=resource("diffusion", "gpu"),
         tasks_per_gpu=0,
+        nodes=1,
         runtime=runtime_per_attempt("diffusion"),
         mem_mb=resource("diffusion", "mem_mb"),
     params:
@@ -71,13 +76,15 @@ rule figure_diffusion_representation:
         n=FIGURES["eval_n"],
         steps=FIGURES["pgd_steps"],
         step_factor=FIGURES["pgd_step_factor"],
+        batch=lambda wc: job_batch("figure_diffusion_representation", wc.diffusion),
         seed=config["seed"],
     shell:
         "python -m scripts.figure_diffusion_representation --weights {input.weights}"
         " --network {input.network} --train-store {input.train} --test-store {input.test}"
         " --layer {params.feature[layer]} --sigma {params.feature[sigma]} --train-n {params.train_n}"
         " --n {params.n} --eps-255 {params.eps} --attack-eps-255 {params.attack_eps}"
-        " --steps {params.steps} --step-factor {params.step_factor} --seed {params.seed}"
+        " --steps {params.steps} --step-factor {params.step_factor} --batch-size {params.batch}"
+        " --seed {params.seed}"
         " --threads {threads} --out {output} 2> {log}"
 
 
@@ -172,6 +179,7 @@ rule figure6:
     resources:
         gpu=resource("evaluate", "gpu"),
         tasks_per_gpu=0,
+        nodes=1,
         runtime=runtime_per_attempt("evaluate"),
         mem_mb=resource("evaluate", "mem_mb"),
     params:
@@ -278,14 +286,17 @@ rule zoo_representation:
     resources:
         gpu=resource("evaluate", "gpu"),
         tasks_per_gpu=0,
+        nodes=1,
         runtime=runtime_per_attempt("evaluate"),
         mem_mb=resource("evaluate", "mem_mb"),
     params:
         model_dir=lambda wc, input: Path(input.checkpoint).parents[2],
         n=FIGURES["eval_n"],
+        batch=lambda wc: job_batch("zoo_representation", gpu_plan.ZOO_NETWORK),
     shell:
         "python -m scripts.zoo_representation --name {wildcards.zoo_model} --model-dir {params.model_dir}"
-        " --test-store {input.test} --n {params.n} --threads {threads} --out {output} 2> {log}"
+        " --test-store {input.test} --n {params.n} --batch-size {params.batch} --threads {threads}"
+        " --out {output} 2> {log}"
 
 
 rule figure1_9:

@@ -80,6 +80,7 @@ rule generate_imagenet_synthetic_part:
     resources:
         gpu=resource("diffusion", "gpu"),
         tasks_per_gpu=0,
+        nodes=1,
         runtime=runtime_per_attempt("diffusion"),
         mem_mb=resource("diffusion", "mem_mb"),
     params:
@@ -92,6 +93,7 @@ rule generate_imagenet_synthetic_part:
         sampling=lambda wc: config["diffusion_models"][diffusion_of(wc.dataset)]["sampling"],
         # resumable shards of an interrupted job, not a declared output
         state=f"{RESULTS}/state/{{dataset}}/generated-{{set}}/part{{part}}",
+        batch=lambda wc: job_batch("generate_imagenet_synthetic_part", diffusion_of(wc.dataset)),
         seed=config["seed"],
     shell:
         "python -m scripts.generate_imagenet_synthetic --dit {input.dit} --vae {input.vae}"
@@ -100,7 +102,8 @@ rule generate_imagenet_synthetic_part:
         " --timestep-shift {params.sampling[timestep_shift]} --cfg-scale {params.sampling[cfg_scale]}"
         " --cfg-interval-start {params.sampling[cfg_interval_start]}"
         " --cfg-channels {params.sampling[cfg_channels]}"
-        " --part {wildcards.part} --parts {params.parts} --seed {params.seed} {params.networks}"
+        " --part {wildcards.part} --parts {params.parts} --batch-size {params.batch}"
+        " --seed {params.seed} {params.networks}"
         " --state-dir {params.state} --threads {threads} --out {output} 2> {log}"
 
 
@@ -141,6 +144,7 @@ rule extract_imagenet_features:
     resources:
         gpu=resource("diffusion", "gpu"),
         tasks_per_gpu=0,
+        nodes=1,
         runtime=runtime_per_attempt("diffusion"),
         mem_mb=resource("diffusion", "mem_mb"),
     params:
@@ -152,10 +156,12 @@ rule extract_imagenet_features:
         ),
         networks=lambda wc: lightningdit_config_flags(wc.diffusion),
         state=f"{RESULTS}/state/{{dataset}}/features/{{diffusion}}/{{store}}-v1",
+        batch=lambda wc: job_batch("extract_imagenet_features", wc.diffusion),
         seed=config["seed"],
     shell:
         "python -m scripts.extract_imagenet_features --dit {input.dit} --vae {input.vae}"
         " --latent-stats {input.latents_stats} {params.source} {input.images}"
         " --layer {params.feature[layer]} --t {params.feature[t]} --zero-channels {params.zero}"
-        " --seed {params.seed} {params.networks} --workers {threads} --threads {threads}"
+        " --batch-size {params.batch} --seed {params.seed} {params.networks} --workers {threads}"
+        " --threads {threads}"
         " --state-dir {params.state} --out {output} 2> {log}"

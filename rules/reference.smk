@@ -89,6 +89,9 @@ use rule autoattack as reference_autoattack with:
         n=lambda wc: ref.reference_dataset(config, wc.name)["eval_n"],
         seed=config["seed"],
         attacks=" ".join(config["evaluation"]["attacks"]),
+        batch=lambda wc: job_batch(
+            "reference_autoattack", ref.reference_entry(config, wc.name)["arch"]
+        ),
         state=f"{RESULTS}/state/reference/{{name}}/autoattack",
 
 

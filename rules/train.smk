@@ -38,6 +38,7 @@ rule train_cell:
     resources:
         gpu=train_gpus,
         tasks_per_gpu=0,
+        nodes=1,
         runtime=train_runtime,
         mem_mb=resource("train", "mem_mb"),
     params:

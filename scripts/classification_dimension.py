@@ -5,7 +5,7 @@ accuracy curve over the number of principal components (CSV) and its plot (PNG).
 
 Example:
     python scripts/classification_dimension.py --model <cell>/train/model.pt --recipe <cell>/recipe.yaml \\
-        --test-store resources/cifar10/test --eps 8/255 --steps 20 --step-fraction 0.25 \\
+        --test-store resources/cifar10/test --eps 8/255 --steps 20 --step-fraction 0.25 --batch-size 500 \\
         --out-json <cell>/classification_dimension.json --out-csv <cell>/classification_dimension.csv \\
         --out-png <cell>/classification_dimension.png
 """
@@ -33,7 +33,8 @@ def main(argv=None) -> None:
     parser.add_argument("--steps", type=int, required=True,
                         help="PGD steps (config: classification_dimension.attack.steps)")
     parser.add_argument("--seed", type=int, default=0, help="seed of PGD's random start")
-    parser.add_argument("--batch-size", type=int, default=500)
+    parser.add_argument("--batch-size", type=int, required=True,
+                        help="images per batch on the device (the rule passes the GPU plan's, dra.gpu_plan)")
     parser.add_argument("--out-json", required=True)
     parser.add_argument("--out-csv", required=True)
     parser.add_argument("--out-png", required=True)

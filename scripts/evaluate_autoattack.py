@@ -4,7 +4,7 @@
 Example:
     python scripts/evaluate_autoattack.py --model results/mini/<cell>/train/model.pt \\
         --recipe results/mini/<cell>/recipe.yaml --test-store results/mini/data/digits/test \\
-        --eps 8/255 --n 1000 --out-json <cell>/autoattack.json --out-npz <cell>/autoattack.npz
+        --eps 8/255 --n 1000 --batch-size 500 --out-json <cell>/autoattack.json --out-npz <cell>/autoattack.npz
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ def main(argv=None) -> None:
     parser.add_argument("--eps", required=True, help="Linf budget as a fraction of 1, e.g. 8/255 or 0.0314")
     parser.add_argument("--n", type=int, default=None, help="evaluate the first N test points (default: all)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--batch-size", type=int, default=500)
+    parser.add_argument("--batch-size", type=int, required=True,
+                        help="images per batch on the device (the rule passes the GPU plan's, dra.gpu_plan)")
     parser.add_argument("--chunk-size", type=int, default=2000,
                         help="points per resumable chunk; a killed job loses at most one chunk. Each chunk pays "
                              "pyautoattack's fixed per-call cost, so keep it several batches large")

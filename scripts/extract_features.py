@@ -19,7 +19,7 @@ def main(argv=None) -> None:
     parser.add_argument("--sigma", type=float, required=True, help="noise level of view 0")
     parser.add_argument("--views", type=int, choices=(1, 2), default=1,
                         help="2 adds a view at a sigma drawn from EDM's training distribution")
-    add_sharded_job_arguments(parser, batch_size=256)
+    add_sharded_job_arguments(parser)
     parser.add_argument("--seed", type=int, default=0, help="noise seed (noise depends on seed, index, view)")
     add_device_arguments(parser)
     args = parser.parse_args(argv)

@@ -26,7 +26,7 @@ def main(argv=None) -> None:
     parser.add_argument("--null-class", action="store_true", help="condition on the null class, not the label")
     parser.add_argument("--posterior-mean", action="store_true",
                         help="encode with the VA-VAE posterior mean instead of a (seeded) sample as the release")
-    add_sharded_job_arguments(parser, batch_size=64)
+    add_sharded_job_arguments(parser)
     parser.add_argument("--workers", type=int, default=8, help="DataLoader workers decoding images")
     add_device_arguments(parser)
     args = parser.parse_args(argv)

@@ -6,7 +6,7 @@ Example:
     python -m scripts.figure_diffusion_representation --weights model.safetensors --network model.json \\
         --train-store resources/cifar10/train --test-store resources/cifar10/test --layer model.dec.8x8_in1 \\
         --sigma 0.1 --train-n 10000 --n 1000 --eps-255 0 1 2 4 8 --attack-eps-255 8 \\
-        --steps 20 --step-factor 2.5 --out dr.npz
+        --steps 20 --step-factor 2.5 --batch-size 128 --out dr.npz
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ def main(argv=None) -> None:
     parser.add_argument("--sigma", type=float, required=True, help="diffusion noise level")
     parser.add_argument("--train-n", type=int, required=True, help="first N training images fit the probe")
     add_robust_curve_arguments(parser)
-    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--batch-size", type=int, required=True,
+                        help="images per batch on the device (the rule passes the GPU plan's, dra.gpu_plan)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the diffusion noise and the probe")
     parser.add_argument("--out", required=True, help="representation.npz")
     add_device_arguments(parser)

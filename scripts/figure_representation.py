@@ -5,7 +5,7 @@ gradients (dra.analysis.figures.classifier_representation).
 Example:
     python -m scripts.figure_representation --model <cell>/train/model.pt --recipe <cell>/recipe.yaml \\
         --test-store resources/cifar10/test --n 1000 --eps-255 0 1 2 4 8 --attack-eps-255 8 --steps 20 \\
-        --step-factor 2.5 --out <cell>/representation.npz
+        --step-factor 2.5 --batch-size 250 --out <cell>/representation.npz
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ def main(argv=None) -> None:
     parser.add_argument("--recipe", required=True, help="resolved recipe.yaml of the model")
     parser.add_argument("--test-store", required=True, help="image store folder of the test split")
     add_robust_curve_arguments(parser)
-    parser.add_argument("--batch-size", type=int, default=250)
+    parser.add_argument("--batch-size", type=int, required=True,
+                        help="images per batch on the device (the rule passes the GPU plan's, dra.gpu_plan)")
     parser.add_argument("--out", required=True, help="representation.npz")
     add_device_arguments(parser)
     args = parser.parse_args(argv)

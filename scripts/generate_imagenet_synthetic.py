@@ -21,7 +21,7 @@ def main(argv=None) -> None:
     parser.add_argument("--cfg-scale", type=float, required=True, help="guidance scale; <= 1 disables guidance")
     parser.add_argument("--cfg-interval-start", type=float, required=True, help="guidance only where t >= this")
     parser.add_argument("--cfg-channels", type=int, required=True, help="guidance on the first N latent channels")
-    add_sharded_job_arguments(parser, batch_size=64)
+    add_sharded_job_arguments(parser)
     parser.add_argument("--seed", type=int, default=0, help="first noise seed; seeds repeat for every class")
     add_device_arguments(parser)
     parser.add_argument("--part", type=int, default=0, help="which part of the set this job samples (0-based)")

@@ -17,7 +17,7 @@ def main(argv=None) -> None:
     parser.add_argument("--num-classes", type=int, required=True)
     parser.add_argument("--num-steps", type=int, required=True,
                         help="Heun steps (config: the set's generate.num_steps)")
-    add_sharded_job_arguments(parser, batch_size=256)
+    add_sharded_job_arguments(parser)
     parser.add_argument("--seed", type=int, default=0, help="first latent seed; seeds repeat for every class")
     add_device_arguments(parser)
     args = parser.parse_args(argv)

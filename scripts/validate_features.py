@@ -21,7 +21,8 @@ def main(argv=None) -> None:
     parser.add_argument("--attack-n", type=int, required=True, help="test images attacked with PGD")
     parser.add_argument("--pgd-steps", type=int, required=True, help="PGD sign steps")
     parser.add_argument("--pgd-step-factor", type=float, required=True, help="each step is factor * eps / steps")
-    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--batch-size", type=int, required=True,
+                        help="images per batch on the device (the rule passes the GPU plan's, dra.gpu_plan)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out-probe", required=True, help="probe accuracy per (layer, sigma), .csv")
     parser.add_argument("--out-probe-png", required=True, help="heatmap of the probe accuracy")

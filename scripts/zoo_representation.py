@@ -14,7 +14,8 @@ def main(argv=None) -> None:
     parser.add_argument("--model-dir", required=True, help="RobustBench's model_dir holding cifar10/Linf/<name>.pt")
     parser.add_argument("--test-store", required=True, help="the CIFAR-10 test image store")
     parser.add_argument("--n", type=int, required=True, help="first n test images")
-    parser.add_argument("--batch-size", type=int, default=200)
+    parser.add_argument("--batch-size", type=int, required=True,
+                        help="images per batch on the device (the rule passes the GPU plan's, dra.gpu_plan)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--out", required=True, help="the .npz written")
     args = parser.parse_args(argv)

@@ -6,11 +6,27 @@ import math
 import re
 
 import pytest
+import torch
 import yaml
+from workflow_helpers import ROOT, run_snakemake
 
 from dra import config as cfg
-from dra.gpu_plan import GIB, MIB, bytes_per_gpu, graphs_kept, micro_batch_images, precision_name, read_memory_table
-from workflow_helpers import ROOT, run_snakemake
+from dra.gpu_plan import (
+    BYTES_PER_PARAMETER,
+    GIB,
+    MIB,
+    PlanError,
+    bytes_per_gpu,
+    graphs_kept,
+    images_computed,
+    job_batches,
+    job_bytes,
+    job_plans,
+    micro_batch_images,
+    precision_name,
+    read_job_table,
+    read_memory_table,
+)
 
 PAPER = yaml.safe_load((ROOT / "config.yaml").read_text())
 TABLE = read_memory_table(ROOT / PAPER["hardware"]["memory_per_image"])
@@ -60,11 +76,21 @@ def test_every_planned_cell_fits_its_gpus_with_the_fewest_gpus_and_micro_batches
             assert plan.micro_batch % group == 0, cell.id
         assert plan.bytes_per_gpu == pytest.approx(estimate(config, cell, plan.micro_batch))
         assert plan.bytes_per_gpu <= usable, cell.id
-        # minimal: one GPU fewer (without accumulation) or one micro-batch fewer would not fit
-        if plan.accumulation_steps == 1 and plan.gpus > 1:
-            assert estimate(config, cell, micro_batch_images(cell.batch_size, plan.gpus - 1, group)) > usable, cell.id
-        if plan.accumulation_steps > 1:
-            assert plan.gpus == gpus_per_node or micro_batch_images(cell.batch_size, plan.gpus + 1, group) is None
+        # the fewest GPUs without accumulation (else the most GPUs that each get a BatchNorm group, with
+        # the fewest micro-batches)...
+        def fits(chunks, cell=cell, group=group):
+            images = micro_batch_images(cell.batch_size, chunks, group)
+            return images is not None and estimate(config, cell, images) <= usable
+
+        counts = [g for g in range(1, gpus_per_node + 1) if micro_batch_images(cell.batch_size, g, group) is not None]
+        fewest = next((g for g in counts if fits(g)), None)
+        first = (fewest, 1) if fewest else (counts[-1], next(k for k in range(2, cell.batch_size)
+                                                             if fits(counts[-1] * k)))
+        # ...moved to a divisor of the node's GPUs where that computes no more images per step
+        assert gpus_per_node % plan.gpus == 0 or (plan.gpus, plan.accumulation_steps) == first, cell.id
+        assert (images_computed(cell.batch_size, plan.gpus, plan.accumulation_steps, group)
+                <= images_computed(cell.batch_size, *first, group)), cell.id
+        if plan.accumulation_steps > 1:  # one micro-batch fewer would not fit
             fewer = micro_batch_images(cell.batch_size, plan.gpus * (plan.accumulation_steps - 1), group)
             assert estimate(config, cell, fewer) > usable, cell.id
         assert cfg.resolve_recipe(config, cell)["accumulation_steps"] == plan.accumulation_steps
@@ -83,6 +109,12 @@ def test_known_plans_from_the_measured_per_image_memory():
     small = with_hardware(40, 4)
     plan = cfg.train_plan(small, cfg.parse_cell("imagenet/convnext-b/dm-at+dra/syn4m-bs1024-ep100"))
     assert (plan.gpus, plan.accumulation_steps, plan.micro_batch) == (4, 2, 128)
+    # WRN-70-16 (TRADES, batch 1024): 5 GPUs of 80 GiB would hold 205 images each (1,025 computed per
+    # step) and leave 3 of a node's 8 idle; 8 GPUs of 128 compute 1,024 and pack the node
+    plan = cfg.train_plan(PAPER, cfg.parse_cell("cifar10/wrn-70-16/dm-at/syn50m-bs1024-ep2000"))
+    assert (plan.gpus, plan.accumulation_steps, plan.micro_batch) == (8, 1, 128)
+    assert bytes_per_gpu(TABLE[("wrn-70-16", 32, "fp32")], 2, 205, False) <= 64 * GIB  # 5 would fit
+    assert bytes_per_gpu(TABLE[("wrn-70-16", 32, "fp32")], 2, 256, False) > 64 * GIB   # 4 would not
     # a fixed GPU count (config/short.yaml's one GPU): only the accumulation is planned
     plan = cfg.train_plan(with_hardware(80, 8, gpu=1), cell)
     assert (plan.gpus, plan.accumulation_steps, plan.micro_batch) == (1, 2, 1024)
@@ -150,11 +182,109 @@ def test_measured_gpu_seconds_give_runtime_and_gpu_hours_marked_canary(tmp_path)
     overlay = tmp_path / "overlay.yaml"
     overlay.write_text(yaml.safe_dump({"hardware": {"memory_per_image": str(table)}}))
     result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_hours.py"), "--configfile", str(overlay),
-                             "--wrn28-images-per-second", "1000"], cwd=ROOT, capture_output=True, text=True,
-                            env={**__import__("os").environ, "PYTHONPATH": str(ROOT)}, timeout=300)
+                             "--gpu", "h100-sxm"], cwd=ROOT, capture_output=True, text=True,
+                            env={**__import__("os").environ, "PYTHONPATH": str(ROOT)}, timeout=600, check=False)
     assert result.returncode == 0, result.stderr[-2000:]
     rows = {line.split()[0]: line.split() for line in result.stdout.splitlines()
             if line.startswith(("cifar", "imagenet"))}
-    # 122.9M images x 2 ms = 68 GPU-hours, marked canary; ViT-B/2 keeps the FLOP estimate
-    assert rows[cell.id][-2:] == ["68", "canary"]
-    assert rows["cifar10/vit-b-2/dm-at/syn50m-bs1024-ep2000"][-1] == "FLOPs"
+    # 122.9M images x 2 ms = 68 GPU-hours, one number, marked canary
+    assert rows[cell.id][-1] == "canary" and rows[cell.id][5] == "68-68"
+    # ViT-B/2 keeps the FLOP estimate: its PFLOP over the H100's dense FP32 peak (67 TFLOP/s; fp32
+    # matrix products do not use TF32 by default) at 50% and at 20% of it
+    vit = rows["cifar10/vit-b-2/dm-at/syn50m-bs1024-ep2000"]
+    assert vit[-1] == "FLOPs" and vit[3] == "fp32"
+    low, high = (int(v) for v in vit[5].split("-"))
+    assert low == pytest.approx(int(vit[2]) * 1e15 / (67e12 * 0.5) / 3600, abs=1)
+    assert high == pytest.approx(int(vit[2]) * 1e15 / (67e12 * 0.2) / 3600, abs=1)
+    assert re.search(r"total GPU-hours on h100-sxm: \d+ to \d+", result.stdout)
+
+
+# ---------------------------------------------------------------------------- every other GPU job
+
+JOB_TABLE = read_job_table(ROOT / PAPER["hardware"]["job_memory_per_image"])
+PAPER_GPU_RULES = {"autoattack", "reference_autoattack", "classification_dimension", "figure_representation",
+                   "zoo_representation", "figure_diffusion_representation", "extract_features", "validate_features",
+                   "extract_imagenet_features", "generate_imagenet_synthetic_part", "train_noisy_classifier"}
+
+
+@pytest.mark.parametrize("memory_gib,gpus_per_node", [(80, 8), (40, 4)])
+def test_every_gpu_job_gets_the_largest_batch_that_fits_one_gpu(memory_gib, gpus_per_node):
+    config = with_hardware(memory_gib, gpus_per_node)
+    cfg.validate_config(config)  # the config check plans every job first
+    usable = memory_gib * GIB * (1 - config["hardware"]["headroom_fraction"])
+    plans = job_plans(config)
+    assert {plan.job.rule for plan in plans} == PAPER_GPU_RULES
+    for plan in plans:
+        job, row = plan.job, JOB_TABLE[plan.job.key]
+        assert plan.bytes_per_gpu == pytest.approx(row.bytes_per_image * plan.batch
+                                                   + row.parameters * BYTES_PER_PARAMETER[job.mode])
+        assert 1 <= plan.batch <= job.images and plan.bytes_per_gpu <= usable, job
+        if job.fixed_batch is not None:  # the noisy classifier trains at its configured batch
+            assert plan.batch == job.fixed_batch
+        elif plan.batch < job.images:  # one image more would not fit
+            assert job_bytes(row, job.mode, plan.batch + 1) > usable, job
+
+
+def test_known_job_batches_from_the_measured_table():
+    # AutoAttack of ConvNeXt-B at 224x224 on 80 GiB: (64 GiB usable - 4 bytes x its parameters) / its
+    # attack graph per image (116.75 MiB): 558 images; on 40 GiB half as many (the old script default,
+    # 500, would not fit there)
+    row = JOB_TABLE[("convnext-b", 224, "fp32", "attack")]
+    batches = job_batches(PAPER)
+    assert batches[("autoattack", "convnext-b")] == math.floor((64 * GIB - 4 * row.parameters) / row.bytes_per_image)
+    assert job_batches(with_hardware(40, 4))[("autoattack", "convnext-b")] < 500 < batches[("autoattack", "convnext-b")]
+    # on the CPU (resources gpu: 0) every job takes hardware.cpu_batch_size, at most its images
+    cpu = copy.deepcopy(PAPER)
+    for family in ("evaluate", "diffusion"):
+        cpu["resources"][family]["gpu"] = 0
+    cpu_batches = job_batches(cpu)
+    assert cpu_batches[("autoattack", "convnext-b")] == PAPER["hardware"]["cpu_batch_size"]
+    assert cpu_batches[("train_noisy_classifier", "noisy-cifar10")] == 512  # its configured batch
+
+
+def test_a_gpu_job_without_a_table_row_or_too_large_stops_with_the_keys(tmp_path):
+    table = tmp_path / "jobs.csv"
+    lines = (ROOT / PAPER["hardware"]["job_memory_per_image"]).read_text().splitlines()
+    table.write_text("\n".join(line for line in lines if not line.startswith("lightningdit-xl,256,fp32,sample"))
+                     + "\n")
+    config = copy.deepcopy(PAPER)
+    config["hardware"]["job_memory_per_image"] = str(table)
+    with pytest.raises(cfg.ConfigError, match=r"resources.evaluate, resources.diffusion: .*no row for network "
+                                              r"lightningdit-xl at 256x256 in mode sample .*benchmarks/job_memory.py"):
+        cfg.validate_config(config)
+    # the noisy classifier's configured batch must fit: 512 x 50.86 MiB + 16 bytes x 55.7M parameters
+    # = 26.3 GiB, over the 24 GiB usable of a 30 GiB GPU
+    small = copy.deepcopy(PAPER)
+    small["hardware"]["gpu_memory_gib"] = 30
+    small["resources"]["train"]["gpu"] = 0
+    with pytest.raises(PlanError, match=r"train_noisy_classifier .*configured batch of 512 needs 26.3 GiB, more than "
+                                        r"the 24.0 GiB usable"):
+        job_plans(small)
+    # one image that does not fit: LightningDiT-XL and its VA-VAE hold 2.8 GiB of weights, an image 0.16 GiB
+    small["hardware"]["gpu_memory_gib"] = 2
+    with pytest.raises(PlanError, match=r"one image of lightningdit-xl in mode infer needs 2.9 GiB"):
+        job_plans(small)
+
+
+def test_peak_live_bytes_counts_forward_and_backward_tensors():
+    from dra.job_memory import bytes_per_image, peak_live_bytes
+
+    x = torch.rand(1000)  # 4000 bytes, made before the count: not counted
+    with torch.no_grad():
+        # x * 2 and (x * 2) + 1 are alive together; then the first is freed before the sum
+        assert peak_live_bytes(lambda: (x * 2 + 1).sum()) == 2 * x.nbytes
+
+    def squared_gradient():
+        z = x.clone().requires_grad_(True)
+        return torch.autograd.grad((z * z).sum(), z)[0]
+
+    # forward: z and z * z (the sum saves nothing); backward adds grad * z twice before their sum
+    assert peak_live_bytes(squared_gradient) >= 3 * x.nbytes
+    # a linear layer under no_grad keeps its output, 4 bytes x 1000 features per image
+    layer = torch.nn.Linear(100, 1000).requires_grad_(False)
+
+    def run_at(batch):
+        images = torch.rand(batch, 100)
+        return lambda: layer(images)
+
+    assert bytes_per_image(run_at) == 4 * 1000

@@ -184,7 +184,8 @@ def test_script_extracts_from_checkpoints(parts, tmp_path):
     store = write_store(tmp_path / "images", 3)
     main(["--dit", str(tmp_path / "dit.pt"), "--vae", str(tmp_path / "vae.pt"), "--latent-stats",
           str(tmp_path / "stats.pt"), "--images", str(store), "--out", str(tmp_path / "f"), "--layer", "2",
-          "--t", "0.8", "--zero-channels", "3", "7", "--workers", "0", "--dit-config", json.dumps(TINY_DIT),
+          "--t", "0.8", "--zero-channels", "3", "7", "--workers", "0", "--batch-size", "2",
+          "--dit-config", json.dumps(TINY_DIT),
           "--vae-config", json.dumps(TINY_VAE)])
     got = open_feature_store(tmp_path / "f")
     assert got.features.shape == (3, 1, 64) and got.meta["diffusion_model"] == str(tmp_path / "dit.pt")

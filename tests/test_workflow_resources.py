@@ -4,8 +4,10 @@ import re
 
 import pytest
 import yaml
-
+from snakemake.utils import update_config
 from workflow_helpers import ROOT, run_snakemake
+
+from dra.gpu_plan import job_batches
 
 # rule -> the config.yaml resources: entry it takes threads, GPUs, memory and time from
 GPU_RULES = {
@@ -58,16 +60,30 @@ def scale_jobs(request, tmp_path_factory):
     return config, jobs
 
 
+def merged_config(scale):
+    # config.yaml with the scale's overlay merged in as Snakemake merges a --configfile
+    config = yaml.safe_load((ROOT / "config.yaml").read_text())
+    update_config(config, yaml.safe_load(SCALES["mini" if scale == "mini" else "paper"]))
+    return config
+
+
 def test_every_gpu_job_asks_for_gpus_once_per_job_with_its_configured_threads(scale_jobs):
     config, jobs = scale_jobs
+    batches = job_batches(merged_config(config["scale"]))
     config = config["resources"]  # the mini overlay replaces the whole section
     gpu_rules = {name for name, _, resources, _ in jobs if "gpu" in resources}
     assert gpu_rules <= set(GPU_RULES)
     for name, threads, resources, command in jobs:
         if name not in GPU_RULES:
             continue
-        # tasks_per_gpu=0: one SLURM task for all the job's GPUs (torchrun starts one process per GPU)
+        # tasks_per_gpu=0: one SLURM task for all the job's GPUs (torchrun starts one process per GPU),
+        # on one node (torchrun --standalone sees only its own node's GPUs)
         assert resources["tasks_per_gpu"] == "0", name
+        assert resources["nodes"] == "1", name
+        # the batch of every job that is no training cell comes from the plan (dra.gpu_plan), passed by its rule
+        if name not in ("train_cell", "figure6", "train_diffusion", "train_noisy_classifier"):
+            passed = int(re.search(r"--batch-size (\d+)", command)[1])
+            assert passed in {batch for (rule, _), batch in batches.items() if rule == name}, name
         if "--threads" in command:
             assert f"--threads {threads} " in command, name
         if name == "train_cell":

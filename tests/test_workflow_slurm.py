@@ -161,3 +161,26 @@ def test_training_stopped_before_its_time_limit_loses_no_step_and_resumes(cluste
     assert steps == sorted(steps) and steps[-1] == 924
     report = yaml.safe_load((workdir / target).read_text())
     assert report["n"] == 50 and report["attacks"] == ["apgd-ce", "apgd-t", "fab-t", "square"]
+
+
+def test_a_multi_gpu_training_job_asks_for_all_its_gpus_on_one_node(cluster, workdir):
+    # the mini cell planned on 2 GPUs: the sbatch line the profile produces must keep both on one
+    # node (torchrun --standalone sees only its own node's GPUs). The test node has no GPU, so SLURM
+    # refuses the job, and the plugin reports the sbatch call it made: no GPU job runs here
+    overlay = yaml.safe_load((workdir / "config" / "slurm-test.yaml").read_text())
+    overlay["scale"] = "slurm-gpu-test"
+    overlay["resources"]["train"]["gpu"] = 2
+    (workdir / "config" / "slurm-gpu-test.yaml").write_text(yaml.safe_dump(overlay))
+    result = run_snakemake(workdir, f"results/slurm-gpu-test/{CELL}/train/model.pt", "--profile", "slurm",
+                           "--configfile", "config/slurm-gpu-test.yaml", "--retries", "0", "--verbose",
+                           env=cluster.env, timeout=900)
+    output = result.stdout + result.stderr
+    calls = {line.strip() for line in output.splitlines()
+             if line.strip().startswith("sbatch ") and "rule_train_cell" in line}
+    assert calls, output[-3000:] + cluster.log_tail()
+    for call in calls:
+        options = call.split(" --wrap")[0].split()
+        assert "--nodes=1" in options and "--gpus=2" in options, call
+        assert not any(option.startswith(("--ntasks-per-gpu", "--gpus-per-task")) for option in options), call
+    # SLURM itself answered: the node has no GPU to give (a real submission, refused)
+    assert result.returncode != 0 and "SLURM sbatch failed" in output, output[-3000:]
