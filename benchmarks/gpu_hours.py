@@ -145,7 +145,7 @@ class Costs:
 
 def edm_forward_flops(layer: str | None, label_dim: int) -> float:
     from dra.diffusion.edm import EDMPrecond
-    from dra.diffusion.presets import EDM_CIFAR10_DDPMPP
+    from dra.network_presets import EDM_CIFAR10_DDPMPP
     from dra.models.edm_encoder import EDMEncoder
 
     with torch.device("meta"):

@@ -173,7 +173,7 @@ def lightningdit_stages(dit: nn.Module, vae: nn.Module, mode: str, sampling: dic
 
 def edm_network(config: dict, model: str) -> dict:
     """The EDMPrecond keyword arguments of a diffusion model of the configuration."""
-    from dra.diffusion.presets import EDM_CIFAR10_DDPMPP
+    from dra.network_presets import EDM_CIFAR10_DDPMPP
 
     source = config["diffusion_models"][model]["source"]
     if source["kind"] == "train":
