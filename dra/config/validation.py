@@ -23,7 +23,7 @@ import yaml
 from dra.diffusion.presets import EDM_CIFAR10_DDPMPP
 from dra.registry import MODEL_FAMILIES, OBJECTIVES, OPTIMIZERS, SCHEDULES, TABLE_KINDS
 
-SCHEMA_PATH = Path(__file__).resolve().parent.parent / "config" / "schema.yaml"
+SCHEMA_PATH = Path(__file__).resolve().parents[2] / "config" / "schema.yaml"
 BUDGET_PATTERN = re.compile(
     r"^(?:syn(?P<synthetic>[0-9a-z]+)|nosyn)-bs(?P<batch>[0-9]+)-ep(?P<epochs>[0-9]+)(?:-seed(?P<seed>[0-9]+))?$"
 )
