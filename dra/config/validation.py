@@ -12,7 +12,7 @@ import yaml
 
 from dra.config.cells import figure_cells, table_cells, table_kind
 from dra.config.core import HOW_TO_FIX, ConfigError, _require
-from dra.config.downloads import _check_downloads, _has, is_random
+from dra.config.downloads import _check_downloads, is_random
 from dra.config.recipe import train_plan
 from dra.config.sizes import _check_cell, _check_duplicate_rows, _check_figures, _check_sizes_and_ranges
 from dra.diffusion.presets import EDM_CIFAR10_DDPMPP
@@ -53,10 +53,16 @@ def _schema_error_message(error: jsonschema.ValidationError) -> str:
     while error.context:
         error = max(_intended_branch(error), key=lambda e: len(e.absolute_path))
     key = _key_path(error.absolute_path)
+    # a rule of config/schema.yaml may say what it asks in its own words (`errorMessage`, as ajv-errors
+    # spells it): a source kind's own keys; a missing key is then named itself
+    said = error.schema.get("errorMessage") if isinstance(error.schema, dict) else None
+    if error.validator == "required" and said:
+        missing = next(name for name in error.validator_value if name not in error.instance)
+        return f"config key {_key_path([*error.absolute_path, missing])}: {said}. {HOW_TO_FIX}"
+    if said:
+        return f"config key {key}: {said}. {HOW_TO_FIX}"
     if error.validator == "additionalProperties":
         return f"config key {key}: {error.message} (a misspelt or unknown key). {HOW_TO_FIX}"
-    if error.validator == "required":
-        return f"config key {key}: {error.message}. {HOW_TO_FIX}"
     return f"config key {key}: {error.message}. {HOW_TO_FIX}"
 
 
@@ -149,34 +155,30 @@ def _check_gpu_plans(config: dict) -> None:
 
 
 def _check_references(config: dict) -> None:
-    datasets, archs = config["datasets"], config["archs"]
-    models = config["diffusion_models"]
+    """What the schema cannot say about the sections' entries: the names they give each other, and
+    counts against other entries (a source kind's own keys are the schema's, $defs/dataset and
+    $defs/diffusion_model)."""
+    _check_datasets(config)
+    _check_diffusion_models(config)
+    _check_archs(config)
+    _check_table_rows(config)
+    _check_figures(config)
+
+
+def _check_datasets(config: dict) -> None:
+    datasets, models = config["datasets"], config["diffusion_models"]
     for name, dataset in datasets.items():
         _require(
             dataset["diffusion"] in models,
             f"datasets.{name}.diffusion",
             f"'{dataset['diffusion']}' is not in diffusion_models (known: {', '.join(models)})",
         )
-        if dataset["source"]["kind"] in ("cifar10", "cifar100"):
-            if is_random(dataset["source"]):
-                for key in ("train_images", "test_images"):
-                    _require(key in dataset["source"]["random"], f"datasets.{name}.source.random.{key}",
-                             "the size of the random archive's split (CIFAR's are 50000 and 10000)")
-            else:
-                _require(_has(dataset["source"], "url"), f"datasets.{name}.source.url",
-                         "the archive's download URL is required (CIFAR's archives are not on the Hub)")
-        if dataset["source"]["kind"] == "imagenet_folder":
-            for key in ("path", "train_images", "val_images", "eval_ids"):
-                _require(key in dataset["source"], f"datasets.{name}.source.{key}", "required for an ImageNet folder")
-            if is_random(dataset["source"]):  # random class folders: at least one image in each
-                for key in ("train_images", "val_images"):
-                    _require(dataset["source"][key] >= dataset["num_classes"], f"datasets.{name}.source.{key}",
-                             f"{dataset['source'][key]} random images cannot fill num_classes {dataset['num_classes']} "
-                             "class folders; give at least one per class")
-        if dataset["source"]["kind"] == "sklearn_digits":
-            _require(not is_random(dataset["source"]), f"datasets.{name}.source.random",
-                     "the digits ship with scikit-learn; they have no random source")
-    for name, dataset in datasets.items():
+        source = dataset["source"]
+        if source["kind"] == "imagenet_folder" and is_random(source):  # random class folders: one image in each
+            for key in ("train_images", "val_images"):
+                _require(source[key] >= dataset["num_classes"], f"datasets.{name}.source.{key}",
+                         f"{source[key]} random images cannot fill num_classes {dataset['num_classes']} "
+                         "class folders; give at least one per class")
         for set_name, spec in dataset["synthetic"].items():
             parts = spec.get("generate", {}).get("parts", 1)
             _require(parts == 1 or models[dataset["diffusion"]]["source"]["kind"] == "lightningdit",
@@ -184,33 +186,12 @@ def _check_references(config: dict) -> None:
                      "only LightningDiT sets are sampled in parts; an EDM set is one resumable job")
             _require(parts <= spec.get("generate", {}).get("images_per_class", 1) * dataset["num_classes"],
                      f"datasets.{name}.synthetic.{set_name}.generate.parts", "more parts than images")
+
+
+def _check_diffusion_models(config: dict) -> None:
+    datasets, models = config["datasets"], config["diffusion_models"]
     for name, model in models.items():
         source = model["source"]
-        is_edm = source["kind"] in ("edm_pickle", "train", "noisy_classifier")
-        # a noisy classifier reads its diffusion model's feature (diffusion_feature): one layer and sigma
-        is_noisy = source["kind"] == "noisy_classifier"
-        _require(
-            ("feature" in model) != is_noisy,
-            f"diffusion_models.{name}.feature",
-            f"a noisy classifier has none: it is read at diffusion_models.{source.get('diffusion')}.feature (Section "
-            "5.6 changes only the training objective, not the layer or the noise); remove the key"
-            if is_noisy else "required: the layer (and sigma, or t and zero_channels) of the DRA target",
-        )
-        _require(
-            is_noisy or is_edm == isinstance(model["feature"]["layer"], str),
-            f"diffusion_models.{name}.feature",
-            "an EDM model takes {layer: model.dec.<block>, sigma}, a LightningDiT {layer: <block>, t, zero_channels}",
-        )
-        if source["kind"] in ("edm_pickle", "train"):
-            _require("validation" in model, f"diffusion_models.{name}.validation", "required for an EDM model")
-        # the LightningDiT sampler's settings; an EDM set's Heun sampler takes only the set's num_steps
-        _require(("sampling" in model) == (source["kind"] == "lightningdit"), f"diffusion_models.{name}.sampling",
-                 "required for a LightningDiT model ({timestep_shift, cfg_scale, cfg_interval_start, cfg_channels}) "
-                 "and for no other")
-        _require(not is_random(source) or source["kind"] in ("edm_pickle", "lightningdit"),
-                 f"diffusion_models.{name}.source.random",
-                 f"kind {source['kind']} is trained by the workflow; only downloads (edm_pickle, lightningdit) "
-                 "have a random source")
         if is_random(source) and source["kind"] == "edm_pickle":
             # the random EDM's class labels are the dataset's classes (feature extraction and sampling pass them)
             label_dim = {**EDM_CIFAR10_DDPMPP, **source["random"].get("network", {})}["label_dim"]
@@ -219,31 +200,23 @@ def _check_references(config: dict) -> None:
                          f"diffusion_models.{name}.source.random.network.label_dim",
                          f"{label_dim} labels, but dataset {dataset_name} has num_classes {dataset['num_classes']}; "
                          f"set network: {{label_dim: {dataset['num_classes']}}}")
-        if source["kind"] == "lightningdit":
-            _require(_has(source, "url") or _has(source, "hf"), f"diffusion_models.{name}.source.hf",
-                     "the checkpoint's hf: {repo, type, path, revision} (or url) is required for LightningDiT")
-            for key in ("tokenizer", "latent_stats"):
-                _require(key in source, f"diffusion_models.{name}.source.{key}", "required for LightningDiT")
-        elif source["kind"] == "edm_pickle":
-            _require(_has(source, "url") or _has(source, "hf"), f"diffusion_models.{name}.source.url",
-                     "the pickle's download url (or hf: {repo, type, path, revision}) is required")
-        elif source["kind"] == "train":
-            for key in ("dataset", "network", "training"):
-                _require(key in source, f"diffusion_models.{name}.source.{key}", "required when kind is train")
-            _require(
-                "ema_half_life_images" in source["training"],
-                f"diffusion_models.{name}.source.training.ema_half_life_images",
-                "required when kind is train",
-            )
-        else:
+        if source["kind"] == "noisy_classifier":
             _check_noisy_classifier(config, name)
+            # it reads its diffusion model's feature (diffusion_feature): one layer and sigma
+            _require("feature" not in model, f"diffusion_models.{name}.feature",
+                     f"a noisy classifier has none: it is read at diffusion_models.{source['diffusion']}.feature "
+                     "(Section 5.6 changes only the training objective, not the layer or the noise); remove the key")
         if "dataset" in source:
             _require(
                 source["dataset"] in datasets,
                 f"diffusion_models.{name}.source.dataset",
                 f"'{source['dataset']}' is not in datasets",
             )
-    for name, arch in archs.items():
+
+
+def _check_archs(config: dict) -> None:
+    models = config["diffusion_models"]
+    for name, arch in config["archs"].items():
         family = MODEL_FAMILIES.meta(arch["family"])
         for key in family.get("required", ()):
             _require(key in arch, f"archs.{name}.{key}", f"required for family {arch['family']}")
@@ -259,6 +232,9 @@ def _check_references(config: dict) -> None:
                  f"pretrained weights are read for {', '.join(pretrained)} models only")
         if arch["family"] == "wrn":
             _require((arch["depth"] - 4) % 6 == 0, f"archs.{name}.depth", "a WideResNet depth is 6n+4")
+
+
+def _check_table_rows(config: dict) -> None:
     for table_name, table in config["tables"].items():
         kind = table_kind(config, table_name)
         paper_keys = TABLE_KINDS.meta(kind)["paper_keys"]
@@ -273,19 +249,15 @@ def _check_references(config: dict) -> None:
                     f"{key}.paper",
                     f"the rows of a table of kind {kind} (tables.{table_name}.kind) carry {'/'.join(paper_keys)}",
                 )
-    _check_figures(config)
 
 
 def _check_noisy_classifier(config: dict, name: str) -> None:
     """Section 5.6: the diffusion model's U-Net, trained as a classifier on the same noisy inputs."""
     models = config["diffusion_models"]
     source = models[name]["source"]
-    key = f"diffusion_models.{name}.source"
-    for needed in ("dataset", "diffusion", "training"):
-        _require(needed in source, f"{key}.{needed}", "required when kind is noisy_classifier")
     base = models.get(source["diffusion"])
     _require(
         base is not None and base["source"]["kind"] in ("edm_pickle", "train"),
-        f"{key}.diffusion",
+        f"diffusion_models.{name}.source.diffusion",
         f"'{source['diffusion']}' is not an EDM model of diffusion_models (its U-Net is the architecture)",
     )
