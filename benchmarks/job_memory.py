@@ -5,7 +5,7 @@ the CPU, and write the table the job plans read (config hardware.job_memory_per_
     python benchmarks/job_memory.py --write                          # and rewrite its rows
     python benchmarks/job_memory.py --configfile config/canary.yaml --write
 
-One row per network, image size and mode that the jobs of dra.gpu_plan.gpu_jobs run; each is
+One row per network, image size and mode that the jobs of dra.config.gpu_jobs run; each is
 measured by dra.job_memory (the peak of live tensors at batches 1 and 2, randomly initialised
 networks at the configured shapes). Rows of other networks already in the table are kept.
 """
@@ -22,7 +22,8 @@ import torch
 import yaml
 from snakemake.utils import update_config
 
-from dra.gpu_plan import JOB_TABLE_COLUMNS, MIB, gpu_jobs
+from dra.config import gpu_jobs
+from dra.gpu_plan import JOB_TABLE_COLUMNS, MIB
 from dra.io import atomic_file
 from dra.job_memory import measure_job
 

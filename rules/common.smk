@@ -415,7 +415,7 @@ def canary_planned(wildcards):
 
 # the batch of every other GPU job, from the memory model of its network and mode (dra.gpu_plan);
 # the config check above has planned each of them already
-JOB_BATCHES = gpu_plan.job_batches(config)
+JOB_BATCHES = cfg.job_batches(config)
 
 
 def job_batch(rule, network):

@@ -189,9 +189,7 @@ rule extract_features:
     params:
         layer=lambda wc: cfg.diffusion_feature(config, wc.diffusion)["layer"],
         sigma=lambda wc: cfg.diffusion_feature(config, wc.diffusion)["sigma"],
-        batch=lambda wc: job_batch(
-            "extract_features", gpu_plan.memory_network(config, wc.diffusion)
-        ),
+        batch=lambda wc: job_batch("extract_features", cfg.memory_network(config, wc.diffusion)),
         seed=config["seed"],
     shell:
         "python -m scripts.extract_features --weights {input.weights} --network {input.network}"

@@ -35,9 +35,7 @@ rule figure_representation:
         n=FIGURES["eval_n"],
         steps=FIGURES["pgd_steps"],
         step_factor=FIGURES["pgd_step_factor"],
-        batch=lambda wc: job_batch(
-            "figure_representation", gpu_plan.classifier_of(config, wc.model)[0]
-        ),
+        batch=lambda wc: job_batch("figure_representation", cfg.classifier_of(config, wc.model)[0]),
     shell:
         "python -m scripts.figure_representation --model {input.model} --recipe {input.recipe}"
         " --test-store {input.test} --n {params.n} --eps-255 {params.eps}"

@@ -125,6 +125,20 @@ CASES = [
       "random": {"seed": 1}}, "datasets.imagenet.source.train_images", "500"),
     ("random weights with a negative seed", ["archs", "convnext-b", "pretrained", "random"], {"seed": -1},
      "archs.convnext-b.pretrained.random.seed", "-1"),
+    # a source kind's own keys (config/schema.yaml: the allOf of $defs/dataset's source and $defs/diffusion_model)
+    ("an ImageNet folder without its evaluation ids", ["datasets", "imagenet", "source", "eval_ids"], DELETE,
+     "datasets.imagenet.source.eval_ids", "ImageNet folder"),
+    ("the digits with a random source", ["datasets", "cifar10", "source"],
+     {"kind": "sklearn_digits", "random": {"seed": 1}}, "datasets.cifar10.source.random", "scikit-learn"),
+    ("a LightningDiT feature for an EDM model", EDM + ["feature"], {"layer": 14, "t": 0.8, "zero_channels": []},
+     "diffusion_models.edm-cifar10-cond.feature.layer", "an EDM model takes"),
+    ("sampler settings for an EDM model", EDM + ["sampling"],
+     {"timestep_shift": 0.3, "cfg_scale": 6.7, "cfg_interval_start": 0.125, "cfg_channels": 3},
+     "diffusion_models.edm-cifar10-cond.sampling", "only a LightningDiT model"),
+    ("a LightningDiT model without its tokenizer", ["diffusion_models", "lightningdit-xl", "source", "tokenizer"],
+     DELETE, "diffusion_models.lightningdit-xl.source.tokenizer", "LightningDiT"),
+    ("a noisy classifier without its training", ["diffusion_models", "noisy-cifar10", "source", "training"], DELETE,
+     "diffusion_models.noisy-cifar10.source.training", "noisy_classifier"),
 ]
 
 # YAML files as users write them: (name, text, what the message must contain)

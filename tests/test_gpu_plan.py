@@ -11,6 +11,7 @@ import yaml
 from workflow_helpers import ROOT, run_snakemake
 
 from dra import config as cfg
+from dra.config import job_batches, job_plans
 from dra.gpu_plan import (
     BYTES_PER_PARAMETER,
     GIB,
@@ -19,9 +20,7 @@ from dra.gpu_plan import (
     bytes_per_gpu,
     graphs_kept,
     images_computed,
-    job_batches,
     job_bytes,
-    job_plans,
     micro_batch_images,
     precision_name,
     read_job_table,

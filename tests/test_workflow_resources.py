@@ -7,7 +7,7 @@ import yaml
 from snakemake.utils import update_config
 from workflow_helpers import ROOT, run_snakemake
 
-from dra.gpu_plan import job_batches
+from dra.config import job_batches
 
 # rule -> the config.yaml resources: entry it takes threads, GPUs, memory and time from
 GPU_RULES = {

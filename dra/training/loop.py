@@ -1,7 +1,9 @@
 """`train_cell`: one training run of a table cell, resumable at any step.
 
-The recipe reads top to bottom in `train_cell`; the attack, the loss terms, EMA and the
-checkpoint are small functions it calls. Everything random is drawn from two explicit
+`train_cell` reads top to bottom: `set_up_run` builds what the run holds (a `TrainingRun`), then
+every batch is `next_batch`, `optimizer_step` and `record_step`, and every epoch ends in
+`end_epoch`; each of these can be called alone (tests/test_training_step.py). The attack, the loss
+terms, EMA and the checkpoint are small functions they call. Everything random is drawn from two explicit
 generators whose states are checkpointed, so a run killed at any point and restarted ends with
 the same weights (bit-identical on CPU) as a run that was never interrupted.
 """
@@ -34,11 +36,11 @@ from dra.training.distributed import (DistributedContext, cut_points, init_distr
                                       wrap_for_training)
 from dra.training.dra_head import OnlineTargets, ProjectionHead, StoredTargets, dra_loss
 from dra.training.ema import WeightAverage, dmat_step_count, dmat_steps_per_epoch
-from dra.training.losses import objective_of
+from dra.training.losses import Objective, objective_of
 from dra.monitor import TrainingMonitor
 from dra.training.recipe import RecipeError, validate_recipe
-from dra.training.schedules import (FIRST_STEP_BATCHNORM_MOMENTUM, TRAINING_BATCHNORM_MOMENTUM, build_optimizer,
-                                    build_schedule, set_batchnorm_momentum)
+from dra.training.schedules import (FIRST_STEP_BATCHNORM_MOMENTUM, TRAINING_BATCHNORM_MOMENTUM, Schedule,
+                                    build_optimizer, build_schedule, set_batchnorm_momentum)
 
 LOG_COLUMNS = ["epoch", "step", "lr", "loss", "loss_trades_or_ce", "loss_dra", "clean_batch_acc", "adv_batch_acc",
                "images_per_second", "val_clean_acc", "val_robust_acc"]
@@ -325,20 +327,85 @@ def train_cell(recipe: dict, out_dir: str | Path, state_dir: str | Path, threads
     preemption.watch()
     torch.set_num_threads(threads)
     context = init_distributed(recipe["accumulation_steps"], recipe["batchnorm_group"])
-    device = context.device
-    out_dir, state_dir = Path(out_dir), Path(state_dir)
-    data_cfg, attack, objective, precision = recipe["data"], recipe["attack"], recipe["objective"], recipe["precision"]
-    dra = recipe["dra"]
-    loss_of = objective_of(objective["name"])  # dra.registry.OBJECTIVES
+    run = set_up_run(recipe, Path(out_dir), Path(state_dir), threads, context)
+    progress = run.progress
+    bar = tqdm(total=run.epochs * run.steps_per_epoch, initial=progress.global_step, disable=not context.is_main,
+               desc="train", unit="step", dynamic_ncols=True)
+    while progress.epoch < run.epochs:
+        batches = run.sampler.epoch(progress.epoch)[progress.step_in_epoch:]
+        decoded = (run.imagenet.epoch(progress.epoch, progress.step_in_epoch, batches, context.shard)
+                   if run.imagenet else None)
+        for real_idx, synthetic_idx in batches:
+            started = time.perf_counter()
+            batch = next_batch(run, real_idx, synthetic_idx, decoded)
+            totals = optimizer_step(run, batch)
+            seconds = time.perf_counter() - started
+            record_step(run, totals, seconds)
+            bar.update(1)
+            bar.set_postfix(epoch=progress.epoch + 1, loss=f"{totals[0] / totals[5]:.4f}",
+                            img_s=f"{totals[5] / seconds:.0f}")
+            if after_step is not None:
+                after_step(progress.global_step)
+            if _stop_requested_on_any_rank(context):  # the time limit is near: save now, resume in the retry
+                stop_for_retry(run)
+        end_epoch(run)
+    bar.close()
+    write_outputs(run)
 
-    from dra.data.sampler import DMATBatchSampler
 
-    data = open_training_data(recipe)
-    sampler = DMATBatchSampler(data.n_real, data.n_synthetic, recipe["batch_size"], data_cfg["unsup_fraction"],
-                               data_cfg["epoch_reference_size"], recipe["seed"])
-    epochs, steps_per_epoch = recipe["epochs"], sampler.num_batches
-    check_batch_split(sampler, context)
+@dataclass
+class TrainingRun:
+    """What `set_up_run` builds once and every step and epoch end read and change."""
 
+    recipe: dict
+    context: DistributedContext
+    out_dir: Path
+    state_dir: Path
+    data: TrainingData
+    sampler: Any                   # dra.data.sampler.DMATBatchSampler
+    objective: Objective           # dra.registry.OBJECTIVES' entry for objective.name
+    classifier: nn.Module
+    targets: Any                   # StoredTargets | OnlineTargets | None (no DRA)
+    trainable: TrainingModule      # classifier and DRA head
+    train_forward: nn.Module       # `trainable`, in DDP on several ranks, compiled when asked
+    attack_forward: nn.Module      # `classifier`, compiled when asked
+    optimizer: torch.optim.Optimizer
+    schedule: Schedule
+    ema: WeightAverage
+    dmat_steps: int                # DM-AT's steps per epoch, which the EMA counts with (dra.training.ema)
+    randomness: TrainingRandomness
+    progress: Progress
+    monitor: TrainingMonitor
+    memory_format: torch.memory_format
+    validation_set: tuple[torch.Tensor, torch.Tensor] | None  # the first val_size training images and labels
+    imagenet: Any = None           # dra.training.imagenet_batches.ImageNetBatches with data.format imagenet_index
+
+    @property
+    def epochs(self) -> int:
+        return self.recipe["epochs"]
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.sampler.num_batches
+
+    @property
+    def device(self) -> torch.device:
+        return self.context.device
+
+    def autocast(self):
+        if self.recipe["precision"]["bf16"]:
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def save_state(self) -> None:
+        save_state(self.state_dir / STATE_FILE, self.recipe, self.trainable, self.ema, self.optimizer,
+                   self.schedule.scheduler, self.progress, self.randomness)
+
+
+def build_networks(recipe: dict, data: TrainingData, device: torch.device):
+    """(classifier, DRA head or None, DRA targets or None), seeded by the recipe: the classifier's
+    initial weights first, then the head's."""
+    data_cfg, dra = recipe["data"], recipe["dra"]
     torch.manual_seed(recipe["seed"])
     classifier = create_classifier(recipe["arch"], data_cfg["num_classes"], data_cfg["mean"], data_cfg["std"])
     classifier = classifier.to(device)
@@ -353,14 +420,29 @@ def train_cell(recipe: dict, out_dir: str | Path, state_dir: str | Path, threads
     if dra is not None:
         targets, target_dim = build_targets(dra, data, device)
         head = ProjectionHead(classifier.feature_dim, dra["head_hidden"], target_dim, dra["head_layers"]).to(device)
-    memory_format = torch.channels_last if precision["channels_last"] else torch.contiguous_format
-    classifier = classifier.to(memory_format=memory_format)
+    memory_format = torch.channels_last if recipe["precision"]["channels_last"] else torch.contiguous_format
+    return classifier.to(memory_format=memory_format), head, targets
+
+
+def set_up_run(recipe: dict, out_dir: Path, state_dir: Path, threads: int, context: DistributedContext) -> TrainingRun:
+    """Data, batch sampler, networks, optimizer, schedule, EMA and generators of a validated recipe, resumed
+    from state_dir/state.pt when it exists."""
+    from dra.data.sampler import DMATBatchSampler
+
+    device, data_cfg, precision = context.device, recipe["data"], recipe["precision"]
+    data = open_training_data(recipe)
+    sampler = DMATBatchSampler(data.n_real, data.n_synthetic, recipe["batch_size"], data_cfg["unsup_fraction"],
+                               data_cfg["epoch_reference_size"], recipe["seed"])
+    check_batch_split(sampler, context)
+    classifier, head, targets = build_networks(recipe, data, device)
     trainable = TrainingModule(classifier, head)
     optimizer = build_optimizer(recipe["optimizer"], trainable)
-    schedule = build_schedule(recipe["schedule"], optimizer, recipe["optimizer"]["lr"], epochs, steps_per_epoch)
+    schedule = build_schedule(recipe["schedule"], optimizer, recipe["optimizer"]["lr"], recipe["epochs"],
+                              sampler.num_batches)
     # DM-AT's EMA counts steps with its own epoch length (dra.training.ema)
     dmat_steps = dmat_steps_per_epoch(data_cfg["epoch_reference_size"], recipe["batch_size"])
-    ema = WeightAverage(classifier, recipe["ema"]["tau"], recipe["ema"]["warmup_fraction"] * epochs * dmat_steps)
+    ema = WeightAverage(classifier, recipe["ema"]["tau"],
+                        recipe["ema"]["warmup_fraction"] * recipe["epochs"] * dmat_steps)
     randomness = TrainingRandomness(recipe["seed"], device)
     progress = Progress()
     if (state_dir / STATE_FILE).exists():
@@ -368,172 +450,205 @@ def train_cell(recipe: dict, out_dir: str | Path, state_dir: str | Path, threads
         if context.is_main:
             print(f"resuming from step {progress.global_step} (epoch {progress.epoch + 1}) of "
                   f"{state_dir / STATE_FILE}", file=sys.stderr, flush=True)
-
-    monitor = TrainingMonitor(recipe, out_dir, state_dir, steps_per_epoch, context.world_size, progress,
+    monitor = TrainingMonitor(recipe, out_dir, state_dir, sampler.num_batches, context.world_size, progress,
                               enabled=context.is_main)
-    train_forward = wrap_for_training(trainable, context)
-    attack_forward: nn.Module = classifier
+    train_forward, attack_forward = wrap_for_training(trainable, context), classifier
     if precision["compile"]:
         train_forward, attack_forward = torch.compile(train_forward), torch.compile(classifier)
-    bf16 = precision["bf16"]
-    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
+    memory_format = torch.channels_last if precision["channels_last"] else torch.contiguous_format
+    validation_set = None
     if data.val_size:
-        val_images = images_to_tensor(data.train_images[:data.val_size], device).contiguous(memory_format=memory_format)
-        val_labels = torch.as_tensor(np.array(data.train_labels[:data.val_size]), device=device)
-    augment = data_cfg["augment"]
+        validation_set = (images_to_tensor(data.train_images[:data.val_size], device)
+                          .contiguous(memory_format=memory_format),
+                          torch.as_tensor(np.array(data.train_labels[:data.val_size]), device=device))
     imagenet = None
     if data_cfg["format"] == "imagenet_index":
         from dra.training.imagenet_batches import ImageNetBatches
 
         imagenet = ImageNetBatches(data_cfg["train"], data_cfg["synthetic"], data_cfg["image_size"], recipe["seed"],
                                    num_workers=threads)
+    return TrainingRun(recipe, context, out_dir, state_dir, data, sampler, objective_of(recipe["objective"]["name"]),
+                       classifier, targets, trainable, train_forward, attack_forward, optimizer, schedule, ema,
+                       dmat_steps, randomness, progress, monitor, memory_format, validation_set, imagenet)
 
-    def train_micro_batch(x, y, start_noise, target_keys, global_size: int, first: bool) -> torch.Tensor:
-        """Attack, forward and backward of one micro-batch (`target_keys`: its store indices,
-        is-synthetic flags and target views), its loss weighted by its share of the global batch, so
-        that the gradients summed over micro-batches (and averaged over DDP ranks, times world_size)
-        are the global-batch mean.
-        BatchNorm normalizes each batchnorm_group images of this micro-batch by their own statistics
-        (dra.training.batchnorm; without groups, the whole micro-batch, as on one GPU of DM-AT's
-        DataParallel); the running statistics keep the first group's update only, as DataParallel
-        keeps device 0's replica and DDP broadcasts rank 0's buffers: the BatchNorm layers move them
-        with their first group, and the micro-batches after the first restore them below. Returns
-        this micro-batch's log sums."""
-        with autocast():
-            x_adv = loss_of.adversarial_examples(attack_forward, x, y, attack["eps"], attack["step"], attack["steps"],
-                                                 start_noise)
-            kept = None if first else [buffer.clone() for buffer in classifier.buffers()]
-            logits_clean, logits_adv, projected = train_forward(x if loss_of.clean_branch else None, x_adv)
-        loss_main = loss_of.outer_loss(logits_clean, logits_adv, y, objective)
-        loss_dra = torch.zeros((), device=device)
-        if head is not None:
-            target = targets(*target_keys, x, y)
-            loss_dra = dra_loss(projected, target)
-        loss = loss_main + (dra["lambda"] if dra else 0.0) * loss_dra
-        n = len(y)
-        # DDP averages gradients over ranks, hence world_size; the share keeps uneven splits exact
-        (loss * (n * context.world_size / global_size)).backward()
-        if kept is not None:  # after backward: BatchNorm's backward reads the buffers it was given
-            with torch.no_grad():
-                for buffer, value in zip(classifier.buffers(), kept):
-                    buffer.copy_(value)
-        clean_correct = ((logits_clean.argmax(1) == y).sum() if logits_clean is not None
-                         else torch.zeros((), device=device))
-        return torch.stack([loss.detach().float() * n, loss_main.detach().float() * n, loss_dra.detach().float() * n,
-                            clean_correct.float(), (logits_adv.argmax(1) == y).sum().float(),
-                            torch.tensor(float(n), device=device)])
 
-    bar = tqdm(total=epochs * steps_per_epoch, initial=progress.global_step, disable=not context.is_main,
-               desc="train", unit="step", dynamic_ncols=True)
-    while progress.epoch < epochs:
-        epoch = progress.epoch
-        batches = sampler.epoch(epoch)[progress.step_in_epoch:]
-        decoded = imagenet.epoch(epoch, progress.step_in_epoch, batches, context.shard) if imagenet else None
-        for real_idx, synthetic_idx in batches:
-            started = time.perf_counter()
-            # x, y: this rank's share of the global batch; store_index, is_synthetic: the whole batch
-            if imagenet is not None:  # only this rank's share is decoded, cropped and flipped, by the workers
-                store_index, is_synthetic, images, labels = next(decoded)
-                mine = context.shard(len(store_index))
-                x = images.to(device, non_blocking=True).float().div_(255.0)
-                y = torch.from_numpy(labels).to(device)
-            else:
-                store_index, is_synthetic, images, labels = gather_batch(data, real_idx, synthetic_idx, randomness.host)
-                mine = context.shard(len(labels))
-                x = random_crop_flip_rotate(images_to_tensor(images, device), randomness.host, augment["crop_padding"],
-                                            augment["hflip"], augment["rotate_degrees"])[mine]
-                y = torch.from_numpy(labels[mine]).to(device)
-            # drawn for the whole batch, then sliced: any number of ranks sees the noise of one process
-            batch_shape = (len(store_index),) + tuple(x.shape[1:])
-            start_noise = uniform_ball_noise(batch_shape, attack["eps"], randomness.device, device)[mine]
-            view = (torch.randint(targets.views, (len(store_index),), generator=randomness.host).numpy()
-                    if targets else None)
-            x = x.contiguous(memory_format=memory_format)
+@dataclass
+class Batch:
+    """One global batch as this rank sees it: its share `x`, `y` (rows `mine` of the batch) with their
+    attack start noise, and the store indices, is-synthetic flags and DRA target views of the whole
+    batch (None without DRA)."""
 
-            set_batchnorm_momentum(classifier, FIRST_STEP_BATCHNORM_MOMENTUM if progress.global_step == 0
-                                   else TRAINING_BATCHNORM_MOMENTUM)
-            optimizer.zero_grad(set_to_none=True)
-            # [loss, loss_main, loss_dra] x images, clean correct, adversarial correct, images
-            sums = torch.zeros(6, device=device)
-            micro_batches = context.micro_batches(len(store_index))
-            for index, micro in enumerate(micro_batches):
-                local = slice(micro.start - mine.start, micro.stop - mine.start)  # within this rank's share
-                # DDP reduces gradients at the last micro-batch's backward only
-                sync = contextlib.nullcontext() if index == len(micro_batches) - 1 or not context.enabled \
-                    else train_forward.no_sync()
-                keys = (store_index[micro], is_synthetic[micro], view[micro]) if targets else None
-                with sync:
-                    sums += train_micro_batch(x[local], y[local], start_noise[local], keys, len(store_index),
-                                              index == 0)
-            totals = context.all_reduce_sum(sums).tolist()
-            if not all(math.isfinite(v) for v in totals[:3]):
-                raise TrainingDivergedError(
-                    f"non-finite loss {totals[0] / totals[5]} at epoch {epoch + 1}, step {progress.step_in_epoch + 1} "
-                    f"(global step {progress.global_step + 1}); the last good state is {state_dir / STATE_FILE}. "
-                    "Lower optimizer.lr or check the data for NaN.")
-            optimizer.step()
-            if schedule.per == "step":
-                schedule.scheduler.step()
-            ema.update(classifier, dmat_step_count(epoch, progress.step_in_epoch, dmat_steps))
+    x: torch.Tensor
+    y: torch.Tensor
+    start_noise: torch.Tensor
+    mine: slice
+    store_index: np.ndarray
+    is_synthetic: np.ndarray
+    view: np.ndarray | None
 
-            progress.global_step += 1
-            progress.step_in_epoch += 1
-            seconds = time.perf_counter() - started
-            for key, value in zip(("loss", "loss_main", "loss_dra", "clean_correct", "adv_correct", "images"), totals):
-                progress.sums[key] = progress.sums.get(key, 0.0) + value
-            progress.sums["seconds"] = progress.sums.get("seconds", 0.0) + seconds
-            if loss_of.clean_branch:  # only an objective with a clean branch (TRADES) has clean accuracy to count
-                progress.sums["clean_counted"] = progress.sums.get("clean_counted", 0.0) + totals[5]
-            if context.is_main and progress.global_step % recipe["checkpoint"]["every_steps"] == 0:
-                save_state(state_dir / STATE_FILE, recipe, trainable, ema, optimizer, schedule.scheduler, progress,
-                           randomness)
-            monitor.step(progress, totals, seconds, optimizer.param_groups[0]["lr"])
-            bar.update(1)
-            bar.set_postfix(epoch=epoch + 1, loss=f"{totals[0] / totals[5]:.4f}", img_s=f"{totals[5] / seconds:.0f}")
-            if after_step is not None:
-                after_step(progress.global_step)
-            if _stop_requested_on_any_rank(context):  # the time limit is near: save now, resume in the retry
-                if context.is_main:
-                    save_state(state_dir / STATE_FILE, recipe, trainable, ema, optimizer, schedule.scheduler, progress,
-                               randomness)
-                context.barrier()
-                shutdown_distributed(context)
-                preemption.stop(f"training state of step {progress.global_step} saved in {state_dir / STATE_FILE}")
+    def __len__(self) -> int:
+        return len(self.store_index)
 
-        # End of epoch: BN statistics into the average, validation, log row, per-epoch lr step.
-        ema.copy_buffers(classifier)
-        validation = None
-        validate_now = (epoch + 1) % recipe["validation"]["every_epochs"] == 0 or epoch + 1 == epochs
-        if data.val_size and validate_now:  # on every rank, each its share (`validate`)
-            with autocast():
-                validation = validate(ema.model, val_images, val_labels, attack, recipe["validation"]["attack_steps"],
-                                      recipe["seed"], context, context.largest_micro_batch(recipe["batch_size"]))
-            # a tie keeps the later epoch, as DM-AT's train-wa.py does (>=); every rank holds the same counts
-            if recipe["checkpoint"]["select"] == "best_val" and validation[1] >= progress.best_val_robust:
-                progress.best_val_robust = validation[1]
-                if context.is_main:
-                    with atomic_file(state_dir / BEST_FILE) as tmp:
-                        torch.save(ema.model.state_dict(), tmp)
-        progress.rows.append(epoch_row(epoch, progress, optimizer.param_groups[0]["lr"], validation))
-        if schedule.per == "epoch":
-            schedule.scheduler.step()
-        progress.epoch, progress.step_in_epoch, progress.sums = epoch + 1, 0, {}
-        if context.is_main:
-            save_state(state_dir / STATE_FILE, recipe, trainable, ema, optimizer, schedule.scheduler, progress,
-                       randomness)
-            # the epoch log as it grows, beside the state: train/log.csv is a declared output and appears
-            # only when training is complete, so a killed run never leaves an output that looks finished
-            write_log(state_dir / "log.csv", progress.rows)
-            monitor.epoch_end(progress)
-        context.barrier()
-    bar.close()
 
+def next_batch(run: TrainingRun, real_idx: np.ndarray, synthetic_idx: np.ndarray, decoded=None) -> Batch:
+    """The sampler's next batch, augmented, with its random draws from the run's generators (`decoded`:
+    the ImageNet batches' iterator of the epoch)."""
+    context, device, augment = run.context, run.device, run.recipe["data"]["augment"]
+    if run.imagenet is not None:  # only this rank's share is decoded, cropped and flipped, by the workers
+        store_index, is_synthetic, images, labels = next(decoded)
+        mine = context.shard(len(store_index))
+        x = images.to(device, non_blocking=True).float().div_(255.0)
+        y = torch.from_numpy(labels).to(device)
+    else:
+        store_index, is_synthetic, images, labels = gather_batch(run.data, real_idx, synthetic_idx,
+                                                                 run.randomness.host)
+        mine = context.shard(len(labels))
+        x = random_crop_flip_rotate(images_to_tensor(images, device), run.randomness.host, augment["crop_padding"],
+                                    augment["hflip"], augment["rotate_degrees"])[mine]
+        y = torch.from_numpy(labels[mine]).to(device)
+    # drawn for the whole batch, then sliced: any number of ranks sees the noise of one process
+    batch_shape = (len(store_index),) + tuple(x.shape[1:])
+    start_noise = uniform_ball_noise(batch_shape, run.recipe["attack"]["eps"], run.randomness.device, device)[mine]
+    view = (torch.randint(run.targets.views, (len(store_index),), generator=run.randomness.host).numpy()
+            if run.targets is not None else None)
+    return Batch(x.contiguous(memory_format=run.memory_format), y, start_noise, mine, store_index, is_synthetic, view)
+
+
+def optimizer_step(run: TrainingRun, batch: Batch) -> list[float]:
+    """One optimizer step on `batch`: its micro-batches' gradients summed (DDP reduces them at the last
+    one), the update, the lr schedule's per-step move and the EMA. Returns the step's log sums over all
+    ranks, [loss, loss_main, loss_dra] x images, clean correct, adversarial correct, images; `run.progress`
+    is not moved (`record_step` does). A non-finite loss stops before the update."""
+    progress, context = run.progress, run.context
+    set_batchnorm_momentum(run.classifier, FIRST_STEP_BATCHNORM_MOMENTUM if progress.global_step == 0
+                           else TRAINING_BATCHNORM_MOMENTUM)
+    run.optimizer.zero_grad(set_to_none=True)
+    sums = torch.zeros(6, device=run.device)
+    micro_batches = context.micro_batches(len(batch))
+    for index, micro in enumerate(micro_batches):
+        # DDP reduces gradients at the last micro-batch's backward only
+        last = index == len(micro_batches) - 1
+        with contextlib.nullcontext() if last or not context.enabled else run.train_forward.no_sync():
+            sums += train_micro_batch(run, batch, micro, first=index == 0)
+    totals = context.all_reduce_sum(sums).tolist()
+    if not all(math.isfinite(v) for v in totals[:3]):
+        raise TrainingDivergedError(
+            f"non-finite loss {totals[0] / totals[5]} at epoch {progress.epoch + 1}, step {progress.step_in_epoch + 1} "
+            f"(global step {progress.global_step + 1}); the last good state is {run.state_dir / STATE_FILE}. "
+            "Lower optimizer.lr or check the data for NaN.")
+    run.optimizer.step()
+    if run.schedule.per == "step":
+        run.schedule.scheduler.step()
+    run.ema.update(run.classifier, dmat_step_count(progress.epoch, progress.step_in_epoch, run.dmat_steps))
+    return totals
+
+
+def train_micro_batch(run: TrainingRun, batch: Batch, micro: slice, first: bool) -> torch.Tensor:
+    """Attack, forward and backward of the micro-batch `micro` (a slice of the global batch within this
+    rank's share), its loss weighted by its share of the global batch, so that the gradients summed over
+    micro-batches (and averaged over DDP ranks, times world_size) are the global-batch mean.
+    BatchNorm normalizes each batchnorm_group images of this micro-batch by their own statistics
+    (dra.training.batchnorm; without groups, the whole micro-batch, as on one GPU of DM-AT's
+    DataParallel); the running statistics keep the first group's update only, as DataParallel
+    keeps device 0's replica and DDP broadcasts rank 0's buffers: the BatchNorm layers move them
+    with their first group, and the micro-batches after the first restore them below. Returns
+    this micro-batch's log sums."""
+    recipe, device, objective, classifier = run.recipe, run.device, run.objective, run.classifier
+    attack, dra = recipe["attack"], recipe["dra"]
+    local = slice(micro.start - batch.mine.start, micro.stop - batch.mine.start)  # within this rank's share
+    x, y = batch.x[local], batch.y[local]
+    with run.autocast():
+        x_adv = objective.adversarial_examples(run.attack_forward, x, y, attack["eps"], attack["step"],
+                                               attack["steps"], batch.start_noise[local])
+        kept = None if first else [buffer.clone() for buffer in classifier.buffers()]
+        logits_clean, logits_adv, projected = run.train_forward(x if objective.clean_branch else None, x_adv)
+    loss_main = objective.outer_loss(logits_clean, logits_adv, y, recipe["objective"])
+    loss_dra = torch.zeros((), device=device)
+    if run.targets is not None:
+        target = run.targets(batch.store_index[micro], batch.is_synthetic[micro], batch.view[micro], x, y)
+        loss_dra = dra_loss(projected, target)
+    loss = loss_main + (dra["lambda"] if dra else 0.0) * loss_dra
+    n = len(y)
+    # DDP averages gradients over ranks, hence world_size; the share keeps uneven splits exact
+    (loss * (n * run.context.world_size / len(batch))).backward()
+    if kept is not None:  # after backward: BatchNorm's backward reads the buffers it was given
+        with torch.no_grad():
+            for buffer, value in zip(classifier.buffers(), kept):
+                buffer.copy_(value)
+    clean_correct = ((logits_clean.argmax(1) == y).sum() if logits_clean is not None
+                     else torch.zeros((), device=device))
+    return torch.stack([loss.detach().float() * n, loss_main.detach().float() * n, loss_dra.detach().float() * n,
+                        clean_correct.float(), (logits_adv.argmax(1) == y).sum().float(),
+                        torch.tensor(float(n), device=device)])
+
+
+def record_step(run: TrainingRun, totals: list[float], seconds: float) -> None:
+    """Count a finished step (`totals` from `optimizer_step`, `seconds` it took) into the progress and
+    the epoch's log sums, save the state every checkpoint.every_steps steps, tell the monitor."""
+    progress = run.progress
+    progress.global_step += 1
+    progress.step_in_epoch += 1
+    for key, value in zip(("loss", "loss_main", "loss_dra", "clean_correct", "adv_correct", "images"), totals):
+        progress.sums[key] = progress.sums.get(key, 0.0) + value
+    progress.sums["seconds"] = progress.sums.get("seconds", 0.0) + seconds
+    if run.objective.clean_branch:  # only an objective with a clean branch (TRADES) has clean accuracy to count
+        progress.sums["clean_counted"] = progress.sums.get("clean_counted", 0.0) + totals[5]
+    if run.context.is_main and progress.global_step % run.recipe["checkpoint"]["every_steps"] == 0:
+        run.save_state()
+    run.monitor.step(progress, totals, seconds, run.optimizer.param_groups[0]["lr"])
+
+
+def stop_for_retry(run: TrainingRun) -> None:
+    """Save the state of the step just taken and exit with status 75 (dra.preemption); every rank calls it."""
+    if run.context.is_main:
+        run.save_state()
+    run.context.barrier()
+    shutdown_distributed(run.context)
+    preemption.stop(f"training state of step {run.progress.global_step} saved in {run.state_dir / STATE_FILE}")
+
+
+def end_epoch(run: TrainingRun) -> None:
+    """After the last step of epoch `run.progress.epoch`: BatchNorm statistics into the average, validation
+    (every validation.every_epochs epochs and after the last) and the best-validation weights, the epoch's
+    log row, the per-epoch lr step; then the progress moves to the next epoch, and the state and the
+    growing log are saved."""
+    recipe, progress, context, ema = run.recipe, run.progress, run.context, run.ema
+    epoch = progress.epoch
+    ema.copy_buffers(run.classifier)
+    validation = None
+    validate_now = (epoch + 1) % recipe["validation"]["every_epochs"] == 0 or epoch + 1 == run.epochs
+    if run.validation_set is not None and validate_now:  # on every rank, each its share (`validate`)
+        with run.autocast():
+            validation = validate(ema.model, *run.validation_set, recipe["attack"],
+                                  recipe["validation"]["attack_steps"], recipe["seed"], context,
+                                  context.largest_micro_batch(recipe["batch_size"]))
+        # a tie keeps the later epoch, as DM-AT's train-wa.py does (>=); every rank holds the same counts
+        if recipe["checkpoint"]["select"] == "best_val" and validation[1] >= progress.best_val_robust:
+            progress.best_val_robust = validation[1]
+            if context.is_main:
+                with atomic_file(run.state_dir / BEST_FILE) as tmp:
+                    torch.save(ema.model.state_dict(), tmp)
+    progress.rows.append(epoch_row(epoch, progress, run.optimizer.param_groups[0]["lr"], validation))
+    if run.schedule.per == "epoch":
+        run.schedule.scheduler.step()
+    progress.epoch, progress.step_in_epoch, progress.sums = epoch + 1, 0, {}
     if context.is_main:
-        write_log(out_dir / "log.csv", progress.rows)
-        weights = (torch.load(state_dir / BEST_FILE, map_location="cpu", weights_only=True)
-                   if recipe["checkpoint"]["select"] == "best_val" else ema.model.state_dict())
-        with atomic_file(out_dir / "model.pt") as tmp:
-            torch.save(weights, tmp)
-    monitor.finish(progress)
+        run.save_state()
+        # the epoch log as it grows, beside the state: train/log.csv is a declared output and appears
+        # only when training is complete, so a killed run never leaves an output that looks finished
+        write_log(run.state_dir / "log.csv", progress.rows)
+        run.monitor.epoch_end(progress)
     context.barrier()
-    shutdown_distributed(context)
+
+
+def write_outputs(run: TrainingRun) -> None:
+    """out_dir/log.csv and out_dir/model.pt (the last EMA weights, or the best validation's), on the main rank."""
+    if run.context.is_main:
+        write_log(run.out_dir / "log.csv", run.progress.rows)
+        weights = (torch.load(run.state_dir / BEST_FILE, map_location="cpu", weights_only=True)
+                   if run.recipe["checkpoint"]["select"] == "best_val" else run.ema.model.state_dict())
+        with atomic_file(run.out_dir / "model.pt") as tmp:
+            torch.save(weights, tmp)
+    run.monitor.finish(run.progress)
+    run.context.barrier()
+    shutdown_distributed(run.context)
