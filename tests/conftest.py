@@ -1,7 +1,10 @@
 """Shared by the test files: their order for the two pytest-xdist workers, and three fixtures.
 
-The end-to-end files take most of the time (the mini reproduction about 20 minutes); started
-first, they run beside the unit tests instead of after them (pyproject: -n 2 --dist loadfile).
+The end-to-end files take most of the time (the mini reproduction the most); started first, they run
+beside the unit tests instead of after them (pyproject: -n 2 --dist loadfile --no-loadscope-reorder,
+without which pytest-xdist hands out the files with the most tests first, whatever this order). One
+worker holds the mini reproduction; the other takes the SLURM test, the canary, the ImageNet mini and
+then the unit tests.
 """
 
 import pytest

@@ -1,7 +1,8 @@
 """The canary (config/canary.yaml + config/canary-cpu.yaml) on the CPU: all_tables through the paper's
 own rules on the random stand-ins, restricted to one cell per architecture family, then the canary
-table, the evaluation at eval_n, the random networks at the paper's sizes and the memory table the
-canary rewrites."""
+table, the evaluation at eval_n, the random EDM at the paper's size and the memory table the canary
+rewrites; the ImageNet cell on a smaller LightningDiT and VA-VAE of the release's classes (TEST_DIT,
+TEST_VAE), the user's canary writing the release's sizes checked on the meta device."""
 
 import csv
 import json
@@ -33,13 +34,15 @@ TEST_DIT = {"hidden_size": 128, "depth": 4, "num_heads": 2}
 TEST_VAE = {"ch": 32, "num_res_blocks": 1}
 
 # the tables and figures of these cells only, two steps, and stand-ins small enough for 2 cores: 20
-# CIFAR and 10 ImageNet training images (10 classes, AutoAttack's fewest; the LightningDiT-XL/1 and
-# VA-VAE stay the release's sizes). AutoAttack as the canary overlay runs it (APGD-CE alone) on 2
+# CIFAR and 10 ImageNet training images (10 classes, AutoAttack's fewest; the LightningDiT and VA-VAE
+# above). Every job on one thread, two at a time (--cores 2): the test runs beside the mini reproduction
+# and the unit tests, where a 2-thread job waits on its second thread. AutoAttack as the canary overlay runs it (APGD-CE alone) on 2
 # points at eps 128/255: a point that two steps of training left correct is broken at once; a point of
 # a near-constant random network cannot be, and costs APGD-CE's 5 x 100 steps, not the minutes of
 # the targeted attacks, FAB and Square.
 OVERLAY = {
     "canary": {"steps": 2},
+    "resources": {"train": {"cpus": 1}, "evaluate": {"cpus": 1}, "diffusion": {"cpus": 1}},
     "datasets": {
         "cifar10": {"source": {"random": {"train_images": 20, "test_images": 10}}, "eval_n": 2, "eps_255": 128},
         "imagenet": {"num_classes": 10, "source": {"train_images": 10, "val_images": 10}, "eval_n": 2, "eps_255": 128,
