@@ -36,10 +36,10 @@ TEST_VAE = {"ch": 32, "num_res_blocks": 1}
 # the tables and figures of these cells only, two steps, and stand-ins small enough for 2 cores: 20
 # CIFAR and 10 ImageNet training images (10 classes, AutoAttack's fewest; the LightningDiT and VA-VAE
 # above). Every job on one thread, two at a time (--cores 2): the test runs beside the mini reproduction
-# and the unit tests, where a 2-thread job waits on its second thread. AutoAttack as the canary overlay runs it (APGD-CE alone) on 2
-# points at eps 128/255: a point that two steps of training left correct is broken at once; a point of
-# a near-constant random network cannot be, and costs APGD-CE's 5 x 100 steps, not the minutes of
-# the targeted attacks, FAB and Square.
+# and the unit tests, where a 2-thread job waits on its second thread. AutoAttack as the canary overlay
+# runs it (APGD-CE alone) on 2 points at eps 128/255: a point that two steps of training left correct is
+# broken at once; a point of a near-constant random network cannot be, and costs APGD-CE's 5 x 100
+# steps, not the minutes of the targeted attacks, FAB and Square.
 OVERLAY = {
     "canary": {"steps": 2},
     "resources": {"train": {"cpus": 1}, "evaluate": {"cpus": 1}, "diffusion": {"cpus": 1}},
