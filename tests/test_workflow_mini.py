@@ -1,7 +1,7 @@
 """README's main job: the mini reproduction, every rule, offline, then its tables checked.
 
 Runs `snakemake all --cores 2 --configfile config/mini.yaml` in a copy of the workflow (so the
-checkout's results/ is left alone), with one difference (OVERLAY), and reads what it produced.
+checkout's results/ is left alone) and reads what it produced.
 """
 
 from __future__ import annotations
@@ -10,28 +10,16 @@ import json
 
 import pandas as pd
 import pytest
-import yaml
 
 from workflow_helpers import copy_workflow, run_snakemake
 
 pytestmark = pytest.mark.slow
 
-# What differs from README's run: AutoAttack (standard, all four attacks) on the first 40 test digits, not
-# 100. Its cost is the points the attacks cannot break: on an adversarially trained mini model APGD-T,
-# FAB-T and Square spend their whole budgets (9 targets x 100 steps, 9 x 100, 5000 queries) on each of
-# the ~80% robust points (FAB-T and Square broke none of them in a run of the AT cell), about 85
-# CPU-seconds per cell at 100 points, for the 8 robust cells most of the mini run's CPU time after the
-# training. 40 points keep the checks below apart (eps breaks standard training, 0-20%, and not
-# adversarial training, ~80%: one standard error ~6 points).
-EVAL_N = 40
-OVERLAY = {"datasets": {"digits": {"eval_n": EVAL_N}}}
-
 
 @pytest.fixture(scope="module")
 def mini(tmp_path_factory):
     work = copy_workflow(tmp_path_factory.mktemp("mini"))
-    (work / "mini-test.yaml").write_text(yaml.safe_dump(OVERLAY))
-    result = run_snakemake(work, "all", "--cores", "2", "--configfile", "config/mini.yaml", "mini-test.yaml")
+    result = run_snakemake(work, "all", "--cores", "2", "--configfile", "config/mini.yaml")
     assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-5000:]
     return work / "results" / "mini"
 
@@ -47,7 +35,7 @@ def test_mini_eps_breaks_standard_training_but_not_adversarial_training(mini):
     assert standard["clean_accuracy"] > 90
     assert standard["robust_accuracy"] < 20
     assert adversarial["robust_accuracy"] > 40
-    assert standard["n"] == adversarial["n"] == EVAL_N
+    assert standard["n"] == adversarial["n"] == 100
     assert adversarial["attacks"] == ["apgd-ce", "apgd-t", "fab-t", "square"]
 
 
@@ -86,8 +74,7 @@ def test_mini_training_logs_show_the_dra_term(mini):
 
 def test_report_builds_from_the_mini_run(mini):
     work = mini.parent.parent
-    result = run_snakemake(work, "--report", "report.html", "--configfile", "config/mini.yaml", "mini-test.yaml",
-                           timeout=600)
+    result = run_snakemake(work, "--report", "report.html", "--configfile", "config/mini.yaml", timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     html = (work / "report.html").read_text(errors="replace")
     # the tables, a figure and a resolved recipe are registered in it
