@@ -1,7 +1,10 @@
 """Shared by the test files: their order for the two pytest-xdist workers, and four fixtures.
 
-The end-to-end files take most of the time (the mini reproduction about 20 minutes); started
-first, they run beside the unit tests instead of after them (pyproject: -n 2 --dist loadfile).
+The end-to-end files take most of the time (the mini reproduction the most); started first, they run
+beside the unit tests instead of after them (pyproject: -n 2 --dist loadfile --no-loadscope-reorder,
+without which pytest-xdist hands out the files with the most tests first, whatever this order). One
+worker holds the mini reproduction; the other takes the SLURM test, the canary, the ImageNet mini and
+then the unit tests.
 """
 
 import os
@@ -10,6 +13,13 @@ import subprocess
 import sys
 
 import pytest
+
+# OpenMP threads that wait for work sleep instead of spinning (libgomp's default spins, GOMP_SPINCOUNT):
+# the two workers, the Snakemake jobs they start (which inherit this) and their torch threads share 2
+# cores, where a spinning thread burns the core its partner needs. Results are the same; the mini EDM's
+# training step on 2 threads beside other work took 1.45 CPU-seconds spinning, 0.22-0.26 sleeping
+# (0.14 on 1 thread). Set here, before any test imports torch (libgomp reads it when loaded).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 LONGEST_FIRST = (
     "test_workflow_mini.py", "test_workflow_slurm.py", "test_canary.py", "test_workflow_imagenet_mini.py",
