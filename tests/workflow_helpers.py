@@ -14,6 +14,7 @@ NOT_COPIED = shutil.ignore_patterns(".venv", "results", ".snakemake", ".git", "_
 
 def copy_workflow(destination: Path) -> Path:
     """The checkout without results, caches and the venv, so a test's run leaves it alone."""
+    destination.mkdir(parents=True, exist_ok=True)  # a file may come first: copy2 makes no folder
     for item in ROOT.iterdir():
         if NOT_COPIED(str(ROOT), [item.name]):
             continue
