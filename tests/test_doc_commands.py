@@ -36,6 +36,8 @@ PYTHON_EXEMPT = {
     "python benchmarks/mini_rule_times.py": "reads a finished mini run's benchmark files (15-20 min to make)",
     "python benchmarks/epoch_time_ratio.py --cell ... --baseline ...": "two trained cells, named by the user",
     "python benchmarks/gpu_train_step.py": "measures a CUDA GPU",
+    "python benchmarks/gpu_check.py --out results/gpu_check/memory_per_image.csv":
+        "measures a CUDA GPU (tests/test_gpu_check.py runs it end to end with --device cpu)",
     "PYTHONPATH=. python benchmarks/job_memory.py --write":
         "measures every GPU job's network on the CPU, LightningDiT-XL included (about 20 minutes on 2 cores)",
     "PYTHONPATH=. python benchmarks/autoattack_passes.py":
