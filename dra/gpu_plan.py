@@ -65,25 +65,35 @@ def precision_name(precision: dict) -> str:
     return "bf16" if precision["bf16"] else "fp32"
 
 
-def read_memory_table(path: str | Path) -> dict[tuple[str, int, str], MemoryRow]:
+def read_table(path: str | Path, key: str, what: str, columns: list[str], parse, remedy: str) -> dict:
+    """{key: parse(row)} of a CSV table of config key `key`; a missing file, other columns or a row
+    that does not parse stop naming the file, the line and `remedy`."""
     path = Path(path)
     if not path.is_file():
-        raise PlanError(f"hardware.memory_per_image: {path} does not exist; point it at the per-image memory table "
-                        "(config/data/memory_per_image.csv)")
+        raise PlanError(f"{key}: {path} does not exist; point it at {what}")
     rows = {}
     with path.open() as handle:
         reader = csv.DictReader(handle)
-        if reader.fieldnames != TABLE_COLUMNS:
-            raise PlanError(f"{path}: columns {reader.fieldnames}; expected {TABLE_COLUMNS}")
+        if reader.fieldnames != columns:
+            raise PlanError(f"{path}: columns {reader.fieldnames}; expected {columns}")
         for line, row in enumerate(reader, start=2):
             try:
-                key = (row["arch"], int(row["image_size"]), row["precision"])
-                rows[key] = MemoryRow(float(row["saved_mib_per_image"]) * MIB, int(row["parameters"]),
-                                      float(row["gpu_seconds_per_image"]) if row["gpu_seconds_per_image"] else None,
-                                      row["measured"])
+                row_key, value = parse(row)
             except ValueError as error:
-                raise PlanError(f"{path}, line {line}: {error}; fix the row or rerun the canary") from error
+                raise PlanError(f"{path}, line {line}: {error}; fix the row or {remedy}") from error
+            rows[row_key] = value
     return rows
+
+
+def read_memory_table(path: str | Path) -> dict[tuple[str, int, str], MemoryRow]:
+    def parse(row):
+        seconds = float(row["gpu_seconds_per_image"]) if row["gpu_seconds_per_image"] else None
+        return ((row["arch"], int(row["image_size"]), row["precision"]),
+                MemoryRow(float(row["saved_mib_per_image"]) * MIB, int(row["parameters"]), seconds, row["measured"]))
+
+    return read_table(path, "hardware.memory_per_image",
+                      "the per-image memory table (config/data/memory_per_image.csv)", TABLE_COLUMNS, parse,
+                      "rerun the canary")
 
 
 def graphs_kept(objective: str) -> int:
@@ -262,25 +272,15 @@ class JobPlan:
 
 
 def read_job_table(path: str | Path) -> dict[tuple[str, int, str, str], JobRow]:
-    path = Path(path)
-    if not path.is_file():
-        raise PlanError(f"hardware.job_memory_per_image: {path} does not exist; point it at the per-image memory "
-                        "table of the GPU jobs (config/data/job_memory_per_image.csv)")
-    rows = {}
-    with path.open() as handle:
-        reader = csv.DictReader(handle)
-        if reader.fieldnames != JOB_TABLE_COLUMNS:
-            raise PlanError(f"{path}: columns {reader.fieldnames}; expected {JOB_TABLE_COLUMNS}")
-        for line, row in enumerate(reader, start=2):
-            try:
-                if row["mode"] not in MODES:
-                    raise ValueError(f"mode {row['mode']!r} is none of {MODES}")
-                key = (row["network"], int(row["image_size"]), row["precision"], row["mode"])
-                rows[key] = JobRow(float(row["mib_per_image"]) * MIB, int(row["parameters"]), row["measured"])
-            except ValueError as error:
-                raise PlanError(f"{path}, line {line}: {error}; fix the row or rerun "
-                                "python benchmarks/job_memory.py --write") from error
-    return rows
+    def parse(row):
+        if row["mode"] not in MODES:
+            raise ValueError(f"mode {row['mode']!r} is none of {MODES}")
+        return ((row["network"], int(row["image_size"]), row["precision"], row["mode"]),
+                JobRow(float(row["mib_per_image"]) * MIB, int(row["parameters"]), row["measured"]))
+
+    return read_table(path, "hardware.job_memory_per_image",
+                      "the per-image memory table of the GPU jobs (config/data/job_memory_per_image.csv)",
+                      JOB_TABLE_COLUMNS, parse, "rerun python benchmarks/job_memory.py --write")
 
 
 def job_bytes(row: JobRow, mode: str, batch: int) -> float:
