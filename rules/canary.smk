@@ -131,21 +131,21 @@ rule canary_cell:
     input:
         unpack(train_inputs),
     output:
-        f"{RESULTS}/{{dataset}}/{{arch}}/{{method}}/{{budget}}/canary.json",
+        cell_file("canary.json"),
     log:
-        f"{RESULTS}/{{dataset}}/{{arch}}/{{method}}/{{budget}}/canary.log",
+        cell_file("canary.log"),
     conda:
         "../envs/torch.yaml"
     threads: resource("train", "cpus")
+    # one GPU of the planned job, or the CPU where the plan has none; one attempt of canary.runtime
     resources:
-        # one GPU of the planned job, or the CPU where the plan has none
-        gpu=lambda wc: min(train_gpus(wc), 1),
-        tasks_per_gpu=0,
-        nodes=1,
-        runtime=f"{min(time_limits.minutes(config['canary']['runtime']), TIME_LIMIT_MINUTES)}m",
-        mem_mb=resource("train", "mem_mb"),
+        **gpu_job(
+            "train",
+            gpu=lambda wc: min(train_gpus(wc), 1),
+            runtime=f"{min(time_limits.minutes(config['canary']['runtime']), TIME_LIMIT_MINUTES)}m",
+        ),
     params:
-        work=f"{RESULTS}/state/{{dataset}}/{{arch}}/{{method}}/{{budget}}/canary",
+        work=cell_state("canary"),
         micro_batch=canary_micro_batch,
         steps=config["canary"]["steps"],
         planned=canary_planned,

@@ -68,8 +68,24 @@ def diffusion_models_of_kind(kind, random=None):
     ]
 
 
+# A table cell's folder below results/<scale>/, in the wildcards of every per-cell rule: the same
+# path as the cell's id (dra.config.Cell.id), so that a rule's files and cell_path(cell, ...) agree.
+CELL = "{dataset}/{arch}/{method}/{budget}"
+
+
+def cell_file(name):
+    """A per-cell file as a rule writes it, e.g. cell_file("train/model.pt")."""
+    return f"{RESULTS}/{CELL}/{name}"
+
+
+def cell_state(name):
+    """A per-cell job's resumable state: beside the results, deliberately no declared output, so that
+    a failed or killed attempt keeps it for the next."""
+    return f"{RESULTS}/state/{CELL}/{name}"
+
+
 def cell_of(wildcards):
-    cell_id = f"{wildcards.dataset}/{wildcards.arch}/{wildcards.method}/{wildcards.budget}"
+    cell_id = CELL.format_map(wildcards)
     if cell_id not in CELLS_BY_ID:
         raise WorkflowError(
             f"cell {cell_id} is not a row of any table in the configuration; "
@@ -431,6 +447,20 @@ def train_launcher(wildcards, resources):
 
 def resource(kind, key):
     return config["resources"][kind][key]
+
+
+def gpu_job(kind, **overrides):
+    """What a GPU job of resources.<kind> asks SLURM for, written once for every GPU rule
+    (`resources: **gpu_job(kind)`): its GPUs and memory, its runtime per attempt, and all its GPUs in
+    one task on one node (torchrun --standalone starts one process per GPU and sees only its own
+    node's). overrides: a rule's own values (the training cell plans its GPUs and time per cell)."""
+    return {
+        "gpu": resource(kind, "gpu"),
+        "tasks_per_gpu": 0,
+        "nodes": 1,
+        "runtime": runtime_per_attempt(kind),
+        "mem_mb": resource(kind, "mem_mb"),
+    } | overrides
 
 
 def runtime_per_attempt(kind):

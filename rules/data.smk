@@ -2,6 +2,9 @@
 # Downloads run on the submit host (localrule): compute nodes often have no internet.
 
 
+# The one download rule: scripts.download fetches a config entry's file (url or Hugging Face), checks
+# it and pins it in the lock file. Every other download is this rule with its own files and entry
+# (`use rule download_archive as ... with:` here and in diffusion.smk and imagenet.smk).
 rule download_archive:
     output:
         f"{DATA}/{{dataset}}/archive/{{filename}}",
@@ -76,19 +79,13 @@ rule prepare_imagenet:
         " --num-classes {params.num_classes} --eval-ids {params.eval_ids:q} 2> {log}"
 
 
-rule fetch_synthetic_part:
+use rule download_archive as fetch_synthetic_part with:
     output:
         temp(f"{DATA}/{{dataset}}/synthetic-parts/{{set}}/part{{index}}.npz"),
     log:
         f"{DATA}/{{dataset}}/synthetic-parts/{{set}}/part{{index}}.log",
-    localrule: True
-    conda:
-        "../envs/data.yaml"
     params:
         spec=lambda wc: download_spec(synthetic_part(wc)),
-        lock=LOCK_FILE,
-    shell:
-        "python -m scripts.download --spec {params.spec:q} --lock {params.lock:q} --dest {output:q} 2> {log:q}"
 
 
 rule prepare_synthetic:

@@ -2,21 +2,16 @@
 # extract the representations DRA aligns to, and validate them with linear probes.
 
 
-rule fetch_diffusion_model:
+# the download rule of data.smk (scripts.download), for an EDM pickle
+use rule download_archive as fetch_diffusion_model with:
     output:
         temp(f"{DATA}/diffusion/{{model}}/network.pkl"),
     log:
         f"{DATA}/diffusion/{{model}}/fetch.log",
     wildcard_constraints:
         model=_one_of(diffusion_models_of_kind("edm_pickle", random=False)),
-    localrule: True
-    conda:
-        "../envs/data.yaml"
     params:
         spec=lambda wc: download_spec(config["diffusion_models"][wc.model]["source"]),
-        lock=LOCK_FILE,
-    shell:
-        "python -m scripts.download --spec {params.spec:q} --lock {params.lock:q} --dest {output:q} 2> {log:q}"
 
 
 rule convert_diffusion_model:
@@ -55,11 +50,7 @@ rule train_diffusion:
         "../envs/torch.yaml"
     threads: resource("diffusion", "cpus")
     resources:
-        gpu=resource("diffusion", "gpu"),
-        tasks_per_gpu=0,
-        nodes=1,
-        runtime=runtime_per_attempt("diffusion"),
-        mem_mb=resource("diffusion", "mem_mb"),
+        **gpu_job("diffusion"),
     params:
         network=lambda wc: json.dumps(config["diffusion_models"][wc.model]["source"]["network"]),
         training=lambda wc: config["diffusion_models"][wc.model]["source"]["training"],
@@ -90,11 +81,7 @@ rule train_noisy_classifier:
         "../envs/torch.yaml"
     threads: resource("diffusion", "cpus")
     resources:
-        gpu=resource("diffusion", "gpu"),
-        tasks_per_gpu=0,
-        nodes=1,
-        runtime=runtime_per_attempt("diffusion"),
-        mem_mb=resource("diffusion", "mem_mb"),
+        **gpu_job("diffusion"),
     params:
         feature=lambda wc: cfg.diffusion_feature(config, wc.model),
         layer=lambda wc: cfg.diffusion_feature(config, wc.model)["layer"],
@@ -127,11 +114,7 @@ rule generate_synthetic:
         "../envs/torch.yaml"
     threads: resource("diffusion", "cpus")
     resources:
-        gpu=resource("diffusion", "gpu"),
-        tasks_per_gpu=0,
-        nodes=1,
-        runtime=runtime_per_attempt("diffusion"),
-        mem_mb=resource("diffusion", "mem_mb"),
+        **gpu_job("diffusion"),
     params:
         spec=lambda wc: config["datasets"][wc.dataset]["synthetic"][wc.set]["generate"],
         num_classes=lambda wc: config["datasets"][wc.dataset]["num_classes"],
@@ -181,11 +164,7 @@ rule extract_features:
         "../envs/torch.yaml"
     threads: resource("diffusion", "cpus")
     resources:
-        gpu=resource("diffusion", "gpu"),
-        tasks_per_gpu=0,
-        nodes=1,
-        runtime=runtime_per_attempt("diffusion"),
-        mem_mb=resource("diffusion", "mem_mb"),
+        **gpu_job("diffusion"),
     params:
         layer=lambda wc: cfg.diffusion_feature(config, wc.diffusion)["layer"],
         sigma=lambda wc: cfg.diffusion_feature(config, wc.diffusion)["sigma"],
@@ -228,11 +207,7 @@ rule validate_features:
         "../envs/torch.yaml"
     threads: resource("diffusion", "cpus")
     resources:
-        gpu=resource("diffusion", "gpu"),
-        tasks_per_gpu=0,
-        nodes=1,
-        runtime=runtime_per_attempt("diffusion"),
-        mem_mb=resource("diffusion", "mem_mb"),
+        **gpu_job("diffusion"),
     params:
         spec=lambda wc: config["diffusion_models"][wc.diffusion]["validation"],
         eps=lambda wc: " ".join(

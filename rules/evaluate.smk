@@ -3,27 +3,23 @@
 
 rule autoattack:
     input:
-        model=f"{RESULTS}/{{dataset}}/{{arch}}/{{method}}/{{budget}}/train/model.pt",
-        recipe=f"{RESULTS}/{{dataset}}/{{arch}}/{{method}}/{{budget}}/recipe.yaml",
+        model=cell_file("train/model.pt"),
+        recipe=cell_file("recipe.yaml"),
         test=f"{DATA}/{{dataset}}/test",
     output:
-        json=f"{RESULTS}/{{dataset}}/{{arch}}/{{method}}/{{budget}}/autoattack.json",
-        flags=f"{RESULTS}/{{dataset}}/{{arch}}/{{method}}/{{budget}}/autoattack.npz",
+        json=cell_file("autoattack.json"),
+        flags=cell_file("autoattack.npz"),
     log:
-        f"{RESULTS}/{{dataset}}/{{arch}}/{{method}}/{{budget}}/autoattack.log",
+        cell_file("autoattack.log"),
     benchmark:
-        f"{RESULTS}/{{dataset}}/{{arch}}/{{method}}/{{budget}}/autoattack.benchmark.tsv"
+        cell_file("autoattack.benchmark.tsv")
     # resumable: stopped near its time limit, it continues in the next attempt (dra.time_limits)
     retries: retries_of("evaluate")
     conda:
         "../envs/torch.yaml"
     threads: resource("evaluate", "cpus")
     resources:
-        gpu=resource("evaluate", "gpu"),
-        tasks_per_gpu=0,
-        nodes=1,
-        runtime=runtime_per_attempt("evaluate"),
-        mem_mb=resource("evaluate", "mem_mb"),
+        **gpu_job("evaluate"),
     params:
         eps_255=lambda wc: config["datasets"][wc.dataset]["eps_255"],
         n=lambda wc: config["datasets"][wc.dataset]["eval_n"],
@@ -31,7 +27,7 @@ rule autoattack:
         attacks=" ".join(config["evaluation"]["attacks"]),
         batch=lambda wc: job_batch("autoattack", wc.arch),
         # resumable state of an interrupted evaluation, not a declared output
-        state=f"{RESULTS}/state/{{dataset}}/{{arch}}/{{method}}/{{budget}}/autoattack",
+        state=cell_state("autoattack"),
     shell:
         "python -m scripts.evaluate_autoattack --model {input.model} --recipe {input.recipe}"
         " --test-store {input.test} --eps {params.eps_255}/255 --n {params.n} --seed {params.seed}"
@@ -41,30 +37,26 @@ rule autoattack:
 
 rule classification_dimension:
     input:
-        model=f"{RESULTS}/{{dataset}}/{{arch}}/{{method}}/{{budget}}/train/model.pt",
-        recipe=f"{RESULTS}/{{dataset}}/{{arch}}/{{method}}/{{budget}}/recipe.yaml",
+        model=cell_file("train/model.pt"),
+        recipe=cell_file("recipe.yaml"),
         test=f"{DATA}/{{dataset}}/test",
     output:
-        json=f"{RESULTS}/{{dataset}}/{{arch}}/{{method}}/{{budget}}/classification_dimension.json",
-        curve=f"{RESULTS}/{{dataset}}/{{arch}}/{{method}}/{{budget}}/classification_dimension.csv",
+        json=cell_file("classification_dimension.json"),
+        curve=cell_file("classification_dimension.csv"),
         figure=report(
-            f"{RESULTS}/{{dataset}}/{{arch}}/{{method}}/{{budget}}/figure7.png",
+            cell_file("figure7.png"),
             category="Figure 7",
-            labels={"cell": "{dataset}/{arch}/{method}/{budget}"},
+            labels={"cell": CELL},
         ),
     log:
-        f"{RESULTS}/{{dataset}}/{{arch}}/{{method}}/{{budget}}/classification_dimension.log",
+        cell_file("classification_dimension.log"),
     benchmark:
-        f"{RESULTS}/{{dataset}}/{{arch}}/{{method}}/{{budget}}/classification_dimension.benchmark.tsv"
+        cell_file("classification_dimension.benchmark.tsv")
     conda:
         "../envs/torch.yaml"
     threads: resource("evaluate", "cpus")
     resources:
-        gpu=resource("evaluate", "gpu"),
-        tasks_per_gpu=0,
-        nodes=1,
-        runtime=runtime_per_attempt("evaluate"),
-        mem_mb=resource("evaluate", "mem_mb"),
+        **gpu_job("evaluate"),
     params:
         eps_255=lambda wc: config["datasets"][wc.dataset]["eps_255"],
         n=config["classification_dimension"]["eval_n"],

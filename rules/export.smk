@@ -3,20 +3,20 @@
 # RobustBench's checkpoint and model_info (dra.export).
 rule export_cell:
     input:
-        recipe=f"{RESULTS}/{{dataset}}/{{arch}}/{{method}}/{{budget}}/recipe.yaml",
-        model=f"{RESULTS}/{{dataset}}/{{arch}}/{{method}}/{{budget}}/train/model.pt",
-        json=f"{RESULTS}/{{dataset}}/{{arch}}/{{method}}/{{budget}}/autoattack.json",
-        flags=f"{RESULTS}/{{dataset}}/{{arch}}/{{method}}/{{budget}}/autoattack.npz",
-        train_benchmark=f"{RESULTS}/{{dataset}}/{{arch}}/{{method}}/{{budget}}/train/train_cell.benchmark.tsv",
-        eval_benchmark=f"{RESULTS}/{{dataset}}/{{arch}}/{{method}}/{{budget}}/autoattack.benchmark.tsv",
+        recipe=cell_file("recipe.yaml"),
+        model=cell_file("train/model.pt"),
+        json=cell_file("autoattack.json"),
+        flags=cell_file("autoattack.npz"),
+        train_benchmark=cell_file("train/train_cell.benchmark.tsv"),
+        eval_benchmark=cell_file("autoattack.benchmark.tsv"),
     output:
         # the folder export/ is written whole and renamed into place (dra.io.atomic_dir); config.json
         # stands for it, so that no marker file of Snakemake's lies in a folder that is uploaded as it is
-        config=f"{RESULTS}/{{dataset}}/{{arch}}/{{method}}/{{budget}}/export/config.json",
+        config=cell_file("export/config.json"),
     log:
-        f"{RESULTS}/{{dataset}}/{{arch}}/{{method}}/{{budget}}/export.log",
+        cell_file("export.log"),
     benchmark:
-        f"{RESULTS}/{{dataset}}/{{arch}}/{{method}}/{{budget}}/export_cell.benchmark.tsv"
+        cell_file("export_cell.benchmark.tsv")
     conda:
         "../envs/torch.yaml"
     threads: 1

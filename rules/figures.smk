@@ -24,11 +24,7 @@ rule figure_representation:
         "../envs/torch.yaml"
     threads: resource("evaluate", "cpus")
     resources:
-        gpu=resource("evaluate", "gpu"),
-        tasks_per_gpu=0,
-        nodes=1,
-        runtime=runtime_per_attempt("evaluate"),
-        mem_mb=resource("evaluate", "mem_mb"),
+        **gpu_job("evaluate"),
     params:
         eps=lambda wc: eps_grid_255(cfg.model_dataset(config, wc.model)),
         attack_eps=lambda wc: config["datasets"][cfg.model_dataset(config, wc.model)]["eps_255"],
@@ -61,11 +57,7 @@ rule figure_diffusion_representation:
         "../envs/torch.yaml"
     threads: resource("diffusion", "cpus")
     resources:
-        gpu=resource("diffusion", "gpu"),
-        tasks_per_gpu=0,
-        nodes=1,
-        runtime=runtime_per_attempt("diffusion"),
-        mem_mb=resource("diffusion", "mem_mb"),
+        **gpu_job("diffusion"),
     params:
         feature=lambda wc: cfg.diffusion_feature(config, wc.diffusion),
         train_n=lambda wc: config["diffusion_models"][wc.diffusion]["validation"]["train_n"],
@@ -130,13 +122,18 @@ rule figure4:
         # results/<scale>, the folder above figures/
         results_root=lambda wc, output: Path(output.png).parent.parent,
         models=lambda wc: f"{FIGURES['standard']} {FIGURES['adversarial']}",
+        # what the models are drawn beside: the diffusion model's representation (Figure 4) or
+        # their AutoAttack accuracy (Figure 5)
+        beside=lambda wc, input: f"--diffusion {input.diffusion}",
+        title="ST, AT and DR",
     shell:
         "python -m scripts.figure_alignment_uniformity --results-root {params.results_root} --models {params.models}"
-        " --diffusion {input.diffusion} --title 'ST, AT and DR' --out-png {output.png}"
+        " {params.beside} --title {params.title:q} --out-png {output.png}"
         " --out-pdf {output.pdf} --out-csv {output.csv} 2> {log}"
 
 
-rule figure5:
+# Figure 4's plot of the trained models, beside their accuracy
+use rule figure4 as figure5 with:
     input:
         representations=[representation_of(m) for m in FIGURES.get("figure5_models", [])],
         accuracy=accuracy_files(FIGURES.get("figure5_models", [])),
@@ -146,17 +143,10 @@ rule figure5:
         csv=f"{FIGURE_DIR}/figure5.csv",
     log:
         f"{FIGURE_DIR}/figure5.log",
-    localrule: True
-    conda:
-        "../envs/torch.yaml"
     params:
-        # results/<scale>, the folder above figures/
-        results_root=lambda wc, output: Path(output.png).parent.parent,
         models=" ".join(FIGURES.get("figure5_models", [])),
-    shell:
-        "python -m scripts.figure_alignment_uniformity --results-root {params.results_root} --models {params.models}"
-        " --with-accuracy --title 'Trained models' --out-png {output.png} --out-pdf {output.pdf}"
-        " --out-csv {output.csv} 2> {log}"
+        beside="--with-accuracy",
+        title="Trained models",
 
 
 rule figure6:
@@ -175,11 +165,7 @@ rule figure6:
         "../envs/torch.yaml"
     threads: resource("evaluate", "cpus")
     resources:
-        gpu=resource("evaluate", "gpu"),
-        tasks_per_gpu=0,
-        nodes=1,
-        runtime=runtime_per_attempt("evaluate"),
-        mem_mb=resource("evaluate", "mem_mb"),
+        **gpu_job("evaluate"),
     params:
         # results/<scale>, the folder above figures/
         results_root=lambda wc, output: Path(output.png).parent.parent,
@@ -282,11 +268,7 @@ rule zoo_representation:
         "../envs/robustbench.yaml"
     threads: resource("evaluate", "cpus")
     resources:
-        gpu=resource("evaluate", "gpu"),
-        tasks_per_gpu=0,
-        nodes=1,
-        runtime=runtime_per_attempt("evaluate"),
-        mem_mb=resource("evaluate", "mem_mb"),
+        **gpu_job("evaluate"),
     params:
         model_dir=lambda wc, input: Path(input.checkpoint).parents[2],
         n=FIGURES["eval_n"],

@@ -3,24 +3,20 @@
 # RobustBench evaluation images. The ILSVRC-2012 folder itself is the user's (prepare_imagenet).
 
 
-rule download_pretrained:
+# the download rule of data.smk (scripts.download), for a backbone's pretrained weights
+use rule download_archive as download_pretrained with:
     output:
         f"{DATA}/pretrained/{{arch}}/model.safetensors",
     log:
         f"{DATA}/pretrained/{{arch}}/download.log",
     wildcard_constraints:
         arch=_one_of(pretrained_archs()),
-    localrule: True
-    conda:
-        "../envs/data.yaml"
     params:
         spec=lambda wc: download_spec(config["archs"][wc.arch]["pretrained"]),
-        lock=LOCK_FILE,
-    shell:
-        "python -m scripts.download --spec {params.spec:q} --lock {params.lock:q} --dest {output:q} 2> {log:q}"
 
 
-rule fetch_lightningdit:
+# the same, for LightningDiT's files
+use rule download_archive as fetch_lightningdit with:
     output:
         f"{DATA}/diffusion/{{model}}/{{file}}.pt",
     log:
@@ -28,14 +24,8 @@ rule fetch_lightningdit:
     wildcard_constraints:
         model=_one_of(diffusion_models_of_kind("lightningdit", random=False)),
         file=_one_of(LIGHTNINGDIT_FILES),
-    localrule: True
-    conda:
-        "../envs/data.yaml"
     params:
         spec=lambda wc: download_spec(lightningdit_download(wc)),
-        lock=LOCK_FILE,
-    shell:
-        "python -m scripts.download --spec {params.spec:q} --lock {params.lock:q} --dest {output:q} 2> {log:q}"
 
 
 rule prepare_imagenet_test:
@@ -78,11 +68,7 @@ rule generate_imagenet_synthetic_part:
         "../envs/torch.yaml"
     threads: resource("diffusion", "cpus")
     resources:
-        gpu=resource("diffusion", "gpu"),
-        tasks_per_gpu=0,
-        nodes=1,
-        runtime=runtime_per_attempt("diffusion"),
-        mem_mb=resource("diffusion", "mem_mb"),
+        **gpu_job("diffusion"),
     params:
         spec=lambda wc: config["datasets"][wc.dataset]["synthetic"][wc.set]["generate"],
         parts=lambda wc: config["datasets"][wc.dataset]["synthetic"][wc.set]["generate"].get(
@@ -142,11 +128,7 @@ rule extract_imagenet_features:
         "../envs/torch.yaml"
     threads: resource("diffusion", "cpus")
     resources:
-        gpu=resource("diffusion", "gpu"),
-        tasks_per_gpu=0,
-        nodes=1,
-        runtime=runtime_per_attempt("diffusion"),
-        mem_mb=resource("diffusion", "mem_mb"),
+        **gpu_job("diffusion"),
     params:
         # training JPEGs through the index (ADM center crop), synthetic images from their store
         source=lambda wc: "--imagenet-index" if wc.store == "train" else "--images",

@@ -33,20 +33,16 @@ rule fetch_reference_checkpoint:
         " --dest {output.args:q} 2>> {log:q}"
 
 
-rule reference_recipe:
+# The recipe file of the trained cells' rule (train.smk), with the checkpoint's recipe.
+use rule resolve_recipe as reference_recipe with:
     output:
         f"{RESULTS}/reference/{{name}}/recipe.yaml",
     log:
         f"{RESULTS}/reference/{{name}}/recipe.log",
     wildcard_constraints:
         name=_one_of(REFERENCE_NAMES),
-    localrule: True
     params:
         recipe=lambda wc: ref.reference_recipe(config, wc.name),
-    run:
-        from dra.io import write_yaml
-
-        write_yaml(output[0], params.recipe)
 
 
 rule convert_reference_checkpoint:
@@ -95,21 +91,17 @@ use rule autoattack as reference_autoattack with:
         state=f"{RESULTS}/state/reference/{{name}}/autoattack",
 
 
-rule reference_table_spec:
+# The tables' rules (analysis.smk), for the table of the reference cells: an accuracy table.
+use rule table_spec as reference_table_spec with:
     output:
         f"{RESULTS}/tables/reference.spec.yaml",
     log:
         f"{RESULTS}/tables/reference.spec.log",
-    localrule: True
     params:
         spec=ref.reference_table_spec(config),
-    run:
-        from dra.io import write_yaml
-
-        write_yaml(output[0], params.spec)
 
 
-rule reference_table:
+use rule build_table as reference_table with:
     input:
         spec=f"{RESULTS}/tables/reference.spec.yaml",
         results=[f"{RESULTS}/reference/{name}/autoattack.json" for name in REFERENCE_NAMES],
@@ -119,16 +111,8 @@ rule reference_table:
         tex=f"{RESULTS}/tables/reference.tex",
     log:
         f"{RESULTS}/tables/reference.log",
-    localrule: True
-    conda:
-        "../envs/analysis.yaml"
     params:
-        # results/<scale>, the folder above tables/
-        results_root=lambda wc, output: Path(output.csv).parent.parent,
-    shell:
-        "python -m scripts.build_table --spec {input.spec} --key rows --kind accuracy"
-        " --results-root {params.results_root} --out-csv {output.csv} --out-md {output.md}"
-        " --out-tex {output.tex} 2> {log}"
+        kind="accuracy",
 
 
 rule all_reference:

@@ -5,12 +5,12 @@
 rule resolve_recipe:
     output:
         report(
-            f"{RESULTS}/{{dataset}}/{{arch}}/{{method}}/{{budget}}/recipe.yaml",
+            cell_file("recipe.yaml"),
             category="Resolved recipes",
-            labels={"cell": "{dataset}/{arch}/{method}/{budget}"},
+            labels={"cell": CELL},
         ),
     log:
-        f"{RESULTS}/{{dataset}}/{{arch}}/{{method}}/{{budget}}/recipe.log",
+        cell_file("recipe.log"),
     localrule: True
     params:
         recipe=lambda wc: cfg.resolve_recipe(config, cell_of(wc)),
@@ -24,26 +24,22 @@ rule train_cell:
     input:
         unpack(train_inputs),
     output:
-        model=f"{RESULTS}/{{dataset}}/{{arch}}/{{method}}/{{budget}}/train/model.pt",
-        log_csv=f"{RESULTS}/{{dataset}}/{{arch}}/{{method}}/{{budget}}/train/log.csv",
+        model=cell_file("train/model.pt"),
+        log_csv=cell_file("train/log.csv"),
     log:
-        f"{RESULTS}/{{dataset}}/{{arch}}/{{method}}/{{budget}}/train/train.log",
+        cell_file("train/train.log"),
     benchmark:
-        f"{RESULTS}/{{dataset}}/{{arch}}/{{method}}/{{budget}}/train/train_cell.benchmark.tsv"
+        cell_file("train/train_cell.benchmark.tsv")
     # resumable: stopped near its time limit, it continues in the next attempt (dra.time_limits)
     retries: train_retries()
     conda:
         "../envs/torch.yaml"
     threads: resource("train", "cpus")
+    # the cell's own GPU count and time: from its memory plan and steps (dra.gpu_plan)
     resources:
-        gpu=train_gpus,
-        tasks_per_gpu=0,
-        nodes=1,
-        runtime=train_runtime,
-        mem_mb=resource("train", "mem_mb"),
+        **gpu_job("train", gpu=train_gpus, runtime=train_runtime),
     params:
-        # resumable state: deliberately not a declared output, so a failed or killed attempt keeps it
-        state=f"{RESULTS}/state/{{dataset}}/{{arch}}/{{method}}/{{budget}}/train",
+        state=cell_state("train"),
         launcher=train_launcher,
     shell:
         "{params.launcher} scripts.train --recipe {input.recipe} --out-dir $(dirname {output.model})"
