@@ -20,9 +20,7 @@ rule build_table:
         spec=f"{RESULTS}/tables/{{table}}.spec.yaml",
         results=table_inputs,
     output:
-        csv=report(f"{RESULTS}/tables/{{table}}.csv", category="Tables"),
-        md=f"{RESULTS}/tables/{{table}}.md",
-        tex=f"{RESULTS}/tables/{{table}}.tex",
+        **table_files("{table}"),
     log:
         f"{RESULTS}/tables/{{table}}.log",
     localrule: True

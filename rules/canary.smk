@@ -70,8 +70,7 @@ rule random_synthetic_part:
 rule random_edm:
     # EDM DDPM++ at the configuration of NVIDIA's CIFAR-10 model, as convert_diffusion_model writes it
     output:
-        weights=f"{DATA}/diffusion/{{model}}/model.safetensors",
-        network=f"{DATA}/diffusion/{{model}}/model.json",
+        **diffusion_files("{model}"),
     log:
         f"{DATA}/diffusion/{{model}}/random.log",
     wildcard_constraints:
@@ -91,7 +90,7 @@ rule random_edm:
 rule random_lightningdit:
     # LightningDiT-XL/1, VA-VAE f16d32 and unit latent statistics, in the files fetch_lightningdit writes
     output:
-        **{name: path for name, path in lightningdit_files("{model}").items()},
+        **lightningdit_files("{model}"),
     log:
         f"{DATA}/diffusion/{{model}}/random.log",
     wildcard_constraints:

@@ -225,6 +225,7 @@ def diffusion_of(dataset):
 
 
 def diffusion_files(model):
+    # an EDM network as every rule that writes one leaves it (converted, trained or random)
     folder = f"{DATA}/diffusion/{model}"
     return {"weights": f"{folder}/model.safetensors", "network": f"{folder}/model.json"}
 
@@ -500,8 +501,18 @@ def table_inputs(wildcards):
     return [cell_path(cell, name) for cell in cells for name in names]
 
 
+def table_files(table):
+    """A table's files, as scripts.build_table writes them: the CSV in the report, Markdown and LaTeX."""
+    return {
+        "csv": report(f"{RESULTS}/tables/{table}.csv", category="Tables"),
+        "md": f"{RESULTS}/tables/{table}.md",
+        "tex": f"{RESULTS}/tables/{table}.tex",
+    }
+
+
 def table_outputs(table):
-    return [f"{RESULTS}/tables/{table}.{suffix}" for suffix in ("csv", "md", "tex")]
+    # the paths alone, for the aggregate targets
+    return [str(path) for path in table_files(table).values()]
 
 
 # ---------------------------------------------------------------------------- exports

@@ -18,8 +18,7 @@ rule convert_diffusion_model:
     input:
         f"{DATA}/diffusion/{{model}}/network.pkl",
     output:
-        weights=f"{DATA}/diffusion/{{model}}/model.safetensors",
-        network=f"{DATA}/diffusion/{{model}}/model.json",
+        **diffusion_files("{model}"),
     log:
         f"{DATA}/diffusion/{{model}}/convert.log",
     wildcard_constraints:
@@ -37,8 +36,7 @@ rule train_diffusion:
             config, config["diffusion_models"][wc.model]["source"]["dataset"], "train"
         ),
     output:
-        weights=f"{DATA}/diffusion/{{model}}/model.safetensors",
-        network=f"{DATA}/diffusion/{{model}}/model.json",
+        **diffusion_files("{model}"),
         loss=f"{DATA}/diffusion/{{model}}/loss.csv",
     log:
         f"{DATA}/diffusion/{{model}}/train.log",
@@ -67,8 +65,7 @@ rule train_noisy_classifier:
     input:
         unpack(noisy_classifier_inputs),
     output:
-        weights=f"{DATA}/diffusion/{{model}}/model.safetensors",
-        network=f"{DATA}/diffusion/{{model}}/model.json",
+        **diffusion_files("{model}"),
         loss=f"{DATA}/diffusion/{{model}}/loss.csv",
         metrics=f"{DATA}/diffusion/{{model}}/metrics.json",
     log:

@@ -37,9 +37,8 @@ rule autoattack:
 
 rule classification_dimension:
     input:
-        model=cell_file("train/model.pt"),
-        recipe=cell_file("recipe.yaml"),
-        test=f"{DATA}/{{dataset}}/test",
+        # what AutoAttack reads: the trained network, its recipe and the test images
+        **rules.autoattack.input,
     output:
         json=cell_file("classification_dimension.json"),
         curve=cell_file("classification_dimension.csv"),

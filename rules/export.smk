@@ -19,7 +19,7 @@ rule export_cell:
         cell_file("export_cell.benchmark.tsv")
     conda:
         "../envs/torch.yaml"
-    threads: 1
+    threads: resource("export", "cpus")
     params:
         gpus=export_gpus,
         dataset_kind=lambda wc: config["datasets"][wc.dataset]["source"]["kind"],

@@ -39,7 +39,7 @@ rule prepare_imagenet_test:
         dataset=_one_of(datasets_of_kind("imagenet_folder")),
     conda:
         "../envs/torch.yaml"
-    threads: 4
+    threads: resource("imagenet_test", "cpus")
     params:
         size=lambda wc: config["datasets"][wc.dataset]["image_size"],
         num_classes=lambda wc: config["datasets"][wc.dataset]["num_classes"],

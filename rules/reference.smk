@@ -106,9 +106,7 @@ use rule build_table as reference_table with:
         spec=f"{RESULTS}/tables/reference.spec.yaml",
         results=[f"{RESULTS}/reference/{name}/autoattack.json" for name in REFERENCE_NAMES],
     output:
-        csv=report(f"{RESULTS}/tables/reference.csv", category="Tables"),
-        md=f"{RESULTS}/tables/reference.md",
-        tex=f"{RESULTS}/tables/reference.tex",
+        **table_files("reference"),
     log:
         f"{RESULTS}/tables/reference.log",
     params:
