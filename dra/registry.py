@@ -163,7 +163,8 @@ def _registrations(path: Path, variable: str) -> list[tuple[str, dict[str, Any]]
 
 
 # Model families: a builder (arch entry, num_classes, mean, std) -> nn.Module (dra.models.create_classifier).
-# Metadata: required (arch keys the family needs), keys (JSON schema of keys only this family takes).
+# Metadata: keys (JSON schema of the arch keys this family takes: their one declaration, config/schema.yaml
+# has only `family`), required (those of them it needs).
 MODEL_FAMILIES = Registry("MODEL_FAMILIES", "model family", "arch.family", ("dra/models",))
 # Training objectives: an object with adversarial_examples(...) and outer_loss(...) (dra.training.losses).
 # Metadata: clean_branch (the outer loss reads a clean forward too: two graphs kept, dra.gpu_plan),

@@ -122,6 +122,34 @@ def test_a_new_family_s_keys_are_checked_where_they_are_written(tiny_family):
         validate_recipe(recipe)
 
 
+def test_a_family_s_arch_keys_are_declared_once_in_its_registration():
+    # config/schema.yaml names only `family`; every other arch key is a registration's
+    arch = load_schema()["$defs"]["arch"]["properties"]
+    assert set(arch) == {"family", "diffusion", "name", "kwargs", "pretrained", "depth", "width", "activation"}
+    assert arch["depth"] == {"type": "integer", "minimum": 10}
+    assert arch["pretrained"] == {"$ref": "#/$defs/download"}
+
+    @MODEL_FAMILIES.register("other_wrn", required=("depth",), keys={"depth": {"type": "string"}})
+    def build_other(arch, num_classes, mean, std):
+        return None
+
+    try:
+        with pytest.raises(RegistryError, match=r"model family 'wrn' declares arch key 'depth' with the schema"):
+            load_schema()
+    finally:
+        MODEL_FAMILIES.unregister("other_wrn")
+
+    @MODEL_FAMILIES.register("keyless", required=("hidden",))
+    def build_keyless(arch, num_classes, mean, std):
+        return None
+
+    try:
+        with pytest.raises(RegistryError, match=r"'keyless' requires arch keys \['hidden'\] that its `keys`"):
+            load_schema()
+    finally:
+        MODEL_FAMILIES.unregister("keyless")
+
+
 def test_without_its_registration_the_family_is_unknown():
     config = _mini_config_with_tiny_arch()
     with pytest.raises(ConfigError,

@@ -16,7 +16,7 @@ from dra.config.downloads import _check_downloads, is_random
 from dra.config.recipe import train_plan
 from dra.config.sizes import _check_cell, _check_duplicate_rows, _check_figures, _check_sizes_and_ranges
 from dra.network_presets import EDM_CIFAR10_DDPMPP
-from dra.registry import MODEL_FAMILIES, OBJECTIVES, OPTIMIZERS, SCHEDULES, TABLE_KINDS
+from dra.registry import MODEL_FAMILIES, OBJECTIVES, OPTIMIZERS, SCHEDULES, TABLE_KINDS, RegistryError
 
 
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "config" / "schema.yaml"
@@ -97,9 +97,7 @@ def load_schema() -> dict:
     defs = schema["$defs"]
     arch = defs["arch"]["properties"]
     arch["family"]["enum"] = MODEL_FAMILIES.names()
-    for family in MODEL_FAMILIES.names():
-        for key, spec in (MODEL_FAMILIES.meta(family).get("keys") or {}).items():
-            arch.setdefault(key, spec)
+    arch.update(family_keys())
     defs["method"]["properties"]["objective"]["enum"] = OBJECTIVES.names()
     optimizer = defs["recipe"]["properties"]["optimizer"]
     optimizer["properties"]["name"]["enum"] = OPTIMIZERS.names()
@@ -116,6 +114,26 @@ def load_schema() -> dict:
     schedule = defs["recipe"]["properties"]["schedule"]["properties"]["name"]
     schedule["description"] = _names_schema(SCHEDULES)["description"]
     return json_ready(schema)
+
+
+def family_keys() -> dict[str, Any]:
+    """The arch keys every model family declares in its registration (metadata `keys`: {key: JSON
+    schema}), the one place they are written; an arch entry may carry any of them (its family's
+    `required` ones are checked by _check_archs). Two families may share a key with the same schema."""
+    keys: dict[str, Any] = {}
+    for family in MODEL_FAMILIES.names():
+        meta = MODEL_FAMILIES.meta(family)
+        declared = meta.get("keys") or {}
+        for key, spec in declared.items():
+            if key == "family" or keys.setdefault(key, spec) != spec:
+                raise RegistryError(f"model family {family!r} declares arch key {key!r} with the schema {spec}, "
+                                    f"which another family or the schema's own `family` declares differently; "
+                                    "give the key another name in one of them")
+        undeclared = [key for key in meta.get("required", ()) if key not in declared]
+        if undeclared:
+            raise RegistryError(f"model family {family!r} requires arch keys {undeclared} that its `keys` "
+                                "metadata does not declare; add their JSON schema there")
+    return keys
 
 
 def json_ready(value: Any) -> Any:

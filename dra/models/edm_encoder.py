@@ -119,9 +119,10 @@ class EDMEncoderClassifier(nn.Module):
         return self.forward_features(images01)[0]
 
 
-# the config names the diffusion model; resolve_recipe expands it into network, weights, layer and sigma
+# the config names the diffusion model whose U-Net, up to its feature layer, is fine-tuned (Section 5.6);
+# resolve_recipe expands it into network, weights, layer and sigma
 @MODEL_FAMILIES.register(
-    "edm_encoder", required=("diffusion",),
+    "edm_encoder", required=("diffusion",), keys={"diffusion": {"type": "string"}},
     recipe_keys={"network": {"type": "string", "minLength": 1, "description": "the diffusion model's network json"},
                  "layer": {"type": "string", "pattern": "^model\\.",
                            "description": "a U-Net block, e.g. model.dec.8x8_in1"},

@@ -121,8 +121,10 @@ def create_pretrained(name: str, num_classes: int, mean: Sequence[float], std: S
             "file and fetch it again (the download_pretrained rule, or timm's download into the cache)") from None
 
 
+# pretrained: start from these weights (fetched by the download_pretrained rule)
 @MODEL_FAMILIES.register(
     "timm", required=("name",), pretrained=True,
+    keys={"name": {"type": "string"}, "kwargs": {"type": "object"}, "pretrained": {"$ref": "#/$defs/download"}},
     recipe_keys={"name": {"type": "string", "minLength": 1, "description": "a timm model name"}})
 def build_timm_classifier(arch: dict, num_classes: int, mean: Sequence[float], std: Sequence[float]) -> TimmClassifier:
     """{family: timm, name, kwargs, pretrained, weights}: a timm model, randomly initialized, or with

@@ -117,9 +117,12 @@ class WideResNet(nn.Module):
         return self.forward_features(x)[0]
 
 
-# required: keys of the config's arch entry; recipe_keys: those of the resolved recipe, with what they hold
+# keys: the config arch entry's keys of this family, as JSON schema (config/schema.yaml holds only `family`);
+# required: those it must have; recipe_keys: those of the resolved recipe, with what they hold
 @MODEL_FAMILIES.register(
     "wrn", required=("depth", "width"),
+    keys={"depth": {"type": "integer", "minimum": 10}, "width": {"$ref": "#/$defs/positive_int"},
+          "activation": {"enum": ["silu", "relu"]}},
     recipe_keys={"depth": {"type": "integer", "minimum": 10, "description": "an integer 6n + 4 (e.g. 28)"},
                  "width": {"type": "integer", "minimum": 1, "description": "an integer >= 1"}})
 def build_wide_resnet(arch: dict, num_classes: int, mean: Sequence[float], std: Sequence[float]) -> WideResNet:
