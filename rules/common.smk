@@ -103,6 +103,11 @@ def cell_path(cell, name):
 # ---------------------------------------------------------------------------- data
 
 
+def split_stores(dataset):
+    # a dataset's train and test stores, where the prepare rules write them (as cfg.split_store names them)
+    return {split: directory(f"{DATA}/{dataset}/{split}") for split in ("train", "test")}
+
+
 def archive_path(wildcards):
     source = config["datasets"][wildcards.dataset]["source"]
     if cfg.is_random(source):  # the canary's archive of random pixels (rule random_cifar_archive)
@@ -228,6 +233,15 @@ def diffusion_files(model):
     # an EDM network as every rule that writes one leaves it (converted, trained or random)
     folder = f"{DATA}/diffusion/{model}"
     return {"weights": f"{folder}/model.safetensors", "network": f"{folder}/model.json"}
+
+
+def probe_inputs(wildcards):
+    # what a probe of a diffusion model's features reads: the model, the train and the test stores
+    return {
+        **diffusion_files(wildcards.diffusion),
+        "train": f"{DATA}/{wildcards.dataset}/train",
+        "test": f"{DATA}/{wildcards.dataset}/test",
+    }
 
 
 def feature_source_store(wildcards):

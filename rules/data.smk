@@ -24,8 +24,7 @@ rule prepare_cifar:
     input:
         archive_path,
     output:
-        train=directory(f"{DATA}/{{dataset}}/train"),
-        test=directory(f"{DATA}/{{dataset}}/test"),
+        **split_stores("{dataset}"),
     log:
         f"{DATA}/{{dataset}}/prepare.log",
     wildcard_constraints:
@@ -44,8 +43,7 @@ rule prepare_cifar:
 
 rule prepare_digits:
     output:
-        train=directory(f"{DATA}/{{dataset}}/train"),
-        test=directory(f"{DATA}/{{dataset}}/test"),
+        **split_stores("{dataset}"),
     log:
         f"{DATA}/{{dataset}}/prepare.log",
     wildcard_constraints:

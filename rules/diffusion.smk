@@ -176,9 +176,7 @@ rule extract_features:
 
 rule validate_features:
     input:
-        unpack(lambda wc: diffusion_files(wc.diffusion)),
-        train=f"{DATA}/{{dataset}}/train",
-        test=f"{DATA}/{{dataset}}/test",
+        unpack(probe_inputs),
     output:
         probe=report(
             f"{RESULTS}/{{dataset}}/feature-validation/{{diffusion}}/probe.csv",

@@ -42,9 +42,7 @@ rule figure_representation:
 
 rule figure_diffusion_representation:
     input:
-        unpack(lambda wc: diffusion_files(wc.diffusion)),
-        train=f"{DATA}/{{dataset}}/train",
-        test=f"{DATA}/{{dataset}}/test",
+        unpack(probe_inputs),
     output:
         f"{RESULTS}/{{dataset}}/figures/{{diffusion}}/representation.npz",
     log:
@@ -84,9 +82,7 @@ rule figure3:
         adversarial=lambda wc: representation_of(FIGURES["adversarial"]),
         diffusion=lambda wc: diffusion_representation_of(figure_dataset()),
     output:
-        png=report(f"{FIGURE_DIR}/figure3.png", category="Figures", labels={"figure": "3"}),
-        pdf=f"{FIGURE_DIR}/figure3.pdf",
-        csv=f"{FIGURE_DIR}/figure3.csv",
+        **figure_files("3"),
     log:
         f"{FIGURE_DIR}/figure3.log",
     localrule: True
@@ -110,9 +106,7 @@ rule figure4:
         ],
         diffusion=lambda wc: diffusion_representation_of(figure_dataset()),
     output:
-        png=report(f"{FIGURE_DIR}/figure4.png", category="Figures", labels={"figure": "4"}),
-        pdf=f"{FIGURE_DIR}/figure4.pdf",
-        csv=f"{FIGURE_DIR}/figure4.csv",
+        **figure_files("4"),
     log:
         f"{FIGURE_DIR}/figure4.log",
     localrule: True
@@ -135,12 +129,9 @@ rule figure4:
 # Figure 4's plot of the trained models, beside their accuracy
 use rule figure4 as figure5 with:
     input:
-        representations=[representation_of(m) for m in FIGURES.get("figure5_models", [])],
-        accuracy=accuracy_files(FIGURES.get("figure5_models", [])),
+        **measured_models("figure5_models"),
     output:
-        png=report(f"{FIGURE_DIR}/figure5.png", category="Figures", labels={"figure": "5"}),
-        pdf=f"{FIGURE_DIR}/figure5.pdf",
-        csv=f"{FIGURE_DIR}/figure5.csv",
+        **figure_files("5"),
     log:
         f"{FIGURE_DIR}/figure5.log",
     params:
@@ -151,12 +142,9 @@ use rule figure4 as figure5 with:
 
 rule figure6:
     input:
-        representations=[representation_of(m) for m in FIGURES.get("figure6_models", [])],
-        accuracy=accuracy_files(FIGURES.get("figure6_models", [])),
+        **measured_models("figure6_models"),
     output:
-        png=report(f"{FIGURE_DIR}/figure6.png", category="Figures", labels={"figure": "6"}),
-        pdf=f"{FIGURE_DIR}/figure6.pdf",
-        csv=f"{FIGURE_DIR}/figure6.csv",
+        **figure_files("6"),
     log:
         f"{FIGURE_DIR}/figure6.log",
     benchmark:
@@ -185,9 +173,7 @@ rule figure8:
         accuracy=accuracy_files(figure8_cells()),
         recipes=[f"{RESULTS}/{m}/recipe.yaml" for m in FIGURES.get("figure8_models", [])],
     output:
-        png=report(f"{FIGURE_DIR}/figure8.png", category="Figures", labels={"figure": "8"}),
-        pdf=f"{FIGURE_DIR}/figure8.pdf",
-        csv=f"{FIGURE_DIR}/figure8.csv",
+        **figure_files("8"),
     log:
         f"{FIGURE_DIR}/figure8.log",
     localrule: True
@@ -214,9 +200,7 @@ rule figure10:
             for role in ("aligned", "baseline")
         ],
     output:
-        png=report(f"{FIGURE_DIR}/figure10.png", category="Figures", labels={"figure": "10"}),
-        pdf=f"{FIGURE_DIR}/figure10.pdf",
-        csv=f"{FIGURE_DIR}/figure10.csv",
+        **figure_files("10"),
     log:
         f"{FIGURE_DIR}/figure10.log",
     localrule: True
@@ -282,12 +266,9 @@ rule zoo_representation:
 rule figure1_9:
     input:
         unpack(zoo_figure_inputs),
-        cells=[representation_of(m) for m in FIGURES.get("figure1_models", [])],
-        accuracy=accuracy_files(FIGURES.get("figure1_models", [])),
+        **measured_models("figure1_models"),
     output:
-        png=report(f"{FIGURE_DIR}/figure1.png", category="Figures", labels={"figure": "1"}),
-        pdf=f"{FIGURE_DIR}/figure1.pdf",
-        csv=f"{FIGURE_DIR}/figure1.csv",
+        **figure_files("1"),
         png9=report(f"{FIGURE_DIR}/figure9.png", category="Figures", labels={"figure": "9"}),
         pdf9=f"{FIGURE_DIR}/figure9.pdf",
     log:

@@ -52,6 +52,26 @@ def accuracy_files(models):
     return [f"{RESULTS}/{model}/autoattack.json" for model in models]
 
 
+def measured_models(key):
+    """What a figure of the models figures.<key> lists reads: each one's representation and AutoAttack result."""
+    models = FIGURES.get(key, [])
+    return {
+        "representations": [representation_of(model) for model in models],
+        "accuracy": accuracy_files(models),
+    }
+
+
+def figure_files(number):
+    """A figure's files, as its script writes them: the PNG (in the report), the PDF and the CSV of its numbers."""
+    return {
+        "png": report(
+            f"{FIGURE_DIR}/figure{number}.png", category="Figures", labels={"figure": number}
+        ),
+        "pdf": f"{FIGURE_DIR}/figure{number}.pdf",
+        "csv": f"{FIGURE_DIR}/figure{number}.csv",
+    }
+
+
 def figure8_cells():
     # every replicate the tables run of each cell: Figure 8 draws their spread as error bars
     if "figure8_models" not in FIGURES:
