@@ -151,6 +151,7 @@ RULE_HEADER = re.compile(r"^(?:rule (\w+):|use rule (\w+) as (\w+) with:)$", re.
 def workflow_rules() -> dict[str, Rule]:
     """Every rule of rules/*.smk and the Snakefile, read from the (snakefmt-formatted) text."""
     rules: dict[str, Rule] = {}
+    copies = []  # `use rule` statements, resolved once every rule is read (their base may be in a later file)
     for path in sorted((ROOT / "rules").glob("*.smk")) + [ROOT / "Snakefile"]:
         text = path.read_text()
         headers = list(RULE_HEADER.finditer(text))
@@ -164,10 +165,12 @@ def workflow_rules() -> dict[str, Rule]:
             run_code = "\n".join(line[8:] for line in run[1].splitlines()) if run else ""
             if header[1]:
                 rules[header[1]] = Rule(header[1], env and env[1], scripts, run_code, body)
-            else:  # `use rule X as Y with:` keeps X's env and command unless it overrides them
-                base = rules[header[2]]
-                rules[header[3]] = Rule(header[3], env[1] if env else base.env, scripts or base.scripts,
-                                        base.run_code, body)
+            else:
+                copies.append((header[2], header[3], env and env[1], scripts, body))
+    for base_name, name, env, scripts, body in copies:
+        # `use rule X as Y with:` keeps X's env and command unless it overrides them
+        base = rules[base_name]
+        rules[name] = Rule(name, env or base.env, scripts or base.scripts, base.run_code, body)
     return rules
 
 
