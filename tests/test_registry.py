@@ -1,6 +1,7 @@
 """The registries of names (dra.registry): dispatch, the config schema and the checks read them, and
 a new model family is one registration (here in this file) plus config."""
 
+import contextlib
 import copy
 import json
 import subprocess
@@ -122,32 +123,28 @@ def test_a_new_family_s_keys_are_checked_where_they_are_written(tiny_family):
         validate_recipe(recipe)
 
 
+@contextlib.contextmanager
+def _registered_family(name, **meta):
+    MODEL_FAMILIES.register(name, **meta)(lambda arch, num_classes, mean, std: None)
+    try:
+        yield
+    finally:
+        MODEL_FAMILIES.unregister(name)
+
+
 def test_a_family_s_arch_keys_are_declared_once_in_its_registration():
     # config/schema.yaml names only `family`; every other arch key is a registration's
     arch = load_schema()["$defs"]["arch"]["properties"]
     assert set(arch) == {"family", "diffusion", "name", "kwargs", "pretrained", "depth", "width", "activation"}
     assert arch["depth"] == {"type": "integer", "minimum": 10}
     assert arch["pretrained"] == {"$ref": "#/$defs/download"}
-
-    @MODEL_FAMILIES.register("other_wrn", required=("depth",), keys={"depth": {"type": "string"}})
-    def build_other(arch, num_classes, mean, std):
-        return None
-
-    try:
-        with pytest.raises(RegistryError, match=r"model family 'wrn' declares arch key 'depth' with the schema"):
-            load_schema()
-    finally:
-        MODEL_FAMILIES.unregister("other_wrn")
-
-    @MODEL_FAMILIES.register("keyless", required=("hidden",))
-    def build_keyless(arch, num_classes, mean, std):
-        return None
-
-    try:
-        with pytest.raises(RegistryError, match=r"'keyless' requires arch keys \['hidden'\] that its `keys`"):
-            load_schema()
-    finally:
-        MODEL_FAMILIES.unregister("keyless")
+    # a key two families declare differently, a required key no `keys` declares: stopped, named
+    with (_registered_family("other_wrn", required=("depth",), keys={"depth": {"type": "string"}}),
+          pytest.raises(RegistryError, match=r"model family 'wrn' declares arch key 'depth' with the schema")):
+        load_schema()
+    with (_registered_family("keyless", required=("hidden",)),
+          pytest.raises(RegistryError, match=r"'keyless' requires arch keys \['hidden'\] that its `keys`")):
+        load_schema()
 
 
 def test_without_its_registration_the_family_is_unknown():
