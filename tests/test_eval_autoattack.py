@@ -125,15 +125,22 @@ def test_model_mode_gradients_and_caller_rng_are_restored(monkeypatch):
     np.testing.assert_array_equal(result.robust, result.clean)
 
 
-def test_fewer_attacks_run_as_version_custom_and_are_recorded(tmp_path):
-    """config evaluation.attacks: APGD-CE alone (the canary's) is pyautoattack's version 'custom'; on the
+def test_fewer_attacks_run_at_the_standard_settings_and_are_recorded_as_custom(tmp_path, counted_calls):
+    """config evaluation.attacks: APGD-CE alone (the canary's) runs as in the standard version, one restart
+    (pyautoattack's version 'custom' would keep the constructor's 5), and is recorded as 'custom'; on the
     linear case, where the steepest step reaches the ball's best corner, it finds the exact answer too."""
     from pyautoattack import AutoAttack
+    from pyautoattack.autopgd_base import APGDAttack
 
     model, images, labels, eps, truth_clean, truth_robust = linear_problem(16)
+    runs = counted_calls(APGDAttack, "attack_single_run")
     result = evaluate_autoattack(model, images, labels, eps, seed=0, batch_size=8, state_path=None,
                                  device="cpu", chunk_size=16, attacks=["apgd-ce"])
-    direct = AutoAttack(model, norm="Linf", eps=eps, version="custom", attacks=["apgd-ce"], device="cpu", seed=0)
+    # one run per batch of 8 with a correct point: the standard version's one restart (with the custom
+    # version's 5, the first batch, which keeps robust points, would run 5 times: 6 runs)
+    assert truth_robust[:8].any() and truth_clean[8:].any() and len(runs) == 2
+    direct = AutoAttack(model, norm="Linf", eps=eps, version="standard", device="cpu", seed=0)
+    direct.attacks_to_run = ["apgd-ce"]
     x_adv, _ = direct.run_standard_evaluation(images, labels, batch_size=8)
     with torch.no_grad():
         np.testing.assert_array_equal(result.robust, (model(x_adv).argmax(1) == labels).numpy())

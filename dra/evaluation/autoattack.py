@@ -237,8 +237,8 @@ def evaluate_autoattack(
     images01: float32 (N, C, H, W) in [0, 1] on any device (batches are moved to ``device``);
     the model must already live on ``device``. With ``chunk_size >= N`` this is exactly one
     ``pyautoattack`` call on the whole set. ``attacks``: the standard four (version 'standard'), or
-    fewer, run as pyautoattack's version 'custom' with its default attack settings (config
-    ``evaluation.attacks``; the canary's pipeline check, not a robustness number).
+    fewer at the standard version's settings (recorded as version 'custom'; config
+    ``evaluation.attacks``: the canary's pipeline check, not a robustness number).
     """
     from pyautoattack import AutoAttack
 
@@ -253,13 +253,17 @@ def evaluate_autoattack(
                 "version": version, "norm": NORM}
     if version != VERSION:  # the standard run's resume fingerprint stays what it was
         settings["attacks"] = list(attacks)
+        settings["attack_settings"] = VERSION  # a subset's earlier resume files ran the custom settings
     state_path = Path(state_path) if state_path is not None else None
 
     with _evaluation_mode(model), _attack_log_to_progress():
         fingerprint = _fingerprint(model, images01, labels, settings) if state_path else ""
         state = _load_state(state_path, fingerprint, n, n_chunks)
-        adversary = AutoAttack(model, norm=NORM, eps=float(eps), version=version, device=device, seed=int(seed),
-                               attacks=None if version == VERSION else list(attacks))
+        # the standard version's settings for every attack, also for a subset: version 'custom' keeps the
+        # constructor's (APGD-CE with 5 restarts, not the standard run's 1: five times the passes of the
+        # attack the paper's evaluation runs, autoattack.py _set_version)
+        adversary = AutoAttack(model, norm=NORM, eps=float(eps), version=VERSION, device=device, seed=int(seed))
+        adversary.attacks_to_run = list(attacks)
         preemption.watch()
         for chunk in range(n_chunks):
             if state["done"][chunk]:
