@@ -256,15 +256,18 @@ def test_status_never_writes_under_results(runs, mini_config, tmp_path, monkeypa
 
 
 def test_status_knows_the_rules_files():
-    # the paths dra.status reads are the ones the rules write (rules/train.smk, rules/evaluate.smk)
+    # the paths dra.status reads are the ones the rules write (rules/train.smk, rules/evaluate.smk), through
+    # rules/common.smk's cell_file and cell_state
+    common = (ROOT / "rules" / "common.smk").read_text()
     train = (ROOT / "rules" / "train.smk").read_text()
     evaluate = (ROOT / "rules" / "evaluate.smk").read_text()
-    cell = "{{dataset}}/{{arch}}/{{method}}/{{budget}}"
-    assert f'state=f"{{RESULTS}}/state/{cell}/train"' in train
+    assert 'CELL = "{dataset}/{arch}/{method}/{budget}"' in common
+    assert 'return f"{RESULTS}/{CELL}/{name}"' in common and 'return f"{RESULTS}/state/{CELL}/{name}"' in common
+    assert 'state=cell_state("train")' in train
     for name in (TRAIN_LOG, TRAIN_BENCHMARK):
-        assert f'f"{{RESULTS}}/{cell}/{name}"' in train
+        assert f'cell_file("{name}")' in train
     for log_name, benchmark in EVAL_RULES.values():
-        assert f'f"{{RESULTS}}/{cell}/{log_name}"' in evaluate and f'f"{{RESULTS}}/{cell}/{benchmark}"' in evaluate
+        assert f'cell_file("{log_name}")' in evaluate and f'cell_file("{benchmark}")' in evaluate
 
 
 def test_targets_and_their_cells():

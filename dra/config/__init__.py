@@ -17,7 +17,8 @@ reads them):
 - sizes: sizes, ranges and the cells a table or figure names, which the schema cannot check;
 - recipe: the resolved recipe of a cell and the cell's GPU plan;
 - jobs: every other GPU job of the configuration and the batch it runs at (planned by dra.gpu_plan);
-- validation: ``validate_config``, the JSON schema (``load_schema``) and the references between sections.
+- validation: ``validate_config``, the JSON schema (``load_schema``, with each model family's keys from the
+  registry: ``family_keys``) and the references between sections.
 
 Callers import every name from here (``from dra import config as cfg``; ``cfg.cell_dir(...)``).
 """
@@ -34,11 +35,12 @@ from dra.config.cells import (
 from dra.config.sizes import SPLIT_SIZES, dra_target_model, split_sizes
 from dra.config.recipe import diffusion_feature, resolve_arch, resolve_recipe, train_plan, training_steps
 from dra.config.jobs import VAVAE_RESOLUTION, classifier_of, gpu_jobs, job_batches, job_plans, memory_network
-from dra.config.validation import SCHEMA_PATH, json_ready, load_schema, validate_config
+from dra.config.validation import SCHEMA_PATH, family_keys, json_ready, load_schema, validate_config
 
 __all__ = [
     "SCHEMA_PATH", "BUDGET_PATTERN", "HOW_TO_FIX", "ConfigError", "Cell", "parse_cell", "load_schema", "json_ready",
-    "validate_config", "is_random", "download_entries", "download_fields", "download_name", "check_download_lock",
+    "family_keys", "validate_config", "is_random", "download_entries", "download_fields", "download_name",
+    "check_download_lock",
     "SPLIT_SIZES", "split_sizes", "dra_target_model", "REFERENCE_PREFIX", "results_dir", "table_seeds", "replicate",
     "cell_replicates", "DEFAULT_TABLE_KIND", "table_kind", "tables_of_kind", "table_result_files", "table_cells",
     "figure_models", "figure_cells", "model_dataset", "cell_dir", "synthetic_is_generated", "synthetic_store",
