@@ -89,6 +89,12 @@ class SlurmCluster:
                 except (ProcessLookupError, ValueError):
                     pass
         time.sleep(1)
+        # the configuration goes with its cluster: every snakemake process imports the SLURM executor
+        # plugin, which runs `scontrol show config` (timeout 10 s; snakemake_executor_plugin_slurm,
+        # job_status_query.get_min_job_age); against a configuration whose controller is gone that waits
+        # 9 s for each snakemake call and each `run:` job the later tests start, without one it fails at once
+        if self.conf.exists() and MARKER in self.conf.read_text():
+            self.conf.unlink()
 
 
 def node_memory_mb() -> int:
