@@ -15,13 +15,13 @@ from __future__ import annotations
 import os
 from typing import Any, Sequence
 
-import huggingface_hub
-from safetensors import SafetensorError
-import timm
 import torch
 from torch import nn
 
 from dra.registry import MODEL_FAMILIES
+
+# timm (and the torchvision it imports) is imported where a timm model is built: importing it takes
+# about 1.5 CPU-seconds, which every job that imports dra.models paid, the WideResNet ones included
 
 
 class TimmClassifier(nn.Module):
@@ -30,6 +30,8 @@ class TimmClassifier(nn.Module):
     def __init__(self, name: str, num_classes: int, mean: Sequence[float], std: Sequence[float],
                  kwargs: dict[str, Any] | None = None, pretrained: bool = False, weights_file: str | None = None):
         super().__init__()
+        import timm
+
         if not timm.is_model(name):
             raise ValueError(f"arch.name: {name!r} is not a timm model name (see timm.list_models())")
         if pretrained:
@@ -62,11 +64,16 @@ class PretrainedWeightsMissing(FileNotFoundError):
 
 def hub_cache_dir() -> str:
     """The Hugging Face hub cache timm downloads into (HF_HUB_CACHE, else $HF_HOME/hub)."""
+    import huggingface_hub
+
     return huggingface_hub.constants.HF_HUB_CACHE
 
 
 def cached_pretrained_file(name: str) -> str:
     """Path of the cached weight file of timm model ``name``, or PretrainedWeightsMissing."""
+    import huggingface_hub
+    import timm
+
     cfg = timm.models.get_pretrained_cfg(name)
     if cfg is None or not cfg.hf_hub_id:
         raise ValueError(f"arch.name: {name!r} has no pretrained weights on the Hugging Face hub in timm "
@@ -94,6 +101,9 @@ def create_pretrained(name: str, num_classes: int, mean: Sequence[float], std: S
     ``mean``/``std`` must be the normalization the weights were trained with: fine-tuning with
     another one silently starts from a shifted input distribution.
     """
+    import timm
+    from safetensors import SafetensorError
+
     if weights_file is not None:
         if not os.path.isfile(weights_file):
             raise PretrainedWeightsMissing(
@@ -138,6 +148,7 @@ def save_random_pretrained(name: str, path: str | os.PathLike, seed: int, kwargs
     """Randomly initialised weights of timm model ``name`` in the layout of its released
     pretrained file (safetensors, with the release's classifier: none for a DINOv3 backbone),
     which create_pretrained loads unchanged: the canary's stand-in for the download."""
+    import timm
     from safetensors.torch import save_file
 
     from dra.io import atomic_file
