@@ -19,7 +19,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def mini(tmp_path_factory):
     work = copy_workflow(tmp_path_factory.mktemp("mini"))
-    # about 25 minutes alone on 2 cores; in CI it shares them with the other worker's tests (the canary
+    # about 17 minutes alone on 2 cores; in CI it shares them with the other worker's tests (the canary
     # first), which made 40 minutes too few there
     result = run_snakemake(work, "all", "--cores", "2", "--configfile", "config/mini.yaml", timeout=4800)
     assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-5000:]
