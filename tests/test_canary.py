@@ -70,8 +70,8 @@ OVERLAY = {
         "table3": {"rows": [{"cell": WRN, "paper": None}]},
         "ablations": {"rows": [{"cell": ENCODER, "paper": None}]},
     },
-    # the classification dimension's PGD in 2 steps, not 20: its job on WRN-28-10 took 65 CPU-seconds for
-    # the 10 points, most of the canary's evaluation; the rule, its inputs and outputs are the same
+    # the classification dimension's PGD in 2 steps, not 20: its job on WRN-28-10 took 65 of the canary jobs'
+    # 276 CPU-seconds for the 10 points; the rule, its inputs and outputs are the same
     "classification_dimension": {"attack": {"steps": 2}},
     "figures": {"eval_n": 10, "cknna_topk": 5, "standard": WRN, "adversarial": WRN, "figure1_models": [],
                 "figure5_models": [], "figure6_models": [], "figure8_models": [], "figure8_baseline": WRN,

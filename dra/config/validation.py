@@ -13,6 +13,7 @@ import yaml
 from dra.config.cells import figure_cells, table_cells, table_kind
 from dra.config.core import HOW_TO_FIX, ConfigError, _require
 from dra.config.downloads import _check_downloads, is_random
+from dra.config.files import _SAFE_LOADER
 from dra.config.recipe import train_plan
 from dra.config.sizes import _check_cell, _check_duplicate_rows, _check_figures, _check_sizes_and_ranges
 from dra.network_presets import EDM_CIFAR10_DDPMPP
@@ -93,8 +94,7 @@ def load_schema() -> dict:
     """config/schema.yaml with the names it allows read from the registries (dra.registry): model
     families, objectives, optimizers, schedules and table kinds, and the keys a name brings along
     (a family's own arch keys, an optimizer's required keys). The YAML carries no copy of them."""
-    # libyaml's parser (about 0.5 s less per Snakemake process than yaml.safe_load's pure-Python one)
-    schema = yaml.load(SCHEMA_PATH.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    schema = yaml.load(SCHEMA_PATH.read_text(), Loader=_SAFE_LOADER)
     defs = schema["$defs"]
     arch = defs["arch"]["properties"]
     arch["family"]["enum"] = MODEL_FAMILIES.names()

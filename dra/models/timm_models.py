@@ -21,7 +21,7 @@ from torch import nn
 from dra.registry import MODEL_FAMILIES
 
 # timm (and the torchvision it imports) is imported where a timm model is built: importing it takes
-# about 1.5 CPU-seconds, which every job that imports dra.models paid, the WideResNet ones included
+# about 2 CPU-seconds, which every job that imports dra.models paid, the WideResNet ones included
 
 
 class TimmClassifier(nn.Module):
